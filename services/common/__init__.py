@@ -1,0 +1,1 @@
+"""Code shared by the gateway, router and cache services. Imports none of them."""

@@ -1,0 +1,212 @@
+"""The service configuration: the part of an environment that the three services read.
+
+An environment file (`environments/<name>.yaml`) is one YAML document in camelCase. The services
+parse the whole file with `ServiceConfig` and ignore the deployment keys they do not need
+(namespace, replicas, ...); `qlensctl` parses the same file with its stricter subclass
+(`qlensctl.environments.Environment`). In a cluster the chart's ConfigMap carries the rendered
+service sections as `config.yaml`; locally `qlensctl up` points the services at the environment
+file itself. Either way the path arrives in `QLENS_CONFIG`.
+
+Secrets never live here: provider keys, the Redis URL in production and API keys come from the
+process environment (a mounted Secret), see `secret_env`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+CONFIG_ENV_VAR = "QLENS_CONFIG"
+
+
+class Model(BaseModel):
+    """Base for every config section: camelCase keys in YAML, snake_case in Python."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+# --- providers ---------------------------------------------------------------------------------
+
+
+class Timeouts(Model):
+    connect: float = Field(5.0, gt=0, description="seconds to open a connection")
+    read: float = Field(60.0, gt=0, description="seconds between bytes of the answer")
+    total: float = Field(120.0, gt=0, description="seconds for one provider call")
+
+
+class Pool(Model):
+    max_connections: int = Field(100, ge=1)
+    max_keepalive: int = Field(20, ge=0)
+
+
+# "auto": enabled when the provider's credentials are in the process environment (local use)
+Enabled = bool | Literal["auto"]
+
+
+class AzureOpenAIProvider(Model):
+    enabled: Enabled = False
+    api_version: str = "2024-06-01"
+    # public deployment name -> Azure deployment name (the deployment guide's shape)
+    deployments: dict[str, str] = Field(default_factory=dict)
+    timeouts: Timeouts = Timeouts()
+    pool: Pool = Pool()
+
+
+class BedrockModel(Model):
+    id: str
+    model_id: str
+    name: str = ""
+
+
+class AwsBedrockProvider(Model):
+    enabled: Enabled = False
+    region: str = "us-east-1"
+    models: list[BedrockModel] = Field(default_factory=list)
+    timeouts: Timeouts = Timeouts()
+    pool: Pool = Pool()
+
+
+class EchoProvider(Model):
+    enabled: bool = False
+    delay_ms: float = Field(0.0, ge=0)
+
+
+class Providers(Model):
+    azure_open_ai: AzureOpenAIProvider = Field(AzureOpenAIProvider(), alias="azureOpenAI")
+    aws_bedrock: AwsBedrockProvider = AwsBedrockProvider()
+    echo: EchoProvider = EchoProvider()
+
+
+ProviderName = Literal["azureOpenAI", "awsBedrock", "echo"]
+
+
+# --- model catalog -----------------------------------------------------------------------------
+
+
+class Deployment(Model):
+    """One place a public model can be served from."""
+
+    provider: ProviderName
+    target: str = Field(description="Azure deployment name, Bedrock model id, or any label for echo")
+    weight: float = Field(1.0, gt=0)
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}/{self.target}"
+
+
+class Pricing(Model):
+    """USD per 1K tokens."""
+
+    input: float = Field(0.0, ge=0)
+    output: float = Field(0.0, ge=0)
+
+
+class CatalogModel(Model):
+    deployments: list[Deployment] = Field(min_length=1)
+    strategy: Literal["round-robin", "weighted", "least-in-flight", "latency"] = "round-robin"
+    fallbacks: list[str] = Field(default_factory=list)
+    pricing: Pricing = Pricing()
+    display_name: str = ""
+
+
+class Retries(Model):
+    max_attempts: int = Field(3, ge=1, le=10)
+    backoff_base_ms: float = Field(50, ge=0)
+    backoff_max_ms: float = Field(2000, ge=0)
+
+
+class CircuitBreaker(Model):
+    failure_threshold: int = Field(5, ge=1)
+    cooldown_seconds: float = Field(30.0, gt=0)
+
+
+class Routing(Model):
+    deadline_seconds: float = Field(120.0, gt=0, description="whole request, retries and fallback included")
+    retries: Retries = Retries()
+    circuit_breaker: CircuitBreaker = CircuitBreaker()
+
+
+# --- cache, cost controls, auth, gateway ---------------------------------------------------------
+
+
+class Cache(Model):
+    enabled: bool = True
+    backend: Literal["memory", "redis"] = "memory"
+    ttl_seconds: int = Field(3600, ge=1)
+    max_entries: int = Field(10000, ge=1)
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    cache_streaming: bool = Field(True, description="cache completed streams and replay them as a stream")
+
+
+class DailyLimits(Model):
+    total: float | None = Field(None, ge=0)
+    per_tenant: float | None = Field(None, ge=0)
+    per_user: float | None = Field(None, ge=0)
+
+
+class CostControls(Model):
+    enabled: bool = True
+    # USD per day, reset at 00:00 UTC; None = no limit for that scope
+    daily_limits: DailyLimits = DailyLimits()
+    store: Literal["memory", "redis"] = Field("memory", description="where counters live; redis = shared by replicas")
+    on_store_failure: Literal["failClosed", "failOpen"] = "failClosed"
+
+
+class Auth(Model):
+    required: bool = False
+    keys_file: str | None = Field(None, description="JSON file of sha256(key) -> {tenant, user}")
+
+
+class Gateway(Model):
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)
+
+
+class ServicePorts(Model):
+    gateway: int = Field(8080, ge=1, le=65535)
+    router: int = Field(8081, ge=1, le=65535)
+    cache: int = Field(8082, ge=1, le=65535)
+
+
+class ServiceConfig(Model):
+    """What the gateway, router and cache need to know about their environment."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    name: str
+    providers: Providers = Providers()
+    models: dict[str, CatalogModel] = Field(default_factory=dict)
+    routing: Routing = Routing()
+    cache: Cache = Cache()
+    cost_controls: CostControls = CostControls()
+    auth: Auth = Auth()
+    gateway: Gateway = Gateway()
+    ports: ServicePorts = ServicePorts()
+
+    @model_validator(mode="after")
+    def _fallbacks_exist(self) -> ServiceConfig:
+        for name, model in self.models.items():
+            for fb in model.fallbacks:
+                if fb not in self.models:
+                    raise ValueError(f"models.{name}.fallbacks: unknown model {fb!r}")
+        return self
+
+
+def load_service_config(path: str | os.PathLike[str] | None = None) -> ServiceConfig:
+    """Read the config named by `path` or `$QLENS_CONFIG`; a clear error if neither exists."""
+    path = path or os.environ.get(CONFIG_ENV_VAR)
+    if not path:
+        raise RuntimeError(f"{CONFIG_ENV_VAR} is not set: point it at an environment file")
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return ServiceConfig.model_validate(data)
+
+
+def secret_env(name: str, default: str | None = None) -> str | None:
+    """A secret from the process environment (a mounted Secret in a cluster). Never logged."""
+    value = os.environ.get(name)
+    return value if value else default

@@ -1,0 +1,31 @@
+"""Start a service with uvicorn: `python -m services.<name>` calls `serve`.
+
+Host and port come from QLENS_HOST / QLENS_PORT (defaults: 0.0.0.0 in a container, ports from
+DESIGN.md). uvloop and httptools are used when installed: they are most of uvicorn's speed.
+SIGTERM lets in-flight requests finish (uvicorn's graceful shutdown) within the pod's grace.
+"""
+
+from __future__ import annotations
+
+import os
+
+DEFAULT_PORTS = {"gateway": 8080, "router": 8081, "cache": 8082}
+
+
+def serve(service: str, factory: str) -> None:
+    import uvicorn
+
+    host = os.environ.get("QLENS_HOST", "0.0.0.0")
+    port = int(os.environ.get("QLENS_PORT", DEFAULT_PORTS[service]))
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=host,
+        port=port,
+        loop="auto",
+        http="auto",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(os.environ.get("QLENS_GRACEFUL_SECONDS", "25")),
+        timeout_keep_alive=30,
+    )
