@@ -1,0 +1,1 @@
+"""Cluster fixtures (the real control plane): filled by the cluster-operations work."""

@@ -1,0 +1,1 @@
+"""Local-stack fixtures (gateway + router + cache as real processes): filled by the services work."""
