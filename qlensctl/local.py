@@ -63,18 +63,43 @@ class ServiceProcess:
         return f"http://{self.host}:{self.port}"
 
     def alive(self) -> bool:
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        # a zombie child still answers kill(0): reap it if it is ours
-        try:
-            done, _ = os.waitpid(self.pid, os.WNOHANG)
-            return done == 0
-        except ChildProcessError:
-            return True
+        """Is this service still running? False for an exited, zombie or reused PID."""
+        return pid_running(self.pid, expect=f"services.{self.name}")
+
+
+def pid_running(pid: int, expect: str | None = None) -> bool:
+    """True while `pid` runs (not a zombie) and, when `expect` is given, its command line holds it.
+
+    A state file can outlive its processes and the PID be reused; checking the command line keeps
+    `down` from signalling a stranger. Without /proc (not Linux) only existence is checked.
+    """
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return expect is None  # someone else's process: never ours
+    proc = Path(f"/proc/{pid}")
+    if not proc.is_dir():
+        return _reap(pid)
+    try:
+        stat = (proc / "stat").read_text()
+        cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    if stat.rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+        _reap(pid)
+        return False
+    return expect is None or expect in cmdline
+
+
+def _reap(pid: int) -> bool:
+    """Reap `pid` if it is our exited child; True if it is still running (or not our child)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
 
 
 @dataclass
@@ -144,7 +169,7 @@ def start_service(
         env.update(extra_env)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    with open(log_path, "ab") as log:
+    with open(log_path, "wb") as log:  # a fresh log per start: its tail explains a failed start
         proc = subprocess.Popen(
             [sys.executable, "-m", f"services.{name}"],
             env=env,
@@ -165,21 +190,15 @@ def stop_pid(pid: int, timeout: float = 10.0) -> None:
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return
-        except ChildProcessError:  # not our child: poll with signal 0
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
+        if not pid_running(pid):
+            return
         time.sleep(0.05)
     try:
         os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    except (ProcessLookupError, ChildProcessError):
-        pass
+    except ProcessLookupError:
+        return
+    while pid_running(pid) and time.monotonic() < deadline + 5:
+        time.sleep(0.05)
 
 
 def start_stack(
@@ -192,6 +211,12 @@ def start_stack(
     progress: Progress | None = None,
 ) -> Stack:
     """Start cache, router, gateway in order, each ready before the next; all or nothing."""
+    if len({ports[name] for name in SERVICE_ORDER}) != len(SERVICE_ORDER):
+        raise ConfigError(
+            "gateway, router and cache need three different ports, got "
+            + ", ".join(f"{n} {ports[n]}" for n in SERVICE_ORDER),
+            "pick distinct --gateway-port, --router-port and --cache-port",
+        )
     for name in SERVICE_ORDER:
         if port_in_use(ports[name]):
             raise ConfigError(
@@ -205,14 +230,20 @@ def start_stack(
         "QLENS_CACHE_URL": f"http://{DEFAULT_HOST}:{ports['cache']}",
     }
     env = {**peers, **(extra_env or {})}
+    started: list[subprocess.Popen[bytes]] = []
     try:
         for name in SERVICE_ORDER:
             if progress:
                 progress(f"starting {name} on port {ports[name]}")
             svc, proc = start_service(name, ports[name], config, log_dir, env)
+            started.append(proc)
             stack.services[name] = svc
             try:
-                wait_ready(svc.url, timeout, alive=lambda p=proc: p.poll() is None)
+                body = wait_ready(svc.url, timeout, alive=lambda p=proc: p.poll() is None)
+                if isinstance(body, dict) and body.get("service") not in (None, name):
+                    raise OperationError(f"{svc.url} is answered by a {body.get('service')} service", None)
+                if proc.poll() is not None:  # someone else answered on our port while ours died
+                    raise OperationError(f"process for {svc.url} exited during start-up", None)
             except OperationError as exc:
                 tail = _tail(Path(svc.log))
                 raise OperationError(
@@ -220,7 +251,9 @@ def start_stack(
                     f"see the full log in {svc.log}",
                 ) from None
     except BaseException:
-        stop_stack(stack)
+        # our own children, stopped by PID: they may not have exec'd `services.<name>` yet
+        for proc in reversed(started):
+            stop_pid(proc.pid)
         raise
     return stack
 
@@ -230,7 +263,7 @@ def stop_stack(stack: Stack, progress: Progress | None = None) -> list[str]:
     stopped = []
     for name in reversed(SERVICE_ORDER):
         svc = stack.services.get(name)
-        if svc is None:
+        if svc is None or not svc.alive():
             continue
         if progress:
             progress(f"stopping {name} (pid {svc.pid})")
@@ -264,7 +297,8 @@ def load_state(state_dir: Path) -> Stack | None:
     try:
         return Stack.from_json(path.read_text())
     except (ValueError, KeyError, TypeError):
-        raise ConfigError(f"{path} is not a QLens stack state file", f"remove {path} if no stack is running") from None
+        raise ConfigError(f"{path} is not a QLens stack state file",
+                          f"remove {path} if no stack is running") from None
 
 
 def clear_state(state_dir: Path) -> None:

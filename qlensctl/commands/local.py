@@ -17,12 +17,16 @@ def register(app: typer.Typer) -> None:
 
 
 def up(
-    env: str = typer.Option("local", "--env", "-e", help="Environment to run (its file configures the services)."),
-    detach: bool = typer.Option(False, "--detach", "-d", help="Return at once; stop later with `qlensctl down`."),
+    env: str = typer.Option("local", "--env", "-e",
+                            help="Environment to run (its file configures the services)."),
+    detach: bool = typer.Option(False, "--detach", "-d",
+                                help="Return at once; stop later with `qlensctl down`."),
     gateway_port: int = typer.Option(8080, "--gateway-port", help="Gateway port."),
     router_port: int = typer.Option(8081, "--router-port", help="Router port."),
     cache_port: int = typer.Option(8082, "--cache-port", help="Cache service port."),
-    state_dir: Path = typer.Option(None, "--state-dir", help="Where a detached stack is recorded [default: ~/.local/state/qlens]."),
+    state_dir: Path = typer.Option(None, "--state-dir", show_default=False,
+                                   help="Where a detached stack is recorded "
+                                        "\\[default: ~/.local/state/qlens]."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds each service may take to become ready."),
     as_json: bool = typer.Option(False, "--json", help="Print the started services as JSON."),
 ) -> None:
@@ -60,8 +64,8 @@ def up(
     if detach:
         path = local.save_state(stack, state)
         if not as_json:
-            output.info(f"Detached. Point the openai SDK at {stack.gateway_url}/v1 ; stop with `qlensctl down` "
-                        f"(state in {path}).")
+            output.info(f"Detached. Point the openai SDK at {stack.gateway_url}/v1 ; "
+                        f"stop with `qlensctl down` (state in {path}).")
         return
 
     output.info(f"Point the openai SDK at {stack.gateway_url}/v1 . Press Ctrl-C to stop.")
@@ -100,4 +104,7 @@ def down(
         return
     stopped = local.stop_stack(stack)
     local.clear_state(state)
-    output.info(f"Stopped {', '.join(stopped)} ({stack.env}).")
+    if stopped:
+        output.info(f"Stopped {', '.join(stopped)} ({stack.env}).")
+    else:
+        output.info(f"The recorded {stack.env} stack was no longer running; cleared its state.")

@@ -1,0 +1,309 @@
+"""The smoke-check layer behind `qlensctl smoke-test`: is a running QLens actually serving?
+
+`run_smoke(gateway_url, service_urls, api_key)` runs the checks in order and returns one
+`CheckResult` each; it never prints, never exits and does not stop at the first failure, so an
+operator sees everything that is wrong at once. A check that needs an earlier one (the completion
+needs a model from /v1/models) is reported as `skip` when that one failed.
+
+The checks: `/health` and `/health/ready` on every service we can reach (all three when
+`service_urls` is given, as for a local stack; otherwise only the gateway, whose readiness body
+must name its router and cache checks), `GET /v1/models`, one chat completion (model `echo` when
+served, else the first listed), the same request again answered from the cache
+(`x-qlens-cache: hit`, same content), and `/metrics` exposing `qlens_` samples.
+
+`targets(...)` turns the CLI's `--env` / `--url` / state folder into those URLs; cluster
+environments (ingress, port-forward) plug in by calling `run_smoke` with their own URLs.
+The API key goes only into the Authorization header: it never appears in a result.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
+
+from qlensctl.errors import ConfigError
+
+if TYPE_CHECKING:
+    import httpx
+
+Status = Literal["pass", "fail", "skip"]
+Progress = Callable[[str], None]
+
+SERVICES = ("cache", "router", "gateway")
+PREFERRED_MODEL = "echo"
+# the background cache write may land just after the first answer: ask again a few times
+CACHE_HIT_ATTEMPTS = 4
+CACHE_HIT_PAUSE = 0.25
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: Status
+    ms: float
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ms": round(self.ms, 1)}
+
+
+@dataclass
+class Targets:
+    """Where to point the checks: the gateway, and each service when they are all reachable."""
+
+    gateway_url: str
+    service_urls: dict[str, str] | None
+    source: str  # how they were found, for the table's title
+
+
+class _Failed(Exception):
+    """A check's failure, with the detail to show."""
+
+
+def failed(results: list[CheckResult]) -> list[CheckResult]:
+    return [r for r in results if r.status == "fail"]
+
+
+def targets(env: str | None, url: str | None, state_dir: Path) -> Targets:
+    """Resolve `--url` / `--env` (default local) to URLs.
+
+    A detached stack recorded in `state_dir` for that environment wins (it knows its ports);
+    otherwise `local` means the ports in environments/local.yaml on 127.0.0.1.
+    """
+    if url:
+        if env:
+            raise ConfigError("--env and --url are exclusive", "pass one of them")
+        return Targets(gateway_url=_check_url(url), service_urls=None, source=url)
+
+    from qlensctl import local
+    from qlensctl.environments import load_environment
+
+    env = env or "local"
+    stack = local.load_state(state_dir)
+    if stack is not None and stack.env == env and "gateway" in stack.services:
+        return Targets(stack.gateway_url, stack.urls(), f"{env} (detached stack in {state_dir})")
+    if env != "local":
+        load_environment(env)  # an unknown or invalid environment is a configuration error first
+        raise ConfigError(
+            f"no local stack of {env!r} is running and smoke-testing a cluster needs its address",
+            f"pass --url https://<the {env} gateway>, "
+            f"or start it locally with `qlensctl up --env {env} --detach`",
+        )
+    ports = load_environment(env).ports
+    base = f"http://{local.DEFAULT_HOST}"
+    urls = {name: f"{base}:{getattr(ports, name)}" for name in SERVICES}
+    return Targets(urls["gateway"], urls, f"{env} (default ports)")
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"--url {url!r} is not an http(s) URL", "e.g. --url http://127.0.0.1:8080")
+    return url.rstrip("/")
+
+
+def run_smoke(
+    gateway_url: str,
+    service_urls: Mapping[str, str] | None = None,
+    api_key: str | None = None,
+    timeout: float = 30.0,
+    progress: Progress | None = None,
+) -> list[CheckResult]:
+    """Run every check against a running QLens; see the module docstring."""
+    import httpx
+
+    gateway_url = gateway_url.rstrip("/")
+    urls = {n: u.rstrip("/") for n, u in (service_urls or {}).items()}
+    urls["gateway"] = gateway_url
+    results: list[CheckResult] = []
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+    def check(name: str, fn: Callable[[], str]) -> bool:
+        if progress:
+            progress(name)
+        start = time.perf_counter()
+        try:
+            detail, status = fn(), "pass"
+        except _Failed as exc:
+            detail, status = str(exc), "fail"
+        except httpx.HTTPError as exc:
+            detail, status = _describe_http_error(exc), "fail"
+        ms = (time.perf_counter() - start) * 1000
+        results.append(CheckResult(name, status, ms, _redact(detail, api_key)))
+        return status == "pass"
+
+    def skip(name: str, why: str) -> None:
+        results.append(CheckResult(name, "skip", 0.0, why))
+
+    host = urlsplit(gateway_url).hostname or ""
+    with httpx.Client(timeout=timeout, trust_env=host not in LOOPBACK, follow_redirects=False) as client:
+        reachable = [n for n in SERVICES if n in urls]
+        for name in reachable:
+            base = urls[name]
+            check(f"{name} /health", lambda base=base: _health(client, base))
+            must_name = ("router", "cache") if service_urls is None and name == "gateway" else ()
+            check(f"{name} /health/ready", lambda base=base, m=must_name: _ready(client, base, m))
+
+        model: list[str] = []
+        check("models", lambda: _models(client, gateway_url, headers, model))
+        request = {
+            "model": model[0] if model else "",
+            # a fresh prompt per run: the first answer must come from a provider, not an old entry
+            "messages": [{"role": "user", "content": f"qlens smoke test {uuid.uuid4().hex}"}],
+            "max_tokens": 16,
+            "temperature": 0,
+        }
+        first: list[str] = []
+        if not model:
+            skip("chat completion", "needs a model from /v1/models")
+            skip("cache hit", "needs a chat completion")
+        elif not check("chat completion", lambda: _completion(client, gateway_url, headers, request, first)):
+            skip("cache hit", "needs a chat completion")
+        else:
+            check("cache hit", lambda: _cache_hit(client, gateway_url, headers, request, first[0]))
+
+        for name in reachable:
+            check(f"{name} /metrics", lambda base=urls[name]: _metrics(client, base))
+    return results
+
+
+# --- the checks: each returns a short detail or raises _Failed -----------------------------------
+
+
+def _health(client: httpx.Client, base: str) -> str:
+    r = client.get(f"{base}/health")
+    _expect(r, 200)
+    return "alive"
+
+
+def _ready(client: httpx.Client, base: str, must_name: tuple[str, ...]) -> str:
+    r = client.get(f"{base}/health/ready")
+    body = _json(r)
+    checks = body.get("checks") if isinstance(body, dict) else None
+    checks = checks if isinstance(checks, dict) else {}
+    if r.status_code != 200:
+        bad = [f"{n} ({c.get('error', 'failed')})" for n, c in checks.items()
+               if isinstance(c, dict) and not c.get("ok")]
+        raise _Failed(f"HTTP {r.status_code}: not ready" + (f": {', '.join(bad)}" if bad else ""))
+    missing = [peer for peer in must_name if not any(peer in n for n in checks)]
+    if missing:
+        raise _Failed(f"ready, but its body names no {' or '.join(missing)} check, so they are unverified")
+    return "ready: " + ", ".join(checks) if checks else "ready"
+
+
+def _models(client: httpx.Client, gateway: str, headers: dict[str, str], chosen: list[str]) -> str:
+    r = client.get(f"{gateway}/v1/models", headers=headers)
+    _expect(r, 200)
+    body = _json(r)
+    data = body.get("data") if isinstance(body, dict) else None
+    ids = [m.get("id") for m in data if isinstance(m, dict) and m.get("id")] if isinstance(data, list) else []
+    if not ids:
+        raise _Failed("the gateway serves no models")
+    chosen.append(PREFERRED_MODEL if PREFERRED_MODEL in ids else ids[0])
+    return f"{len(ids)} model(s); using {chosen[0]}"
+
+
+def _completion(client: httpx.Client, gateway: str, headers: dict[str, str], request: dict[str, Any],
+                content: list[str]) -> str:
+    r = client.post(f"{gateway}/v1/chat/completions", headers=headers, json=request)
+    _expect(r, 200)
+    text = _message(r)
+    content.append(text)
+    provider = r.headers.get("x-qlens-provider", "?")
+    return f"{request['model']} via {provider}, cache {r.headers.get('x-qlens-cache', '?')}"
+
+
+def _cache_hit(client: httpx.Client, gateway: str, headers: dict[str, str], request: dict[str, Any],
+               first: str) -> str:
+    seen = []
+    for attempt in range(CACHE_HIT_ATTEMPTS):
+        if attempt:
+            time.sleep(CACHE_HIT_PAUSE)
+        r = client.post(f"{gateway}/v1/chat/completions", headers=headers, json=request)
+        _expect(r, 200)
+        state = r.headers.get("x-qlens-cache", "(no header)")
+        seen.append(state)
+        if state == "hit":
+            if _message(r) != first:
+                raise _Failed("x-qlens-cache: hit, but the answer differs from the first one")
+            return f"hit on attempt {attempt + 1}"
+        if state in ("bypass", "(no header)"):
+            break  # the cache is off or unreachable: asking again will not help
+    raise _Failed(f"the repeated request was not served from the cache (x-qlens-cache: {', '.join(seen)})")
+
+
+def _metrics(client: httpx.Client, base: str) -> str:
+    r = client.get(f"{base}/metrics")
+    _expect(r, 200)
+    names = {line.split("{", 1)[0].split(" ", 1)[0] for line in r.text.splitlines()
+             if line.startswith("qlens_")}
+    if not names:
+        raise _Failed("no qlens_ samples in /metrics")
+    return f"{len(names)} qlens_ series"
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _expect(r: httpx.Response, status: int) -> None:
+    if r.status_code == status:
+        return
+    message = ""
+    body = _json(r)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        message = str(error.get("message") or error.get("code") or "")
+    elif isinstance(body, dict) and "detail" in body:
+        message = str(body["detail"])
+    if r.status_code == 401:
+        message = (message or "unauthorized") + " (pass --api-key or set QLENS_API_KEY)"
+    raise _Failed(f"HTTP {r.status_code}" + (f": {message[:200]}" if message else ""))
+
+
+def _json(r: httpx.Response) -> Any:
+    try:
+        return r.json()
+    except ValueError:
+        if r.status_code == 200:
+            raise _Failed(f"answered 200 but not JSON: {r.text[:80]!r}") from None
+        return {}
+
+
+def _message(r: httpx.Response) -> str:
+    body = _json(r)
+    try:
+        content = body["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        raise _Failed("answer has no choices[0].message.content") from None
+    if not isinstance(content, str):
+        raise _Failed("choices[0].message.content is not text")
+    return content
+
+
+def _describe_http_error(exc: Exception) -> str:
+    import httpx
+
+    where = ""
+    try:
+        where = f" {exc.request.url.netloc.decode()}"  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        pass
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect to{where} (not running?)"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer from{where} in time ({type(exc).__name__})"
+    return f"{type(exc).__name__} from{where}: {exc}"
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
