@@ -17,7 +17,14 @@ def liveness(service: str) -> dict[str, Any]:
     return {"status": "ok", "service": service}
 
 
-async def readiness(service: str, checks: dict[str, Check], timeout: float = 2.0) -> tuple[int, dict[str, Any]]:
+async def readiness(
+    service: str,
+    checks: dict[str, Check],
+    timeout: float = 2.0,
+    optional: dict[str, Check] | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """(status, body). `optional` checks are reported (with `"optional": true`) but do not make the
+    service unready: e.g. a store the service can run without under its configured policy."""
     async def run(check: Check) -> dict[str, Any]:
         try:
             detail = await asyncio.wait_for(check(), timeout)
@@ -28,9 +35,13 @@ async def readiness(service: str, checks: dict[str, Check], timeout: float = 2.0
         except Exception as exc:  # a failed check is data, not an error
             return {"ok": False, "error": str(exc) or type(exc).__name__}
 
-    names = list(checks)
-    results = await asyncio.gather(*(run(checks[n]) for n in names))
+    extra = optional or {}
+    names = list(checks) + [n for n in extra if n not in checks]
+    results = await asyncio.gather(*(run(checks[n] if n in checks else extra[n]) for n in names))
+    for name, result in zip(names, results, strict=True):
+        if name not in checks:
+            result["optional"] = True
     body = {"service": service, "checks": dict(zip(names, results, strict=True))}
-    ready = all(r["ok"] for r in results)
+    ready = all(r["ok"] for n, r in zip(names, results, strict=True) if n in checks)
     body["status"] = "ready" if ready else "not ready"
     return (200 if ready else 503), body

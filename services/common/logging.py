@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import uuid
 from typing import Any
 
 import orjson
@@ -44,3 +45,16 @@ def log_event(logger: logging.Logger, msg: str, level: int = logging.INFO, **fie
 
 def now() -> float:
     return time.perf_counter()
+
+
+_SAFE_ID = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-")
+
+
+def request_id(value: str | None) -> str:
+    """The client's x-request-id when it is a safe token ([A-Za-z0-9._-], 1..128), else a new one.
+
+    Anything else (CR/LF, spaces, quotes, overlong) is never reflected into headers or logs.
+    """
+    if value and len(value) <= 128 and _SAFE_ID.issuperset(value):
+        return value
+    return uuid.uuid4().hex
