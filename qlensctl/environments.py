@@ -171,7 +171,10 @@ def parse_environment(data: Any, source: str) -> Environment:
 def load_environment(name_or_path: str, directory: Path | None = None) -> Environment:
     """Load by name (`staging`) or by path (`./my-env.yaml`)."""
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"{name_or_path}: no such environment file",
+                              "check the path, or pass an environment name (`qlensctl env list`)")
         path = candidate
     else:
         path = environment_path(name_or_path, directory)
@@ -184,7 +187,8 @@ def load_environment(name_or_path: str, directory: Path | None = None) -> Enviro
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"{source}: {problem}{where}", f"fix the YAML syntax in {source}") from None
     except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror}", "check the file exists and is readable") from None
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}",
+                          "check the file exists and is readable") from None
     env = parse_environment(data, source)
     if candidate.suffix not in (".yaml", ".yml") and env.name != path.stem:
         raise ConfigError(

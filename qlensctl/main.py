@@ -15,13 +15,14 @@ import typer
 from qlensctl import __version__
 from qlensctl.commands import chart, env, keys, local, ops, release, secrets, smoke
 from qlensctl.errors import QlensError
+from qlensctl.output import get_console
 
 app = typer.Typer(
     name="qlensctl",
     help="Deploy, operate and run QLens, the LLM gateway.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -35,7 +36,8 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors."),
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version."),
 ) -> None:
     """Deploy, operate and run QLens, the LLM gateway."""
 
@@ -48,11 +50,10 @@ def run(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app and map every error to a message and an exit code."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
-    from qlensctl.output import err_console
-
     try:
         app(args=args, prog_name="qlensctl", standalone_mode=True)
     except QlensError as exc:
+        err_console = get_console(stderr=True)
         if debug:
             err_console.print_exception()
         lines = exc.message.splitlines() or [type(exc).__name__]
@@ -62,9 +63,10 @@ def run(argv: list[str] | None = None) -> None:
             err_console.print(f"[dim]hint:[/dim] {exc.hint}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.print("[yellow]interrupted[/yellow]")
+        get_console(stderr=True).print("[yellow]interrupted[/yellow]")
         sys.exit(130)
     except Exception as exc:  # an unexpected bug: still no traceback unless asked
+        err_console = get_console(stderr=True)
         if debug:
             err_console.print_exception()
         err_console.print(f"[red]error:[/red] unexpected {type(exc).__name__}: {exc}", soft_wrap=True)

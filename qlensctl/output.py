@@ -7,16 +7,46 @@ call these; the layers below them return data.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+    console: Console
+    err_console: Console
+
+# Piped output (CI logs, `| less`) has no terminal width; rich would squeeze tables into 80
+# columns and cut values with an ellipsis. Wide enough for every table we print.
+PIPE_WIDTH = 160
+
+
+_consoles: dict[bool, Console] = {}
+
+
+def get_console(stderr: bool = False) -> Console:
+    """The shared console (stdout) or error console, built on first use: importing rich costs
+    ~30 ms that `qlensctl --help` and commands that fail early should not pay."""
+    made = _consoles.get(stderr)
+    if made is None:
+        from rich.console import Console
+
+        stream = sys.stderr if stderr else sys.stdout
+        width = None if stream.isatty() or os.environ.get("COLUMNS") else PIPE_WIDTH
+        made = _consoles[stderr] = Console(stderr=stderr, highlight=False, width=width)
+    return made
+
+
+def __getattr__(name: str) -> Any:
+    """`output.console` / `output.err_console`, lazily (PEP 562)."""
+    if name == "console":
+        return get_console()
+    if name == "err_console":
+        return get_console(stderr=True)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def emit_json(data: Any) -> None:
@@ -25,12 +55,14 @@ def emit_json(data: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", header_style="bold")
     for col in columns:
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # wrap long values, never hide them behind an ellipsis
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
-    console.print(t)
+    get_console().print(t)
 
 
 def status_mark(ok: bool) -> str:
@@ -40,6 +72,7 @@ def status_mark(ok: bool) -> str:
 @contextmanager
 def spinner(message: str) -> Iterator[Any]:
     """A spinner while something waits; silent when stdout is not a terminal."""
+    console = get_console()
     if console.is_terminal:
         with console.status(message) as status:
             yield status
@@ -48,11 +81,11 @@ def spinner(message: str) -> Iterator[Any]:
 
 
 def info(message: str) -> None:
-    console.print(message)
+    get_console().print(message)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {message}")
+    get_console(stderr=True).print(f"[yellow]warning:[/yellow] {message}")
 
 
 def confirm(question: str, yes: bool) -> None:

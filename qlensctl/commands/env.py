@@ -39,13 +39,11 @@ def list_environments(as_json: bool = typer.Option(False, "--json", help="Print 
     if as_json:
         output.emit_json(rows)
         return
+    keys = ["name", "namespace", "domain", "replicas", "cache", "dailyLimitUsd", "auth", "tls"]
     output.table(
         "Environments",
         ["name", "namespace", "domain", "replicas (gw/router/cache)", "cache", "limit $/day", "auth", "tls"],
-        [
-            [r["name"], r["namespace"], r["domain"], r["replicas"], r["cache"], r["dailyLimitUsd"], r["auth"], r["tls"]]
-            for r in rows
-        ],
+        [[r[k] for k in keys] for r in rows],
     )
 
 

@@ -26,7 +26,7 @@ def up(
     cache_port: int = typer.Option(8082, "--cache-port", help="Cache service port."),
     state_dir: Path = typer.Option(None, "--state-dir", show_default=False,
                                    help="Where a detached stack is recorded "
-                                        "\\[default: ~/.local/state/qlens]."),
+                                        "[default: ~/.local/state/qlens]."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds each service may take to become ready."),
     as_json: bool = typer.Option(False, "--json", help="Print the started services as JSON."),
 ) -> None:

@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
 def smoke_test(
     env: str = typer.Option(None, "--env", "-e", show_default=False,
-                            help="Environment whose local stack to check \\[default: local]."),
+                            help="Environment whose local stack to check [default: local]."),
     url: str = typer.Option(None, "--url", show_default=False,
                             help="Check the gateway at this URL instead (only it must be reachable)."),
     api_key: str = typer.Option(None, "--api-key", envvar="QLENS_API_KEY", show_default=False,
