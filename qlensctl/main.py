@@ -53,14 +53,16 @@ def run(argv: list[str] | None = None) -> None:
     try:
         app(args=args, prog_name="qlensctl", standalone_mode=True)
     except QlensError as exc:
+        from rich.markup import escape  # messages hold key paths like `deployments[0]`: not markup
+
         err_console = get_console(stderr=True)
         if debug:
             err_console.print_exception()
         lines = exc.message.splitlines() or [type(exc).__name__]
         for line in lines:
-            err_console.print(f"[red]error:[/red] {line}", markup=True, highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
         if exc.hint:
-            err_console.print(f"[dim]hint:[/dim] {exc.hint}", soft_wrap=True)
+            err_console.print(f"[dim]hint:[/dim] {escape(exc.hint)}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         get_console(stderr=True).print("[yellow]interrupted[/yellow]")
@@ -69,7 +71,10 @@ def run(argv: list[str] | None = None) -> None:
         err_console = get_console(stderr=True)
         if debug:
             err_console.print_exception()
-        err_console.print(f"[red]error:[/red] unexpected {type(exc).__name__}: {exc}", soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(f"[red]error:[/red] unexpected {type(exc).__name__}: {escape(str(exc))}",
+                          soft_wrap=True)
         err_console.print("[dim]hint:[/dim] re-run with --debug for the traceback and report it")
         sys.exit(1)
 
