@@ -294,13 +294,16 @@ def _redis(url: str) -> Any:
                              "check QLENS_REDIS_URL / --redis-url, or port-forward to it") from None
 
 
-def backup_state(redis_url: str, directory: Path | str, *, now: datetime | None = None,
+def backup_state(redis_url: str, values_file: Path | str,
                  progress: Callable[[int], None] | None = None) -> tuple[Path, int]:
-    """Dump every `qlens:*` key (DUMP payload + absolute expiry) to `state-YYYYMMDD[...].json`."""
+    """Dump every `qlens:*` key (DUMP payload + absolute expiry) beside a values backup.
+
+    The file is `state_file_for(values_file)` (`values-X.yaml` -> `state-X.json`), created
+    exclusively: an existing one is never overwritten.
+    """
     import redis
 
-    directory = Path(directory)
-    now = (now or datetime.now(UTC)).astimezone(UTC)
+    path = state_file_for(Path(values_file))
     client = _redis(redis_url)
     entries = []
     try:
@@ -323,9 +326,17 @@ def backup_state(redis_url: str, directory: Path | str, *, now: datetime | None 
                              None) from None
     finally:
         client.close()
-    doc = {"format": STATE_FORMAT, "taken": now.strftime("%Y-%m-%dT%H:%M:%SZ"), "keys": entries}
-    _ensure_dir(directory)
-    return _create_exclusive(directory, "state", ".json", now, json.dumps(doc) + "\n"), len(entries)
+    taken = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    doc = {"format": STATE_FORMAT, "taken": taken, "keys": entries}
+    _ensure_dir(path.parent)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise OperationError(f"{path} already exists; not overwriting it",
+                             "move it away and try again") from None
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(doc) + "\n")
+    return path, len(entries)
 
 
 def state_file_for(values_file: Path) -> Path:
