@@ -1,0 +1,210 @@
+"""Turn a results dict into the terminal tables, the targets verdict, the JSON file and the PNG plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+# (label, goal text, how to read the measured value, limit, higher is better)
+Target = tuple[str, str, Callable[[dict], float | None], float, bool]
+
+
+def _get(d: dict, *path: str) -> float | None:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d if isinstance(d, int | float) else None
+
+
+def overhead(results: dict, scenario: str, base: str, metric: str, p: str) -> float | None:
+    q = _get(results, "sequential", scenario, metric, p)
+    b = _get(results, "sequential", base, metric, p)
+    return None if q is None or b is None else round(q - b, 3)
+
+
+def _cpu(results: dict) -> float | None:
+    return _get(results, "wrk", "miss", "cpu_ms_per_request", "total") or \
+        _get(results, "sequential", "miss", "cpu_ms_per_request", "total")
+
+
+def _rss(results: dict) -> float | None:
+    values = [m.get("rss_at_rest_mb") for m in results.get("memory", {}).values()]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def _rps_clean(results: dict) -> float | None:
+    miss = results.get("wrk", {}).get("miss")
+    if not miss:
+        return None
+    return miss["rps"] if not miss["errors"] else 0.0
+
+
+TARGETS: list[Target] = [
+    ("miss overhead p50, c=1", "<= 2 ms",
+     lambda r: overhead(r, "miss", "direct", "latency_ms", "p50"), 2.0, False),
+    ("miss overhead p99, c=1", "<= 6 ms",
+     lambda r: overhead(r, "miss", "direct", "latency_ms", "p99"), 6.0, False),
+    ("hit p50 end to end, c=1", "<= 1.5 ms",
+     lambda r: _get(r, "sequential", "hit", "latency_ms", "p50"), 1.5, False),
+    ("miss req/s, c=32, no errors", ">= 400 (aim 800)", _rps_clean, 400.0, True),
+    ("CPU per miss request, all services", "<= 2.5 ms", _cpu, 2.5, False),
+    ("RSS per service at rest (largest)", "<= 120 MB", _rss, 120.0, False),
+    ("stream TTFB over direct, p50", "<= 3 ms",
+     lambda r: overhead(r, "stream-miss", "stream-direct", "ttfb_ms", "p50"), 3.0, False),
+    ("qlensctl --help", "<= 150 ms", lambda r: _get(r, "cli", "qlensctl --help", "median_ms"), 150.0, False),
+    ("qlensctl render staging", "<= 400 ms",
+     lambda r: _get(r, "cli", "qlensctl render staging", "median_ms"), 400.0, False),
+]
+
+
+def evaluate(results: dict) -> list[dict]:
+    out = []
+    for label, goal, read, limit, higher in TARGETS:
+        value = read(results)
+        ok = None if value is None else (value >= limit if higher else value <= limit)
+        out.append({"target": label, "goal": goal, "measured": value, "met": ok})
+    return out
+
+
+# --- terminal ------------------------------------------------------------------------------------
+
+
+def _f(v: float | None, digits: int = 2) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def print_report(results: dict, console: Console) -> None:
+    meta = results["meta"]
+    console.print(f"[bold]QLens benchmark[/bold]  {meta['started']}  {meta['cpu_model']} x{meta['nproc']}")
+    console.print(f"pinning: {meta['pinning']}")
+    console.print(f"load average at start: {meta['loadavg_start']}  ·  fake provider: {meta['provider']}")
+    if meta.get("qlens_error"):
+        console.print(f"[red]QLens did not start:[/red] {meta['qlens_error']} "
+                      "(only the direct scenarios ran)")
+
+    seq = results.get("sequential", {})
+    if seq:
+        t = Table(title="Latency at concurrency 1 (ms; sequential keep-alive requests, interleaved)")
+        for col in ("scenario", "n", "p50", "p90", "p99", "+p50 vs direct", "+p99 vs direct", "errors",
+                    "x-qlens-cache"):
+            t.add_column(col, justify="left" if col in ("scenario", "x-qlens-cache") else "right")
+        for name, r in seq.items():
+            lat = r["latency_ms"]
+            base = "stream-direct" if name.startswith("stream") else "direct"
+            metric = "ttfb_ms" if name.startswith("stream") else "latency_ms"
+            if name.startswith("stream"):
+                lat = r.get("ttfb_ms", lat)
+                name = f"{name} (TTFB)"
+            is_base = name.split(" ")[0] == base
+            o50 = None if is_base else overhead(results, name.split(" ")[0], base, metric, "p50")
+            o99 = None if is_base else overhead(results, name.split(" ")[0], base, metric, "p99")
+            t.add_row(name, str(lat["n"]), _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]),
+                      "" if is_base else _f(o50), "" if is_base else _f(o99), str(r["errors"]),
+                      " ".join(f"{k}:{v}" for k, v in r.get("x_qlens_cache", {}).items()))
+        console.print(t)
+
+    w = results.get("wrk", {})
+    if w:
+        t = Table(title=f"Throughput at {results['meta']['connections']} connections (wrk; latency ms)")
+        for col in ("scenario", "req/s", "p50", "p99", "errors", "provider calls/req",
+                    "CPU ms/req gw", "router", "cache", "total"):
+            t.add_column(col, justify="left" if col == "scenario" else "right")
+        for name, r in w.items():
+            cpu = r.get("cpu_ms_per_request", {})
+            t.add_row(name, _f(r["rps"], 0), _f(r["latency_ms"]["p50"]), _f(r["latency_ms"]["p99"]),
+                      str(sum(r["errors"].values())) if r["errors"] else "0",
+                      _f(r["provider_calls_per_request"]),
+                      *(_f(cpu.get(k)) for k in ("gateway", "router", "cache", "total")))
+        console.print(t)
+
+    mem = results.get("memory", {})
+    if mem:
+        t = Table(title="Memory of the QLens processes (MB)")
+        for col in ("service", "RSS at rest", "peak RSS (VmHWM)"):
+            t.add_column(col, justify="left" if col == "service" else "right")
+        for name, m in mem.items():
+            t.add_row(name, _f(m.get("rss_at_rest_mb"), 1), _f(m.get("peak_rss_mb"), 1))
+        console.print(t)
+
+    cli = results.get("cli", {})
+    if cli:
+        t = Table(title="qlensctl wall time (median)")
+        t.add_column("command")
+        t.add_column("ms", justify="right")
+        for name, c in cli.items():
+            t.add_row(name, _f(c.get("median_ms"), 0) if c.get("ok") else f"n/a ({c.get('error')})")
+        console.print(t)
+
+    t = Table(title="Targets")
+    for col in ("target", "goal", "measured", "met"):
+        t.add_column(col, justify="right" if col == "measured" else "left")
+    for row in results["targets"]:
+        met = {True: "[green]yes[/green]", False: "[red]NO[/red]", None: "[dim]n/a[/dim]"}[row["met"]]
+        t.add_row(row["target"], row["goal"], _f(row["measured"]), met)
+    console.print(t)
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+
+def write_json(results: dict, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = results["meta"]["started"].replace(":", "").replace("-", "")
+    path = out_dir / f"bench-{stamp}.json"
+    text = json.dumps(results, indent=2)
+    path.write_text(text)
+    (out_dir / "latest.json").write_text(text)
+    return path
+
+
+def write_plot(samples: dict[str, list[float]], ttfb: dict[str, list[float]], rps: dict[str, float],
+               out_dir: Path, subtitle: str) -> Path | None:
+    """Latency distributions (empirical CDFs, log time axis) direct vs miss vs hit, stream TTFB, req/s."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"direct": "#555555", "miss": "#d62728", "hit": "#2ca02c",
+              "stream-direct": "#555555", "stream-miss": "#9467bd"}
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [3, 3, 2]})
+
+    def ecdf(ax, data: dict[str, list[float]], title: str) -> None:
+        for name, values in data.items():
+            if not values:
+                continue
+            s = sorted(values)
+            ys = [(i + 1) / len(s) for i in range(len(s))]
+            ax.step(s, ys, where="post", label=f"{name} (p50 {s[len(s) // 2]:.2f} ms)",
+                    color=colors.get(name))
+        ax.set_xscale("log")
+        ax.set_xlabel("ms (log scale)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(title)
+        for q in (0.5, 0.99):
+            ax.axhline(q, color="#bbbbbb", lw=0.6, ls="--")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(loc="lower right", fontsize=8)
+
+    ecdf(axes[0], samples, "Latency, concurrency 1")
+    ecdf(axes[1], ttfb, "Streaming: time to first chunk, concurrency 1")
+    names = list(rps)
+    axes[2].bar(names, [rps[n] for n in names], color=[colors.get(n, "#1f77b4") for n in names])
+    axes[2].set_title("Throughput, 32 connections (req/s)")
+    axes[2].tick_params(axis="x", labelrotation=30)
+    for i, n in enumerate(names):
+        axes[2].text(i, rps[n], f"{rps[n]:.0f}", ha="center", va="bottom", fontsize=8)
+    fig.suptitle(f"QLens benchmark: {subtitle}", fontsize=10)
+    fig.tight_layout()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "latency.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
