@@ -1,0 +1,164 @@
+"""Azure OpenAI through the official `openai` SDK (`AsyncAzureOpenAI`).
+
+One SDK client per endpoint, created once with a pooled HTTP client (pool size and connect/read
+timeouts from the provider config) and `max_retries=0`: retrying is the router's job, it knows
+the deadline and the other deployments. The deployment is chosen per call by putting its name in
+the body's `model`, from which the SDK builds `/openai/deployments/{name}/chat/completions`.
+
+Credentials: `AZURE_OPENAI_ENDPOINT`, and `AZURE_OPENAI_API_KEY`; without a key, an Entra ID
+token from `azure-identity`'s DefaultAzureCredential (managed identity, workload identity, CLI).
+
+Answers are forwarded as the bytes Azure sent (no parse-and-reserialize round trip); only the
+usage is read out of them. Streams always ask Azure for usage (it settles budgets and feeds the
+token metrics) and drop that chunk again when the client did not ask for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from services.common.config import AzureOpenAIProvider as AzureConfig
+from services.router.providers.base import Completion, ProviderError, StreamItem, Usage, wants_usage
+from services.router.retry import FailureKind, kind_for_status
+
+ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
+
+
+class AzureOpenAIProvider:
+    name = "azureOpenAI"
+    deterministic = False
+
+    def __init__(self, config: AzureConfig, endpoint: str, api_key: str | None = None) -> None:
+        import httpx2
+        from openai import AsyncAzureOpenAI
+
+        self.timeouts = config.timeouts
+        t = config.timeouts
+        self._http = httpx2.AsyncClient(
+            limits=httpx2.Limits(
+                max_connections=config.pool.max_connections,
+                max_keepalive_connections=config.pool.max_keepalive,
+            ),
+            timeout=httpx2.Timeout(connect=t.connect, read=t.read, write=t.read, pool=t.connect),
+        )
+        self._credential = None
+        auth: dict[str, Any]
+        if api_key:
+            auth = {"api_key": api_key}
+        else:
+            from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
+
+            self._credential = DefaultAzureCredential()
+            auth = {"azure_ad_token_provider": get_bearer_token_provider(self._credential, ENTRA_SCOPE)}
+        self.client = AsyncAzureOpenAI(
+            azure_endpoint=endpoint,
+            api_version=config.api_version,
+            max_retries=0,
+            http_client=self._http,
+            timeout=httpx2.Timeout(connect=t.connect, read=t.read, write=t.read, pool=t.connect),
+            **auth,
+        )
+
+    async def complete(self, target: str, body: dict[str, Any]) -> Completion:
+        import httpx2
+
+        payload = {**body, "model": target}
+        async with _translate_errors():
+            response = await self.client.post("/chat/completions", body=payload, cast_to=httpx2.Response)
+        content = response.content
+        try:
+            usage = _usage(orjson.loads(content).get("usage"))
+        except (orjson.JSONDecodeError, AttributeError):
+            raise ProviderError(FailureKind.DEPLOYMENT, "Azure OpenAI answered with malformed JSON") from None
+        return Completion(content, usage or Usage(0, 0))
+
+    async def stream(self, target: str, body: dict[str, Any]) -> AsyncIterator[StreamItem]:
+        import httpx2
+
+        client_wants_usage = wants_usage(body)
+        options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+        payload = {
+            **body,
+            "model": target,
+            "stream": True,
+            "stream_options": {**options, "include_usage": True},
+        }
+        async with _translate_errors():
+            response = await self.client.post(
+                "/chat/completions", body=payload, cast_to=httpx2.Response, stream=True
+            )
+        usage = Usage(0, 0)
+        try:
+            async with _translate_errors():
+                async for line in response.aiter_lines():
+                    if not line.startswith("data:"):
+                        continue  # blank separators, comments, event: lines
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    raw = data.encode()
+                    if (b'"usage"' in raw and b'"usage":null' not in raw) or b'"error"' in raw:
+                        chunk = orjson.loads(raw)
+                        if isinstance(chunk.get("error"), dict):
+                            message = str(chunk["error"].get("message") or "stream error")
+                            raise ProviderError(FailureKind.SERVER, f"Azure OpenAI stream failed: {message}")
+                        found = _usage(chunk.get("usage"))
+                        if found is not None:
+                            usage = found
+                            if not chunk.get("choices") and not client_wants_usage:
+                                continue  # the usage-only chunk the client did not ask for
+                    yield b"data: " + raw + b"\n\n"
+        finally:
+            await response.aclose()
+        yield usage
+
+    async def aclose(self) -> None:
+        await self.client.close()
+        if self._credential is not None:
+            await self._credential.close()
+
+
+def _usage(usage: Any) -> Usage | None:
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+class _translate_errors:
+    """Turn the SDK's exceptions into ProviderError with the right retry kind."""
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, ProviderError):
+            return False
+        import httpx2
+        import openai
+
+        if isinstance(exc, openai.APIStatusError):
+            raise ProviderError(
+                kind_for_status(exc.status_code), _status_message(exc), exc.status_code
+            ) from None
+        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException):
+            raise ProviderError(FailureKind.TIMEOUT, "Azure OpenAI timed out") from None
+        if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
+            raise ProviderError(FailureKind.CONNECT, "could not reach Azure OpenAI") from None
+        if isinstance(exc, orjson.JSONDecodeError):
+            raise ProviderError(
+                FailureKind.DEPLOYMENT, "Azure OpenAI sent a malformed stream chunk"
+            ) from None
+        return False
+
+
+def _status_message(exc: Any) -> str:
+    """Azure's own error message (it describes the request, never our key), with the status."""
+    body = getattr(exc, "body", None)
+    message = None
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        message = inner.get("message") if isinstance(inner, dict) else None
+    return f"Azure OpenAI returned {exc.status_code}: {message or 'no detail'}"

@@ -1,0 +1,173 @@
+"""What every provider adapter offers the router, and the OpenAI shapes they all produce.
+
+A provider turns an OpenAI chat-completions request body into a call to its backend and answers
+in OpenAI's format:
+
+- `complete(target, body)` -> `Completion`: the `chat.completion` JSON as bytes, plus usage.
+- `stream(target, body)` -> async iterator of SSE events (`b"data: {chunk}\\n\\n"`, no `[DONE]`,
+  the router adds it), then one `Usage` object as the last item. The usage chunk is among the
+  events only when the client asked for it (`stream_options.include_usage`).
+
+Failures raise `ProviderError` with a `FailureKind` that tells the router whether to retry, try
+elsewhere, or answer the client. Nothing raised before the first item has reached the client, so
+the router may still retry; afterwards it may not.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from services.common.config import Timeouts
+from services.router.retry import FailureKind
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    def as_openai(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+
+@dataclass(frozen=True)
+class Completion:
+    body: bytes  # OpenAI chat.completion JSON, forwarded as is
+    usage: Usage
+
+
+class ProviderError(Exception):
+    def __init__(self, kind: FailureKind, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.status = status
+
+
+StreamItem = bytes | Usage
+
+
+class Provider(Protocol):
+    name: str  # "azureOpenAI", "awsBedrock", "echo": the provider half of a deployment label
+    deterministic: bool  # same request, same answer (echo): reported in /v1/models
+    timeouts: Timeouts
+
+    async def complete(self, target: str, body: dict[str, Any]) -> Completion: ...
+
+    def stream(self, target: str, body: dict[str, Any]) -> AsyncIterator[StreamItem]: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- OpenAI request and response shapes ------------------------------------------------------
+
+
+def message_text(content: Any) -> str:
+    """The text of a message's `content`: a string, or an array of parts of which text parts count."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            str(part.get("text", ""))
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    return str(content)
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return bool(isinstance(options, dict) and options.get("include_usage"))
+
+
+def max_tokens(body: dict[str, Any]) -> int | None:
+    value = body.get("max_completion_tokens", body.get("max_tokens"))
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def stop_sequences(body: dict[str, Any]) -> list[str]:
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        return [stop]
+    if isinstance(stop, list):
+        return [s for s in stop if isinstance(s, str)]
+    return []
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + secrets.token_hex(12)
+
+
+def completion_body(
+    *, id: str, model: str, text: str, finish_reason: str, usage: Usage, created: int | None = None
+) -> bytes:
+    return orjson.dumps(
+        {
+            "id": id,
+            "object": "chat.completion",
+            "created": created or int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": finish_reason,
+                    "logprobs": None,
+                }
+            ],
+            "usage": usage.as_openai(),
+        }
+    )
+
+
+def sse_event(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+class ChunkWriter:
+    """Builds the `chat.completion.chunk` events of one streamed answer."""
+
+    def __init__(self, model: str, include_usage: bool, id: str | None = None) -> None:
+        self.id = id or new_completion_id()
+        self.model = model
+        self.created = int(time.time())
+        self.include_usage = include_usage
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        }
+        if self.include_usage:
+            chunk["usage"] = usage.as_openai() if usage else None
+        return sse_event(chunk)
+
+    def role(self) -> bytes:
+        return self._chunk(
+            [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+        )
+
+    def content(self, text: str) -> bytes:
+        return self._chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+
+    def finish(self, reason: str) -> bytes:
+        return self._chunk([{"index": 0, "delta": {}, "finish_reason": reason}])
+
+    def usage(self, usage: Usage) -> bytes:
+        """The last chunk when the client asked for usage: no choices, usage filled in."""
+        return self._chunk([], usage)

@@ -1,0 +1,274 @@
+"""AWS Bedrock through boto3's `bedrock-runtime` Converse and ConverseStream APIs.
+
+boto3 blocks, so every call runs in a worker thread of this provider's own pool (sized like the
+connection pool, so the loop's default executor is never the bottleneck). A stream is pumped by a
+thread that pushes each event through an asyncio queue as it arrives: chunks reach the client
+while the model is still writing.
+
+One boto3 client, created once, with a botocore Config for the pool size and connect/read
+timeouts, and botocore's own retries off (the router retries). Region and credentials come from
+the standard AWS environment (`AWS_REGION`, `AWS_ACCESS_KEY_ID`, ...; `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`
+points it elsewhere, which the tests use).
+
+The translation OpenAI <-> Converse lives in plain functions (`to_converse`, `from_converse`,
+`stream_items`) so it is tested without any network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from services.common.config import AwsBedrockProvider as BedrockConfig
+from services.router.providers.base import (
+    ChunkWriter,
+    Completion,
+    ProviderError,
+    StreamItem,
+    Usage,
+    completion_body,
+    max_tokens,
+    message_text,
+    new_completion_id,
+    stop_sequences,
+    wants_usage,
+)
+from services.router.retry import FailureKind, kind_for_status
+
+# Converse stopReason -> OpenAI finish_reason
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "content_filtered": "content_filter",
+    "guardrail_intervened": "content_filter",
+}
+
+# Bedrock error codes whose meaning is clearer than their HTTP status
+ERROR_KINDS = {
+    "ThrottlingException": FailureKind.RATE_LIMITED,
+    "ServiceQuotaExceededException": FailureKind.RATE_LIMITED,
+    "ModelNotReadyException": FailureKind.SERVER,
+    "ModelTimeoutException": FailureKind.TIMEOUT,
+    "ModelErrorException": FailureKind.SERVER,
+    "ModelStreamErrorException": FailureKind.SERVER,
+    "InternalServerException": FailureKind.SERVER,
+    "ServiceUnavailableException": FailureKind.SERVER,
+    "ValidationException": FailureKind.CLIENT,
+    "AccessDeniedException": FailureKind.DEPLOYMENT,
+    "ResourceNotFoundException": FailureKind.DEPLOYMENT,
+    "UnrecognizedClientException": FailureKind.DEPLOYMENT,
+}
+
+
+# --- OpenAI -> Converse ----------------------------------------------------------------------
+
+
+def _text_blocks(content: Any) -> list[dict[str, str]]:
+    """Converse content blocks of an OpenAI message content (string or parts); text only."""
+    if isinstance(content, list):
+        blocks = []
+        for part in content:
+            if not isinstance(part, dict):
+                continue
+            if part.get("type") != "text":
+                raise ProviderError(
+                    FailureKind.CLIENT,
+                    f"content part type {part.get('type')!r} is not supported by awsBedrock models",
+                )
+            if part.get("text"):
+                blocks.append({"text": str(part["text"])})
+        return blocks
+    text = message_text(content)
+    return [{"text": text}] if text else []
+
+
+def to_converse(model_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of `converse`/`converse_stream` for an OpenAI request body.
+
+    System (and developer) messages become `system` blocks; user and assistant messages keep
+    their order, with consecutive messages of one role merged (Converse wants the roles to
+    alternate); tool results are passed as user text.
+    """
+    system: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
+    for m in body.get("messages") or []:
+        if not isinstance(m, dict):
+            continue
+        role = m.get("role")
+        blocks = _text_blocks(m.get("content"))
+        if role in ("system", "developer"):
+            system.extend(blocks)
+            continue
+        role = "assistant" if role == "assistant" else "user"
+        if not blocks:
+            continue
+        if messages and messages[-1]["role"] == role:
+            messages[-1]["content"].extend(blocks)
+        else:
+            messages.append({"role": role, "content": blocks})
+    if not messages:
+        raise ProviderError(FailureKind.CLIENT, "the request has no user or assistant message with text")
+    request: dict[str, Any] = {"modelId": model_id, "messages": messages}
+    if system:
+        request["system"] = system
+    inference: dict[str, Any] = {}
+    if (limit := max_tokens(body)) is not None:
+        inference["maxTokens"] = limit
+    if isinstance(body.get("temperature"), int | float):
+        inference["temperature"] = float(body["temperature"])
+    if isinstance(body.get("top_p"), int | float):
+        inference["topP"] = float(body["top_p"])
+    if stops := stop_sequences(body):
+        inference["stopSequences"] = stops
+    if inference:
+        request["inferenceConfig"] = inference
+    return request
+
+
+# --- Converse -> OpenAI ----------------------------------------------------------------------
+
+
+def _usage(usage: Any) -> Usage:
+    usage = usage if isinstance(usage, dict) else {}
+    return Usage(int(usage.get("inputTokens") or 0), int(usage.get("outputTokens") or 0))
+
+
+def from_converse(response: dict[str, Any], model: str) -> Completion:
+    content = (((response.get("output") or {}).get("message") or {}).get("content")) or []
+    text = "".join(str(block.get("text", "")) for block in content if isinstance(block, dict))
+    usage = _usage(response.get("usage"))
+    finish = FINISH_REASONS.get(str(response.get("stopReason")), "stop")
+    return Completion(
+        completion_body(id=new_completion_id(), model=model, text=text, finish_reason=finish, usage=usage),
+        usage,
+    )
+
+
+def stream_items(events: Iterator[dict[str, Any]], out: ChunkWriter) -> Iterator[StreamItem]:
+    """OpenAI chunks for ConverseStream events, then the usage (from the `metadata` event)."""
+    usage = Usage(0, 0)
+    for event in events:
+        if "messageStart" in event:
+            yield out.role()
+        elif "contentBlockDelta" in event:
+            text = (event["contentBlockDelta"].get("delta") or {}).get("text")
+            if text:
+                yield out.content(text)
+        elif "messageStop" in event:
+            yield out.finish(FINISH_REASONS.get(str(event["messageStop"].get("stopReason")), "stop"))
+        elif "metadata" in event:
+            usage = _usage(event["metadata"].get("usage"))
+    if out.include_usage:
+        yield out.usage(usage)
+    yield usage
+
+
+def provider_error(exc: BaseException) -> ProviderError:
+    """The ProviderError for anything boto3 raises."""
+    from botocore import exceptions as bx
+
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, bx.ClientError):  # EventStreamError (a failure inside a stream) is one too
+        error = exc.response.get("Error") or {}
+        code = str(error.get("Code") or "")
+        status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        kind = ERROR_KINDS.get(code) or kind_for_status(int(status or 500))
+        message = str(error.get("Message") or code or "error")
+        return ProviderError(kind, f"Bedrock returned {code or status}: {message}", status)
+    if isinstance(exc, bx.ReadTimeoutError | bx.ConnectTimeoutError):
+        return ProviderError(FailureKind.TIMEOUT, "Bedrock timed out")
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return ProviderError(FailureKind.DEPLOYMENT, "no AWS credentials for Bedrock")
+    if isinstance(exc, bx.EndpointConnectionError | bx.ConnectionError | bx.HTTPClientError):
+        return ProviderError(FailureKind.CONNECT, "could not reach Bedrock")
+    return ProviderError(FailureKind.SERVER, f"Bedrock call failed: {type(exc).__name__}")
+
+
+# --- the provider ------------------------------------------------------------------------------
+
+_END = object()
+
+
+class BedrockProvider:
+    name = "awsBedrock"
+    deterministic = False
+
+    def __init__(self, config: BedrockConfig) -> None:
+        import boto3
+        from botocore.config import Config
+
+        self.timeouts = config.timeouts
+        self.client = boto3.session.Session().client(
+            "bedrock-runtime",
+            region_name=os.environ.get("AWS_REGION") or config.region,
+            config=Config(
+                connect_timeout=config.timeouts.connect,
+                read_timeout=config.timeouts.read,
+                max_pool_connections=config.pool.max_connections,
+                retries={"total_max_attempts": 1, "mode": "standard"},
+            ),
+        )
+        self._threads = ThreadPoolExecutor(
+            max_workers=config.pool.max_connections, thread_name_prefix="bedrock"
+        )
+
+    async def complete(self, target: str, body: dict[str, Any]) -> Completion:
+        request = to_converse(target, body)
+        loop = asyncio.get_running_loop()
+        try:
+            response = await loop.run_in_executor(self._threads, lambda: self.client.converse(**request))
+        except Exception as exc:
+            raise provider_error(exc) from None
+        return from_converse(response, str(body.get("model") or target))
+
+    async def stream(self, target: str, body: dict[str, Any]) -> AsyncIterator[StreamItem]:
+        request = to_converse(target, body)
+        out = ChunkWriter(str(body.get("model") or target), wants_usage(body))
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone (shutdown): nobody is listening
+                stop.set()
+
+        def pump() -> None:
+            events = None
+            try:
+                events = self.client.converse_stream(**request)["stream"]
+                for item in stream_items(iter(events), out):
+                    if stop.is_set():
+                        break
+                    put(item)
+            except Exception as exc:
+                put(provider_error(exc))
+            finally:
+                if events is not None:
+                    events.close()
+                put(_END)
+
+        loop.run_in_executor(self._threads, pump)
+        try:
+            while True:
+                item = await queue.get()
+                if item is _END:
+                    return
+                if isinstance(item, ProviderError):
+                    raise item
+                yield item
+        finally:
+            stop.set()  # the client went away or the stream ended: the pump stops at the next event
+
+    async def aclose(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
+        self.client.close()

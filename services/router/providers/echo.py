@@ -1,0 +1,121 @@
+"""The echo provider: answers locally, deterministically, without network or credentials.
+
+For `qlensctl up` on a laptop, demos and tests. The answer repeats the last user message, so the
+same request always gets the same answer (it is marked deterministic in /v1/models). Token counts
+are estimated like a real tokenizer would roughly count them (about 4 characters per token plus
+a few per message), so budgets and cost reports behave as they would with a real model.
+`max_tokens` truncates the answer (finish_reason "length") and `stop` sequences cut it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+from services.common.config import EchoProvider as EchoConfig
+from services.common.config import Timeouts
+from services.router.providers.base import (
+    ChunkWriter,
+    Completion,
+    StreamItem,
+    Usage,
+    completion_body,
+    max_tokens,
+    message_text,
+    new_completion_id,
+    stop_sequences,
+    wants_usage,
+)
+
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4  # role and separators, as chat formats add them
+TOKENS_PER_REQUEST = 3
+MAX_STREAM_CHUNKS = 16
+
+
+def count_tokens(text: str) -> int:
+    return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def prompt_tokens(messages: list[Any]) -> int:
+    total = TOKENS_PER_REQUEST
+    for m in messages:
+        if isinstance(m, dict):
+            total += TOKENS_PER_MESSAGE + count_tokens(message_text(m.get("content")))
+    return total
+
+
+def echo_answer(body: dict[str, Any]) -> tuple[str, str]:
+    """The answer text and its finish reason."""
+    messages = body.get("messages") or []
+    last_user = next(
+        (
+            message_text(m.get("content"))
+            for m in reversed(messages)
+            if isinstance(m, dict) and m.get("role") == "user"
+        ),
+        "",
+    )
+    text = f"Echo: {last_user}" if last_user else "Echo: (no user message)"
+    finish = "stop"
+    for stop in stop_sequences(body):
+        if stop and stop in text:
+            text = text[: text.index(stop)]
+    limit = max_tokens(body)
+    if limit is not None and count_tokens(text) > limit:
+        text = text[: limit * CHARS_PER_TOKEN]
+        finish = "length"
+    return text, finish
+
+
+def split_for_stream(text: str, max_chunks: int = MAX_STREAM_CHUNKS) -> list[str]:
+    """Word-sized pieces (at most `max_chunks`) that join back to `text`."""
+    words = text.split(" ")
+    pieces = [w + " " for w in words[:-1]] + [words[-1]]
+    per_chunk = max(1, math.ceil(len(pieces) / max_chunks))
+    chunks = ["".join(pieces[i : i + per_chunk]) for i in range(0, len(pieces), per_chunk)]
+    return [c for c in chunks if c] or [""]
+
+
+class EchoProvider:
+    name = "echo"
+    deterministic = True
+
+    def __init__(self, config: EchoConfig | None = None) -> None:
+        self.delay = (config.delay_ms if config else 0.0) / 1000.0
+        self.timeouts = Timeouts()
+
+    def _usage(self, body: dict[str, Any], text: str) -> Usage:
+        return Usage(prompt_tokens(body.get("messages") or []), count_tokens(text))
+
+    async def complete(self, target: str, body: dict[str, Any]) -> Completion:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        text, finish = echo_answer(body)
+        usage = self._usage(body, text)
+        model = str(body.get("model") or target)
+        return Completion(
+            completion_body(
+                id=new_completion_id(), model=model, text=text, finish_reason=finish, usage=usage
+            ),
+            usage,
+        )
+
+    async def stream(self, target: str, body: dict[str, Any]) -> AsyncIterator[StreamItem]:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        text, finish = echo_answer(body)
+        usage = self._usage(body, text)
+        out = ChunkWriter(str(body.get("model") or target), wants_usage(body))
+        yield out.role()
+        for piece in split_for_stream(text):
+            yield out.content(piece)
+        yield out.finish(finish)
+        if out.include_usage:
+            yield out.usage(usage)
+        yield usage
+
+    async def aclose(self) -> None:
+        return None

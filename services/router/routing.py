@@ -1,0 +1,342 @@
+"""The routing loop: deployment choice, circuit breakers, retries, deadline and fallback.
+
+For a request for model M the router tries M's deployments, then each fallback model's, in order.
+Within one model it makes up to `retries.maxAttempts` attempts: each picks a deployment with the
+model's strategy among those whose circuit lets a call through, preferring one this request has
+not tried yet; before a retry it waits an exponential backoff with jitter. Everything is bounded
+by the request deadline: a call gets at most what is left of it, a backoff never outlasts it.
+
+How it ends:
+- an answer (possibly from a fallback model, which the caller reports in headers and logs);
+- the provider rejected the request itself (400-class): passed back at once, no retry;
+- the deadline passed: 504 `deadline_exceeded`;
+- every option failed or was open: 429 `provider_rate_limited` if the last failure was a rate
+  limit, 502 `provider_error` if it was a misconfigured deployment or a malformed answer,
+  else 503 `no_healthy_deployment`.
+
+A stream counts as answered once its first chunk arrived: only failures before it are retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.config import Routing
+from services.common.errors import APIError
+from services.common.logging import log_event
+from services.common.metrics import FALLBACKS, PROVIDER_LATENCY, PROVIDER_REQUESTS, RETRIES, TOKENS
+from services.router.catalog import Catalog, DeploymentState, Member, ModelRoute
+from services.router.providers.base import Completion, ProviderError, StreamItem, Usage, sse_event
+from services.router.retry import FailureKind, backoff_seconds
+
+logger = logging.getLogger("qlens.router")
+
+DONE = b"data: [DONE]\n\n"
+
+
+@dataclass
+class Served:
+    """Who answered a request, for headers, metrics and the log line."""
+
+    requested: str
+    model: str  # the public model that answered (differs from `requested` after a fallback)
+    deployment: DeploymentState
+    attempts: int
+    upstream_seconds: float
+
+    @property
+    def fallback(self) -> bool:
+        return self.model != self.requested
+
+
+Call = Callable[[DeploymentState, dict[str, Any]], Awaitable[Any]]
+
+
+class Router:
+    def __init__(
+        self,
+        catalog: Catalog,
+        routing: Routing,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self.catalog = catalog
+        self.routing = routing
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._sleep = sleep
+
+    def deadline(self) -> float:
+        return self._clock() + self.routing.deadline_seconds
+
+    # --- public entry points -------------------------------------------------------------------
+
+    async def complete(self, body: dict[str, Any], deadline: float) -> tuple[Completion, Served]:
+        async def call(dep: DeploymentState, request: dict[str, Any]) -> Completion:
+            assert dep.provider is not None
+            return await dep.provider.complete(dep.target, request)
+
+        completion, served = await self._route(body, deadline, call, keeps_in_flight=False)
+        _count_tokens(served.model, completion.usage)
+        return completion, served
+
+    async def stream(self, body: dict[str, Any], deadline: float) -> tuple[AsyncIterator[bytes], Served]:
+        """Open a stream; returns once its first chunk arrived, with the events to send."""
+
+        async def call(
+            dep: DeploymentState, request: dict[str, Any]
+        ) -> tuple[AsyncIterator[StreamItem], Any]:
+            assert dep.provider is not None
+            events = dep.provider.stream(dep.target, request)
+            try:
+                first = await anext(events)
+            except StopAsyncIteration:
+                raise ProviderError(
+                    FailureKind.SERVER, f"{dep.label} ended the stream without an event"
+                ) from None
+            except BaseException:
+                await events.aclose()
+                raise
+            return events, first
+
+        (events, first), served = await self._route(body, deadline, call, keeps_in_flight=True)
+        return self._relay(events, first, served, deadline), served
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    async def _route(
+        self, body: dict[str, Any], deadline: float, call: Call, keeps_in_flight: bool
+    ) -> tuple[Any, Served]:
+        requested = body["model"]
+        if requested not in self.catalog.models:
+            raise APIError(
+                404, f"The model `{requested}` does not exist", code="model_not_found", param="model"
+            )
+        retries = self.routing.retries
+        last: ProviderError | None = None
+        upstream = 0.0
+        total_attempts = 0
+        for route in self.catalog.chain(requested):
+            request = body if route.name == requested else {**body, "model": route.name}
+            tried: set[str] = set()
+            excluded: set[str] = set()  # misconfigured for this request: never again
+            attempt = 0
+            while attempt < retries.max_attempts:
+                if not self._candidates(route, tried, excluded):
+                    break
+                if attempt > 0:
+                    RETRIES.inc()
+                    pause = backoff_seconds(
+                        attempt, retries.backoff_base_ms, retries.backoff_max_ms, self._rng
+                    )
+                    await self._sleep(max(0.0, min(pause, deadline - self._clock())))
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise _deadline_error(requested, self.routing.deadline_seconds)
+                member = self._pick(route, tried, excluded)
+                if member is None:
+                    break
+                dep = member.deployment
+                assert dep.provider is not None
+                tried.add(dep.label)
+                attempt += 1
+                total_attempts += 1
+                budget = min(dep.provider.timeouts.total, remaining)
+                dep.in_flight += 1
+                started = self._clock()
+                try:
+                    async with asyncio.timeout(budget):
+                        result = await call(dep, request)
+                except (ProviderError, TimeoutError) as exc:
+                    dep.in_flight -= 1
+                    elapsed = self._clock() - started
+                    upstream += elapsed
+                    err = (
+                        exc
+                        if isinstance(exc, ProviderError)
+                        else ProviderError(
+                            FailureKind.TIMEOUT, f"{dep.label} did not answer within {budget:.3g}s"
+                        )
+                    )
+                    _observe(dep, err.kind.value, elapsed)
+                    if err.kind is FailureKind.CLIENT:
+                        dep.breaker.release()
+                        raise _client_error(err) from None
+                    if err.kind is FailureKind.TIMEOUT and budget < dep.provider.timeouts.total:
+                        dep.breaker.release()  # our deadline cut it short: says nothing about its health
+                    else:
+                        dep.breaker.record_failure()
+                    if err.kind is FailureKind.DEPLOYMENT:
+                        excluded.add(dep.label)
+                    log_event(
+                        logger,
+                        "provider call failed",
+                        logging.WARNING,
+                        deployment=dep.label,
+                        model=route.name,
+                        outcome=err.kind.value,
+                        attempt=attempt,
+                        error=err.message,
+                    )
+                    last = err
+                    continue
+                except BaseException:  # cancelled (client gone) or a bug: leave the books straight
+                    dep.in_flight -= 1
+                    dep.breaker.release()
+                    raise
+                elapsed = self._clock() - started
+                upstream += elapsed
+                if not keeps_in_flight:
+                    dep.in_flight -= 1
+                dep.breaker.record_success()
+                dep.observe_latency(elapsed)
+                _observe(dep, "success", elapsed)
+                served = Served(requested, route.name, dep, total_attempts, upstream)
+                if served.fallback:
+                    FALLBACKS.inc()
+                    log_event(
+                        logger,
+                        "served by fallback model",
+                        requested=requested,
+                        model=route.name,
+                        deployment=dep.label,
+                        reason=last.message if last else "no usable deployment",
+                    )
+                return result, served
+        if self._clock() >= deadline:
+            raise _deadline_error(requested, self.routing.deadline_seconds)
+        raise _exhausted_error(requested, last)
+
+    def _candidates(self, route: ModelRoute, tried: set[str], excluded: set[str]) -> list[Member]:
+        return [
+            m for m in route.usable if m.deployment.label not in excluded and m.deployment.breaker.available()
+        ]
+
+    def _pick(self, route: ModelRoute, tried: set[str], excluded: set[str]) -> Member | None:
+        candidates = self._candidates(route, tried, excluded)
+        if not candidates:
+            return None
+        fresh = [m for m in candidates if m.deployment.label not in tried]
+        member = route.strategy.choose(fresh or candidates)
+        member.deployment.breaker.acquire()
+        return member  # type: ignore[return-value]
+
+    # --- streams after the first chunk -----------------------------------------------------------
+
+    async def _relay(
+        self, events: AsyncIterator[StreamItem], first: StreamItem, served: Served, deadline: float
+    ) -> AsyncIterator[bytes]:
+        """Forward chunks as they come, end with [DONE]; a failure now becomes an error event."""
+        dep = served.deployment
+        usage: Usage | None = None
+        outcome = "client_gone"
+        try:
+            if isinstance(first, Usage):
+                usage = first
+            else:
+                yield first
+            while True:
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise TimeoutError
+                try:
+                    async with asyncio.timeout(remaining):
+                        item = await anext(events)
+                except StopAsyncIteration:
+                    break
+                if isinstance(item, Usage):
+                    usage = item
+                else:
+                    yield item
+            outcome = "success"
+            yield DONE
+        except (ProviderError, TimeoutError) as exc:
+            if isinstance(exc, ProviderError):
+                outcome, code, message = exc.kind.value, "provider_error", exc.message
+            else:
+                outcome, code = "timeout", "deadline_exceeded"
+                message = (
+                    f"the request deadline ({self.routing.deadline_seconds:g}s) passed during the stream"
+                )
+            dep.breaker.record_failure()
+            PROVIDER_REQUESTS.labels(dep.provider_name, dep.label, "stream_" + outcome).inc()
+            log_event(
+                logger,
+                "stream failed after the first chunk",
+                logging.WARNING,
+                deployment=dep.label,
+                model=served.model,
+                outcome=outcome,
+                error=message,
+            )
+            yield sse_event(APIError(502, message, code=code).body())
+        finally:
+            dep.in_flight -= 1
+            await events.aclose()
+            if usage is not None:
+                _count_tokens(served.model, usage)
+            if outcome == "client_gone":
+                log_event(
+                    logger, "client went away during the stream", deployment=dep.label, model=served.model
+                )
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _observe(dep: DeploymentState, outcome: str, seconds: float) -> None:
+    PROVIDER_REQUESTS.labels(dep.provider_name, dep.label, outcome).inc()
+    PROVIDER_LATENCY.labels(dep.provider_name, dep.label).observe(seconds)
+
+
+def _count_tokens(model: str, usage: Usage) -> None:
+    if usage.prompt_tokens:
+        TOKENS.labels(model, "prompt").inc(usage.prompt_tokens)
+    if usage.completion_tokens:
+        TOKENS.labels(model, "completion").inc(usage.completion_tokens)
+
+
+def _client_error(err: ProviderError) -> APIError:
+    status = err.status if err.status and 400 <= err.status < 500 and err.status != 429 else 400
+    return APIError(status, err.message, code="provider_rejected_request")
+
+
+def _deadline_error(model: str, seconds: float) -> APIError:
+    return APIError(
+        504,
+        f"no answer for model `{model}` within the {seconds:g}s deadline",
+        code="deadline_exceeded",
+        type="timeout_error",
+    )
+
+
+def _exhausted_error(model: str, last: ProviderError | None) -> APIError:
+    if last is None:
+        return APIError(
+            503,
+            f"no healthy deployment for model `{model}` or its fallbacks (providers off or circuits open)",
+            code="no_healthy_deployment",
+        )
+    if last.kind is FailureKind.RATE_LIMITED:
+        return APIError(
+            429,
+            f"every deployment for model `{model}` is rate limited: {last.message}",
+            code="provider_rate_limited",
+            headers={"retry-after": "1"},
+        )
+    if last.kind is FailureKind.DEPLOYMENT:
+        return APIError(
+            502, f"no deployment for model `{model}` could answer: {last.message}", code="provider_error"
+        )
+    return APIError(
+        503,
+        f"no healthy deployment for model `{model}` or its fallbacks (last error: {last.message})",
+        code="no_healthy_deployment",
+    )
