@@ -51,14 +51,27 @@ def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "QLens test Key Vault CA")])
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, encipher_only=False,
-                                     decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
@@ -66,22 +79,32 @@ def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name).public_key(key.public_key())
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                                                    x509.DNSName("localhost")]), critical=False)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     ca_file, cert_file, key_file = directory / "ca.pem", directory / "server.pem", directory / "server.key"
     ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     key_file.chmod(0o600)
     return ca_file, cert_file, key_file
 
@@ -253,20 +276,28 @@ class _Handler(BaseHTTPRequestHandler):
         if auth != f"Bearer {self.fake.token}":
             # Key Vault's challenge: where to get a token, and for which resource
             self._record(False, 401)
-            challenge = (f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
-                         f'resource="{self.fake.resource}"')
-            return self._error(401, "Unauthorized", "AKV10000: Request is missing a Bearer or PoP token.",
-                               {"WWW-Authenticate": challenge})
+            challenge = (
+                f'Bearer authorization="https://login.microsoftonline.com/{TENANT}", '
+                f'resource="{self.fake.resource}"'
+            )
+            return self._error(
+                401,
+                "Unauthorized",
+                "AKV10000: Request is missing a Bearer or PoP token.",
+                {"WWW-Authenticate": challenge},
+            )
         if "api-version" not in query:
             self._record(True, 400)
-            return self._error(400, "MissingApiVersionParameter",
-                               "The api-version query parameter is required.")
+            return self._error(
+                400, "MissingApiVersionParameter", "The api-version query parameter is required."
+            )
         failure = self.fake._take_failure()
         if failure is not None:
             self._record(True, failure)
             headers = {"Retry-After": "0"} if failure == 429 else None
-            return self._error(failure, "Throttled" if failure == 429 else "InternalError",
-                               "injected failure", headers)
+            return self._error(
+                failure, "Throttled" if failure == 429 else "InternalError", "injected failure", headers
+            )
         name = segments[1]
         if self.command == "PUT" and len(segments) == 2:
             return self._put(name, body)
@@ -283,15 +314,28 @@ class _Handler(BaseHTTPRequestHandler):
         with self.fake._lock:
             self.fake.tokens_issued += 1
         self._record(False, 200)
-        self._send(200, {"access_token": self.fake.token, "expires_on": str(int(time.time()) + 3600),
-                         "resource": resource, "token_type": "Bearer", "client_id": "qlens-test"})
+        self._send(
+            200,
+            {
+                "access_token": self.fake.token,
+                "expires_on": str(int(time.time()) + 3600),
+                "resource": resource,
+                "token_type": "Bearer",
+                "client_id": "qlens-test",
+            },
+        )
 
     def _bundle(self, name: str, s: StoredSecret) -> dict[str, Any]:
         out: dict[str, Any] = {
             "value": s.value,
             "id": f"{self.fake.url}/secrets/{name}/{s.version}",
-            "attributes": {"enabled": True, "created": s.created, "updated": s.updated,
-                           "recoveryLevel": "Recoverable+Purgeable", "recoverableDays": 90},
+            "attributes": {
+                "enabled": True,
+                "created": s.created,
+                "updated": s.updated,
+                "recoveryLevel": "Recoverable+Purgeable",
+                "recoverableDays": 90,
+            },
             "tags": s.tags,
         }
         if s.content_type:
@@ -314,8 +358,14 @@ class _Handler(BaseHTTPRequestHandler):
         with self.fake._lock:
             versions = self.fake.secrets.setdefault(name, [])
             created = versions[0].created if versions else now
-            stored = StoredSecret(value=value, version=pysecrets.token_hex(16), created=created, updated=now,
-                                  tags=dict(doc.get("tags") or {}), content_type=doc.get("contentType"))
+            stored = StoredSecret(
+                value=value,
+                version=pysecrets.token_hex(16),
+                created=created,
+                updated=now,
+                tags=dict(doc.get("tags") or {}),
+                content_type=doc.get("contentType"),
+            )
             versions.append(stored)
         self._record(True, 200)
         self._send(200, self._bundle(name, stored))
@@ -329,7 +379,8 @@ class _Handler(BaseHTTPRequestHandler):
             chosen = versions[-1] if versions else None
         if chosen is None:
             self._record(True, 404)
-            return self._error(404, "SecretNotFound",
-                               f"A secret with (name/id) {name} was not found in this key vault.")
+            return self._error(
+                404, "SecretNotFound", f"A secret with (name/id) {name} was not found in this key vault."
+            )
         self._record(True, 200)
         self._send(200, self._bundle(name, chosen))

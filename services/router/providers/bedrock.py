@@ -179,6 +179,7 @@ def provider_error(exc: BaseException) -> ProviderError:
     if isinstance(exc, bx.ClientError):  # EventStreamError (a failure inside a stream) is one too
         error = exc.response.get("Error") or {}
         code = str(error.get("Code") or "")
+        code = code[:1].upper() + code[1:]  # in-stream exceptions are named like `throttlingException`
         status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
         kind = ERROR_KINDS.get(code) or kind_for_status(int(status or 500))
         message = str(error.get("Message") or code or "error")

@@ -1,0 +1,285 @@
+"""What the local cloud stand-ins share: a small ASGI server on 127.0.0.1 that can be told to misbehave.
+
+A fake runs in a thread of the test process (`with FakeAzureOpenAI() as fake:`) or as its own
+process (`python -m tests.fakes.azure_openai --port N`). Tests steer it directly (`fake.fail(500,
+times=2)`, `fake.slow(1.5)`, `fake.reset()`); another process steers it over HTTP:
+
+    POST /_fake/behaviour  {"fail_status": 503, "fail_times": 2, "fail_fraction": 0.5,
+                            "delay": 1.0, "chunk_delay": 0.05, "fail_mid_stream": true}
+    POST /_fake/reset      back to healthy, request log cleared
+    GET  /_fake/requests   [{"target": ..., "stream": ..., "status": ...}, ...]
+
+Behaviour, applied to each request in this order: answer `fail_status` to the next `fail_times`
+requests (every request while `fail_times` is null); else fail a `fail_fraction` of them (seeded,
+so runs repeat); wait `delay` seconds before answering (a timeout, seen from a client with a
+shorter one); in a stream, wait `chunk_delay` between chunks and, with `fail_mid_stream`, break
+off with an error after the first content chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import orjson
+
+from qlensctl.local import free_port
+
+Scope = dict[str, Any]
+
+
+@dataclass
+class Behaviour:
+    fail_status: int | None = None
+    fail_times: int | None = None
+    fail_fraction: float = 0.0
+    delay: float = 0.0
+    chunk_delay: float = 0.0
+    fail_mid_stream: bool = False
+
+
+@dataclass
+class Seen:
+    """One request as the fake saw it (no bodies kept: the log stays small under load)."""
+
+    target: str
+    stream: bool
+    status: int
+    at: float = field(default_factory=time.monotonic)
+
+
+def count_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+def last_user_text(messages: Any) -> str:
+    for m in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(m, dict) and m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):  # OpenAI parts or Converse blocks
+                return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def prompt_text(messages: Any) -> str:
+    out = []
+    for m in messages if isinstance(messages, list) else []:
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out.extend(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return " ".join(out)
+
+
+def words(text: str) -> list[str]:
+    """Stream pieces that join back to `text`."""
+    parts = text.split(" ")
+    return [p + " " for p in parts[:-1]] + [parts[-1]]
+
+
+async def read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def send_bytes(
+    send: Any,
+    status: int,
+    body: bytes,
+    content_type: str = "application/json",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class FakeServer:
+    """Base: the server thread, the behaviour knobs, the admin endpoints and the request log."""
+
+    name = "fake"
+
+    def __init__(self, port: int | None = None, seed: int = 0) -> None:
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.behaviour = Behaviour()
+        self.seen: deque[Seen] = deque(maxlen=100_000)  # bounded: the benchmark reuses fakes
+        self.streams_finished = 0  # streams sent to their last byte (shows chunks are relayed early)
+        self._lock = threading.Lock()
+        self._rng = random.Random(seed)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    # --- steering ------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def fail(self, status: int = 500, times: int | None = None, fraction: float | None = None) -> None:
+        """Answer `status` to the next `times` requests (all, if None), or to a `fraction` of them."""
+        with self._lock:
+            if fraction is not None:
+                self.behaviour.fail_status, self.behaviour.fail_times = status, None
+                self.behaviour.fail_fraction = fraction
+            else:
+                self.behaviour.fail_status, self.behaviour.fail_times = status, times
+                self.behaviour.fail_fraction = 0.0
+
+    def slow(self, delay: float = 0.0, chunk_delay: float = 0.0) -> None:
+        with self._lock:
+            self.behaviour.delay, self.behaviour.chunk_delay = delay, chunk_delay
+
+    def break_streams(self, on: bool = True) -> None:
+        with self._lock:
+            self.behaviour.fail_mid_stream = on
+
+    def reset(self) -> None:
+        with self._lock:
+            self.behaviour = Behaviour()
+            self.seen.clear()
+            self.streams_finished = 0
+
+    def calls(self, target: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for s in self.seen if target is None or s.target == target)
+
+    def _failure(self) -> int | None:
+        """The status this request must fail with, if any (consumes `fail_times`)."""
+        with self._lock:
+            b = self.behaviour
+            if b.fail_status is None:
+                return None
+            if b.fail_fraction > 0:
+                return b.fail_status if self._rng.random() < b.fail_fraction else None
+            if b.fail_times is None:
+                return b.fail_status
+            if b.fail_times > 0:
+                b.fail_times -= 1
+                return b.fail_status
+            return None
+
+    def _record(self, target: str, stream: bool, status: int) -> None:
+        with self._lock:
+            self.seen.append(Seen(target, stream, status))
+
+    # --- ASGI ----------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path.startswith("/_fake/"):
+            await self._admin(scope, receive, send)
+            return
+        await self.handle(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Any, send: Any) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def _admin(self, scope: Scope, receive: Any, send: Any) -> None:
+        path, method = scope["path"], scope["method"]
+        if path == "/_fake/behaviour" and method == "POST":
+            data = orjson.loads(await read_body(receive) or b"{}")
+            known = {f.name for f in fields(Behaviour)}
+            with self._lock:
+                self.behaviour = Behaviour(**{k: v for k, v in data.items() if k in known})
+            await send_bytes(send, 200, orjson.dumps(asdict(self.behaviour)))
+        elif path == "/_fake/reset" and method == "POST":
+            self.reset()
+            await send_bytes(send, 200, b"{}")
+        elif path == "/_fake/requests":
+            with self._lock:
+                seen = [asdict(s) for s in self.seen]
+            await send_bytes(send, 200, orjson.dumps(seen))
+        else:
+            await send_bytes(send, 404, b'{"error": "unknown fake admin route"}')
+
+    async def pause(self) -> None:
+        if self.behaviour.delay:
+            await asyncio.sleep(self.behaviour.delay)
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> FakeServer:
+        import uvicorn
+
+        config = uvicorn.Config(
+            self,
+            host=self.host,
+            port=self.port,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name=f"{self.name}-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start on port {self.port}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_forever(fake: FakeServer) -> None:
+    """Process mode: run in the foreground until SIGTERM/SIGINT; prints `ready <port>` once listening."""
+    import uvicorn
+
+    config = uvicorn.Config(
+        fake,
+        host=fake.host,
+        port=fake.port,
+        log_config=None,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        print(f"ready {fake.port}", flush=True)
+        await task
+
+    asyncio.run(run())
