@@ -1,0 +1,248 @@
+"""CLI conventions: help, one error-to-exit-code mapping (1 failed, 2 usage/config), no traceback
+without --debug, `env list/show` for people and machines, and the parts of `up`/`down` that need
+no running service (refusals before anything starts, stale state files).
+
+`run_cli` calls `qlensctl.main.run`, the console script's entry, in-process: that is where errors
+become messages and exit codes (typer's CliRunner on `app` would bypass it). One test runs the
+same entry in a real subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qlensctl.local import ServiceProcess, Stack, free_port, load_state, save_state
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str) -> Result:
+    """Run `qlensctl ARGS` in this process through `qlensctl.main.run`; capture exit code and output."""
+    from qlensctl.main import run
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run(list(args))
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(autouse=True)
+def _checkout_environments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QLENS_ENVIRONMENTS", str(ROOT / "environments"))
+
+
+# --- help and conventions -----------------------------------------------------------------------
+
+
+def test_help_lists_the_command_groups() -> None:
+    result = run_cli("--help")
+    assert result.code == 0
+    for command in ("up", "down", "smoke-test", "env"):
+        assert f"  {command} " in result.out
+
+
+def test_version() -> None:
+    from qlensctl import __version__
+
+    result = run_cli("--version")
+    assert (result.code, result.out.strip()) == (0, f"qlensctl {__version__}")
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    result = run_cli("deploy-everything")
+    assert result.code == 2
+    assert "No such command" in result.err
+
+
+def test_config_error_exit_2_one_line_and_a_hint_no_traceback() -> None:
+    result = run_cli("env", "show", "qa")
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
+    assert lines[0].startswith("error: unknown environment 'qa'")
+    assert lines[-1].startswith("hint: use one of: local, production, staging")
+    assert "Traceback" not in result.err
+
+
+def test_operation_error_exit_1() -> None:
+    closed = free_port()
+    result = run_cli("smoke-test", "--url", f"http://127.0.0.1:{closed}")
+    assert result.code == 1
+    assert "error: smoke test failed:" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_debug_adds_the_traceback() -> None:
+    result = run_cli("--debug", "env", "show", "qa")
+    assert result.code == 2
+    assert "Traceback" in result.err
+    assert "error: unknown environment 'qa'" in result.err
+
+
+def test_the_console_script_entry_in_a_real_process() -> None:
+    env = {**os.environ, "QLENS_ENVIRONMENTS": str(ROOT / "environments")}
+    proc = subprocess.run([sys.executable, "-m", "qlensctl.main", "env", "show", "qa"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: unknown environment 'qa'")
+    assert "hint:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    ok = subprocess.run([sys.executable, "-m", "qlensctl.main", "env", "list", "--json"],
+                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert [e["name"] for e in json.loads(ok.stdout)] == ["local", "production", "staging"]
+
+
+# --- env list / env show ------------------------------------------------------------------------
+
+
+def test_env_list_table() -> None:
+    result = run_cli("env", "list")
+    assert result.code == 0, result
+    rows = {line.split("│")[1].strip(): line for line in result.out.splitlines() if line.startswith("│")}
+    assert set(rows) == {"local", "staging", "production"}
+    assert "qlens-production" in rows["production"] and "qlens.quantumlayer.ai" in rows["production"]
+    assert "3/3/2" in rows["production"] and "redis" in rows["production"] and "1000" in rows["production"]
+    assert "qlens-staging.local" in rows["staging"] and "1/1/1" in rows["staging"]
+    assert "100.0" in rows["staging"]
+
+
+def test_env_list_json() -> None:
+    result = run_cli("env", "list", "--json")
+    assert result.code == 0, result
+    by_name = {e["name"]: e for e in json.loads(result.out)}
+    assert by_name["staging"] == {
+        "name": "staging", "namespace": "qlens-staging", "domain": "qlens-staging.local", "replicas": "1/1/1",
+        "cache": "memory", "dailyLimitUsd": 100.0, "auth": False, "tls": False, "monitoring": "basic",
+        "kubeContext": None,
+    }
+    assert by_name["production"] == {
+        "name": "production", "namespace": "qlens-production", "domain": "qlens.quantumlayer.ai",
+        "replicas": "3/3/2", "cache": "redis", "dailyLimitUsd": 1000.0, "auth": True, "tls": True,
+        "monitoring": "full", "kubeContext": "qlens-production",
+    }
+
+
+def test_env_show_json_and_yaml_agree() -> None:
+    as_json = run_cli("env", "show", "production", "--json")
+    as_yaml = run_cli("env", "show", "production")
+    assert as_json.code == as_yaml.code == 0
+    data = json.loads(as_json.out)
+    assert yaml.safe_load(as_yaml.out) == data
+    assert data["costControls"]["dailyLimits"] == {"total": 1000.0, "perTenant": 200.0, "perUser": 50.0}
+    providers = data["providers"]
+    assert providers["azureOpenAI"]["deployments"] == {"gpt-4": "gpt-4", "gpt-35-turbo": "gpt-35-turbo"}
+    claude = {"id": "claude-3-sonnet", "modelId": "anthropic.claude-3-sonnet-20240229-v1:0",
+              "name": "Claude 3 Sonnet"}
+    assert providers["awsBedrock"]["models"] == [claude]
+    assert data["tls"]["enabled"] is True and data["auth"]["required"] is True
+    assert data["kubeContext"] == "qlens-production"
+
+
+# --- up / down without services: refusals and stale state ---------------------------------------
+
+
+def test_up_refuses_a_port_in_use_before_starting_anything(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("up", "--detach", "--state-dir", str(tmp_path), "--gateway-port", str(port),
+                         "--router-port", str(free_port()), "--cache-port", str(free_port()))
+    assert result.code == 2
+    assert f"error: port {port} for the gateway is already in use" in result.err
+    assert "--gateway-port" in result.err  # the hint says how to pick another
+    assert not (tmp_path / "logs").exists() and load_state(tmp_path) is None  # nothing was started
+
+
+def test_up_refuses_one_port_for_two_services(tmp_path: Path) -> None:
+    port = str(free_port())
+    result = run_cli("up", "--detach", "--state-dir", str(tmp_path), "--gateway-port", port,
+                     "--router-port", port, "--cache-port", str(free_port()))
+    assert result.code == 2
+    assert "need three different ports" in result.err
+    assert load_state(tmp_path) is None
+
+
+def test_up_refuses_an_invalid_environment(tmp_path: Path) -> None:
+    result = run_cli("up", "--detach", "--env", "qa", "--state-dir", str(tmp_path))
+    assert result.code == 2
+    assert "unknown environment 'qa'" in result.err
+
+
+def _stranger(*args: str) -> subprocess.Popen[bytes]:
+    """A process that is not a QLens service (or pretends to be one through its arguments)."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args])
+
+
+def _state_with(pid: int, state_dir: Path, name: str = "gateway") -> None:
+    stack = Stack(env="local", config="environments/local.yaml")
+    stack.services[name] = ServiceProcess(name=name, port=free_port(), pid=pid, log=str(state_dir / "x.log"))
+    save_state(stack, state_dir)
+
+
+def test_down_with_nothing_recorded(tmp_path: Path) -> None:
+    result = run_cli("down", "--state-dir", str(tmp_path))
+    assert result.code == 0
+    assert "nothing to stop" in result.out
+
+
+def test_down_never_signals_a_reused_pid(tmp_path: Path) -> None:
+    stranger = _stranger()
+    try:
+        _state_with(stranger.pid, tmp_path)  # a stale state file whose PID now belongs to someone else
+        result = run_cli("down", "--state-dir", str(tmp_path))
+        assert result.code == 0, result
+        assert "no longer running" in result.out
+        assert stranger.poll() is None  # still alive: not ours, not touched
+        assert load_state(tmp_path) is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_up_refuses_while_a_detached_stack_runs_and_down_stops_it(tmp_path: Path) -> None:
+    service = _stranger("services.gateway")  # its command line is that of our gateway
+    try:
+        _state_with(service.pid, tmp_path)
+        result = run_cli("up", "--detach", "--state-dir", str(tmp_path))
+        assert result.code == 2
+        assert "a detached stack is already running" in result.err
+        assert "qlensctl down" in result.err
+        result = run_cli("down", "--state-dir", str(tmp_path))
+        assert result.code == 0, result
+        assert "Stopped gateway (local)" in result.out
+        assert service.wait(timeout=10) is not None
+        assert load_state(tmp_path) is None
+    finally:
+        if service.poll() is None:
+            service.kill()
+            service.wait()
+
+
+def test_down_with_a_corrupt_state_file(tmp_path: Path) -> None:
+    (tmp_path / "stack.json").write_text("{not json")
+    result = run_cli("down", "--state-dir", str(tmp_path))
+    assert result.code == 2
+    assert "is not a QLens stack state file" in result.err
