@@ -1,9 +1,328 @@
-"""Command group placeholder: filled by its issue."""
+"""`deploy`, `rollback`, `status`, `history`: the release of QLens in an environment's namespace.
+
+These commands parse options, confirm, and show progress and results; the work is done by
+qlensctl.release (orchestration), qlensctl.kube (cluster reads, context guard) and the Helm
+adapter (qlensctl.helm). Anything that changes production asks first unless --yes.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from qlensctl import output
+
+_ENV = typer.Argument(..., help="Environment (staging, production).")
+_KUBE_CONTEXT = typer.Option(None, "--kube-context", show_default=False,
+                             help="Kube context to use [default: the current one; production: must be "
+                                  "its pinned context].")
+_HELM = typer.Option("auto", "--helm", help="Helm implementation: embedded, binary or auto "
+                                            "(binary when helm >= 3 is on PATH).")
+_YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
+_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+_WAIT = typer.Option(True, "--wait/--no-wait", help="Wait for the rollout, showing progress.")
+_TIMEOUT = typer.Option(300.0, "--timeout", min=1, help="Seconds to wait for the rollout.")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    app.command("deploy")(deploy)
+    app.command("rollback")(rollback)
+    app.command("status")(status)
+    app.command("history")(history)
+
+
+# -- connecting ------------------------------------------------------------------------------------
+
+
+def _connect(env: str, kube_context: str | None, helm_kind: str) -> tuple[Any, Any, Any]:
+    """Environment, kube client (through the context guard) and Helm adapter for the same context."""
+    from qlensctl import helm as helm_adapter
+    from qlensctl.environments import load_environment
+    from qlensctl.kube import Kube
+
+    environment = load_environment(env)
+    kube = Kube.for_environment(environment, kube_context)
+    kube.ping()  # an unreachable cluster fails here, in seconds, before Helm is loaded
+    helm = helm_adapter.select_helm(helm_kind, context=kube.context)
+    return environment, kube, helm
+
+
+# -- live progress ---------------------------------------------------------------------------------
+
+
+def _rollout_table(states: list[Any], title: str | None = None) -> Any:
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", header_style="bold")
+    for col in ("deployment", "desired", "updated", "ready", "available", "image", "state"):
+        t.add_column(col)
+    for s in states:
+        mark = "[green]done[/green]" if s.done else "[red]failed[/red]" if s.failed else "[yellow]…[/yellow]"
+        image = ", ".join(i.rsplit("/", 1)[-1] for i in s.images)
+        t.add_row(s.name, str(s.desired), str(s.updated), str(s.ready), str(s.available), image,
+                  f"{mark} {s.message}")
+    return t
+
+
+class _Progress:
+    """Rollout progress: a live table on a terminal, otherwise one line per change (CI logs)."""
+
+    def __init__(self) -> None:
+        self.live: Any = None
+        self.seen: dict[str, str] = {}
+
+    def __enter__(self) -> _Progress:
+        if output.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(console=output.console, refresh_per_second=4, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(None, None, None)
+
+    def step(self, message: str) -> None:
+        if self.live is not None:
+            self.live.console.print(f"[dim]•[/dim] {message}")
+        else:
+            output.info(f"• {message}")
+
+    def rollout(self, states: list[Any]) -> None:
+        if self.live is not None:
+            self.live.update(_rollout_table(states))
+            return
+        for s in states:
+            line = f"{s.ready}/{s.desired} ready, {s.message}"
+            if self.seen.get(s.name) != line:
+                self.seen[s.name] = line
+                output.info(f"  {s.name}: {line}")
+
+
+# -- deploy ----------------------------------------------------------------------------------------
+
+
+def deploy(
+    env: str = _ENV,
+    version: str = typer.Option(None, "--version", show_default=False,
+                                help="Image tag to deploy (production: required, vX.Y.Z)."),
+    wait: bool = _WAIT,
+    timeout: float = _TIMEOUT,
+    dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change (a manifest diff); "
+                                                          "change nothing."),
+    yes: bool = _YES,
+    kube_context: str = _KUBE_CONTEXT,
+    helm_kind: str = _HELM,
+    backup_dir: Path = typer.Option(Path("backup"), "--backup-dir",
+                                    help="Where the current values are saved before an upgrade."),
+) -> None:
+    """Install or upgrade QLens in ENV; a rollout that fails is rolled back and reported failed."""
+    from qlensctl import release
+    from qlensctl.environments import load_environment
+    from qlensctl.errors import OperationError, RefusedError
+
+    release.check_version(load_environment(env), version)  # bad usage fails before the cluster is asked
+    environment, kube, helm = _connect(env, kube_context, helm_kind)
+    if dry_run:
+        try:
+            plan = release.plan_deploy(environment, kube, helm, version)
+        except RefusedError as exc:  # missing secrets: a real deploy would stop here; show the diff anyway
+            output.warn(exc.message.replace("; nothing was changed", "") + " (a deploy would refuse)")
+            plan = release.plan_deploy(environment, kube, helm, version, check_secrets=False)
+        _show_diff(plan, release.dry_run(plan, helm))
+        return
+    plan = release.plan_deploy(environment, kube, helm, version)
+    verb = "Upgrade" if plan.is_upgrade else "Install"
+    if environment.is_production:
+        output.confirm(f"{verb} release qlens in {plan.namespace} (context {kube.context}) to version "
+                       f"{plan.tag}?", yes)
+    with _Progress() as progress:
+        result = release.deploy(plan, kube, helm, wait=wait, timeout=timeout, backup_dir=backup_dir,
+                                on_step=progress.step, on_rollout=progress.rollout)
+    if result.deployments:
+        output.console.print(_rollout_table(result.deployments, f"Deployments in {plan.namespace}"))
+    if not result.ok:
+        raise OperationError(
+            f"deploy of {environment.name} {plan.tag} failed: {result.message}" + _undo_words(result),
+            f"see `qlensctl status {environment.name}` and `kubectl get pods -n {plan.namespace}`")
+    state = "rolled out" if wait else "applied (not waited for)"
+    output.info(f"[green]✓[/green] {environment.name}: release qlens revision {result.revision} "
+                f"({result.status}), version {plan.tag}, {state}")
+
+
+def _undo_words(result: Any) -> str:
+    if result.rolled_back_to:
+        return f"; rolled back to revision {result.rolled_back_to}"
+    if result.rolled_back_to == 0:
+        return "; the failed install was removed"
+    return ""
+
+
+def _show_diff(plan: Any, diff: Any) -> None:
+    from rich.syntax import Syntax
+
+    where = f"release qlens in {plan.namespace}"
+    if not plan.is_upgrade:
+        output.info(f"Dry run: {where} does not exist; a deploy would install {len(diff.added)} objects "
+                    f"(version {plan.tag}).")
+    elif diff.empty:
+        output.info(f"Dry run: no changes to {where} (version {plan.tag}).")
+    else:
+        output.info(f"Dry run: {where}: {len(diff.changed)} changed, {len(diff.added)} added, "
+                    f"{len(diff.removed)} removed (version {plan.tag}).")
+    if diff.text:
+        if output.console.is_terminal:
+            output.console.print(Syntax(diff.text, "diff", theme="ansi_dark", background_color="default"))
+        else:
+            output.console.print(diff.text, markup=False, highlight=False, soft_wrap=True)
+    output.info("Nothing was changed.")
+
+
+# -- rollback --------------------------------------------------------------------------------------
+
+
+def rollback(
+    env: str = _ENV,
+    revision: int = typer.Option(None, "--revision", min=1, show_default=False,
+                                 help="Revision to return to [default: the previous successful one]."),
+    emergency: bool = typer.Option(False, "--emergency",
+                                   help="The guide's emergency procedure: scale qlens-<service> to 0 and "
+                                        "qlens-<service>-previous up."),
+    wait: bool = _WAIT,
+    timeout: float = _TIMEOUT,
+    yes: bool = _YES,
+    kube_context: str = _KUBE_CONTEXT,
+    helm_kind: str = _HELM,
+) -> None:
+    """Roll the release back to the previous (or a given) revision; history before and after."""
+    from qlensctl import release
+    from qlensctl.errors import ConfigError, OperationError
+
+    if emergency and revision is not None:
+        raise ConfigError("--emergency and --revision cannot be combined",
+                          "--emergency scales deployments; --revision picks a Helm revision")
+    if emergency:
+        _emergency(env, kube_context, wait, timeout, yes)
+        return
+    environment, kube, helm = _connect(env, kube_context, helm_kind)
+    before = release.history(helm, environment.namespace)
+    target = release.rollback_target(before, revision, environment)
+    _history_table(before, f"History of qlens in {environment.namespace} (before)")
+    if environment.is_production:
+        output.confirm(f"Roll back release qlens in {environment.namespace} from revision "
+                       f"{before[-1].revision} to revision {target.revision} ({target.chart})?", yes)
+    with _Progress() as progress:
+        result = release.rollback(environment, kube, helm, target, before, wait=wait, timeout=timeout,
+                                  on_step=progress.step, on_rollout=progress.rollout)
+    _history_table(result.after, f"History of qlens in {environment.namespace} (after)")
+    if result.deployments:
+        output.console.print(_rollout_table(result.deployments, f"Deployments in {environment.namespace}"))
+    if not result.ok:
+        raise OperationError(f"rollback of {environment.name} to revision {target.revision}: "
+                             f"{result.message}",
+                             f"see `qlensctl status {environment.name}`")
+    output.info(f"[green]✓[/green] {environment.name}: rolled back to revision {target.revision} "
+                f"(now revision {result.new_revision})")
+
+
+def _emergency(env: str, kube_context: str | None, wait: bool, timeout: float, yes: bool) -> None:
+    from qlensctl import release
+    from qlensctl.environments import load_environment
+    from qlensctl.errors import OperationError
+    from qlensctl.kube import Kube
+
+    environment = load_environment(env)
+    kube = Kube.for_environment(environment, kube_context)
+    kube.ping()
+    steps = release.plan_emergency(environment, kube)
+    output.table(f"Emergency rollback plan for {environment.namespace}",
+                 ["service", "scale down", "scale up"],
+                 [[s.service, f"{s.current} {s.current_replicas} -> 0" if s.previous else "(left as is)",
+                   f"{s.previous} {s.previous_replicas} -> {s.target_replicas}" if s.previous
+                   else f"no qlens-{s.service}-previous"] for s in steps])
+    output.confirm(f"Run the emergency rollback in {environment.namespace} (context {kube.context})?", yes)
+    with _Progress() as progress:
+        ok, states = release.emergency_rollback(environment, kube, steps, wait=wait, timeout=timeout,
+                                                on_step=progress.step, on_rollout=progress.rollout)
+    if states:
+        output.console.print(_rollout_table(states, f"Previous versions in {environment.namespace}"))
+    if not ok:
+        raise OperationError("the previous versions did not become ready in time",
+                             f"check `kubectl get pods -n {environment.namespace}`")
+    output.info(f"[green]✓[/green] {environment.name}: emergency rollback done; the current deployments "
+                "are at 0 replicas")
+
+
+# -- status and history ----------------------------------------------------------------------------
+
+
+def status(
+    env: str = _ENV,
+    kube_context: str = _KUBE_CONTEXT,
+    helm_kind: str = _HELM,
+    events: int = typer.Option(10, "--events", min=0, max=100, help="How many recent events to show."),
+    as_json: bool = _JSON,
+) -> None:
+    """Release, deployments (desired/ready), autoscalers, pods and recent events."""
+    from qlensctl import release
+
+    environment, kube, helm = _connect(env, kube_context, helm_kind)
+    data = release.status(environment, kube, helm, events=events)
+    if as_json:
+        output.emit_json(data)
+        return
+    rel = data["release"]
+    output.info(f"Release [bold]qlens[/bold] in {data['namespace']} (context {data['context']}): revision "
+                f"{rel['revision']}, {rel['status']}, chart {rel['chart']}, app {rel['appVersion']}, "
+                f"updated {rel['updated']}")
+    output.table("Deployments", ["deployment", "desired", "ready", "updated", "available", "image", "state"],
+                 [[d["name"], d["desired"], d["ready"], d["updated"], d["available"],
+                   ", ".join(i.rsplit("/", 1)[-1] for i in d["images"]), d["message"]]
+                  for d in data["deployments"]])
+    if data["autoscalers"]:
+        output.table("Autoscalers", ["hpa", "target", "min", "max", "current", "desired", "cpu"],
+                     [[h["name"], h["target"], h["min_replicas"], h["max_replicas"], h["current_replicas"],
+                       h["desired_replicas"], _cpu(h)] for h in data["autoscalers"]])
+    output.table("Pods", ["pod", "phase", "ready", "restarts", "node", "age"],
+                 [[p["name"], p["phase"], p["ready"], p["restarts"], p["node"], p["age"]]
+                  for p in data["pods"]])
+    if data["events"]:
+        output.table("Recent events", ["age", "type", "reason", "object", "message"],
+                     [[e["last_seen"], e["type"], e["reason"], e["object"], e["message"]]
+                      for e in data["events"]])
+
+
+def _cpu(h: dict[str, Any]) -> str:
+    current = "?" if h["current_cpu"] is None else f"{h['current_cpu']}%"
+    return f"{current} / {h['target_cpu']}%" if h["target_cpu"] else current
+
+
+def history(
+    env: str = _ENV,
+    kube_context: str = _KUBE_CONTEXT,
+    helm_kind: str = _HELM,
+    as_json: bool = _JSON,
+) -> None:
+    """The release's revisions: revision, updated, status, chart, app version, description."""
+    from qlensctl import release
+    from qlensctl.errors import ClusterError
+
+    environment, _, helm = _connect(env, kube_context, helm_kind)
+    revisions = release.history(helm, environment.namespace)
+    if not revisions:
+        raise ClusterError(f"no release qlens in namespace {environment.namespace}",
+                           f"deploy it with `qlensctl deploy {environment.name}`, or check --kube-context")
+    if as_json:
+        output.emit_json({"environment": environment.name, "namespace": environment.namespace,
+                          "revisions": [r.as_dict() for r in revisions]})
+        return
+    _history_table(revisions, f"History of qlens in {environment.namespace}")
+
+
+def _history_table(revisions: list[Any], title: str) -> None:
+    output.table(title, ["revision", "updated", "status", "chart", "app version", "description"],
+                 [[r.revision, r.updated, r.status, r.chart, r.app_version, r.description]
+                  for r in revisions])

@@ -1,0 +1,502 @@
+"""Deploy and roll back the `qlens` release: the orchestration behind deploy, rollback, status, history.
+
+    deploy:   validate -> context guard -> [confirm] -> namespace -> secrets -> backup values
+              -> upgrade-or-install -> wait for the rollout -> (failed: roll back) -> status
+    rollback: history -> [confirm] -> helm rollback to the previous good (or a given) revision -> wait
+    emergency rollback: scale qlens-<service> to 0, then qlens-<service>-previous up (the guide's
+              manual procedure), only for services that have a -previous deployment
+
+Atomicity is ours, not Helm's: the upgrade is applied without Helm's wait, the rollout is watched
+here (so the command can show live progress per deployment and judge it as `kubectl rollout
+status` does), and a rollout that fails or times out is rolled back to the revision that was
+deployed before (a failed first install is uninstalled), then reported as failed. That is what
+`helm upgrade --atomic` does, with the progress visible.
+
+Nothing here prints or exits: progress goes to callbacks, results are dataclasses, failures are
+qlensctl errors. Secret values never leave qlensctl.secrets; results name keys only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qlensctl.errors import ClusterError, ConfigError, OperationError
+from qlensctl.kube import SERVICES, DeploymentStatus, Kube, deployment_name, previous_deployment_name
+
+RELEASE = "qlens"
+VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+$")
+GOOD_STATUSES = ("deployed", "superseded")
+
+Step = Callable[[str], None]
+RolloutProgress = Callable[[list[DeploymentStatus]], None]
+
+
+def _quiet(_: Any) -> None:
+    pass
+
+
+# -- reading the adapter's answers -------------------------------------------------------------------
+
+
+def _get(obj: Any, *names: str, default: Any = None) -> Any:
+    """A field of an adapter result, whether it is a dataclass, an object or raw Helm JSON."""
+    for name in names:
+        value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One line of `helm history`."""
+
+    revision: int
+    updated: str
+    status: str
+    chart: str
+    app_version: str
+    description: str
+
+    @classmethod
+    def of(cls, item: Any) -> Revision:
+        chart = _get(item, "chart", default="")
+        if isinstance(chart, Mapping):  # raw Helm JSON: {"metadata": {"name", "version", "appVersion"}}
+            meta = chart.get("metadata", chart)
+            chart = f"{meta.get('name', '')}-{meta.get('version', '')}".strip("-")
+        version = _get(item, "chart_version", "chartVersion")
+        if version and not str(chart).endswith(str(version)):
+            chart = f"{chart}-{version}"
+        info = _get(item, "info", default={})
+        return cls(
+            revision=int(_get(item, "revision", "version", default=0)),
+            updated=str(_get(item, "updated", "last_deployed", "lastDeployed", default="")
+                        or _get(info, "last_deployed", "lastDeployed", default="")),
+            status=str(_get(item, "status", default="") or _get(info, "status", default="")).lower(),
+            chart=str(chart),
+            app_version=str(_get(item, "app_version", "appVersion", default="")),
+            description=str(_get(item, "description", default="") or _get(info, "description", default="")),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"revision": self.revision, "updated": self.updated, "status": self.status,
+                "chart": self.chart, "appVersion": self.app_version, "description": self.description}
+
+
+def release_exists(helm: Any, namespace: str) -> bool:
+    return bool(history(helm, namespace))
+
+
+def history(helm: Any, namespace: str) -> list[Revision]:
+    """The release's revisions, oldest first; [] when there is no release."""
+    from qlensctl.errors import QlensError
+
+    try:
+        items = helm.history(RELEASE, namespace)
+    except QlensError as exc:
+        if _is_not_found(exc):
+            return []
+        raise
+    return sorted((Revision.of(i) for i in items or []), key=lambda r: r.revision)
+
+
+def _is_not_found(exc: Exception) -> bool:
+    text = f"{getattr(exc, 'message', '')} {exc}".lower()
+    return "not found" in text or "no release" in text
+
+
+def current(revisions: Sequence[Revision]) -> Revision | None:
+    return revisions[-1] if revisions else None
+
+
+# -- validation --------------------------------------------------------------------------------------
+
+
+def check_version(environment: Any, version: str | None) -> str:
+    """The image tag to deploy. Production needs an explicit `--version vX.Y.Z`."""
+    from qlensctl import render
+
+    if environment.is_production:
+        if not version:
+            raise ConfigError("production deploys need an explicit version",
+                              "pass --version vX.Y.Z (e.g. --version v1.0.0)")
+        if not VERSION_RE.match(version):
+            raise ConfigError(f"production versions look like vX.Y.Z (got {version!r})",
+                              "pass a release tag, e.g. --version v1.0.0")
+    tag = render.image_tag(environment, version)
+    if not tag:
+        raise ConfigError(f"{environment.name} names no image tag", "pass --version TAG")
+    return tag
+
+
+# -- deploy ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeployPlan:
+    """Everything deploy decided before it changes anything."""
+
+    environment: Any
+    namespace: str
+    tag: str
+    values: dict[str, Any]
+    secrets: dict[str, str] | None  # staging: {key: value} to write; None: Key Vault (production)
+    revisions: list[Revision]
+
+    @property
+    def is_upgrade(self) -> bool:
+        return bool(self.revisions)
+
+
+@dataclass
+class DeployResult:
+    environment: str
+    namespace: str
+    tag: str
+    ok: bool
+    revision: int | None
+    status: str
+    namespace_created: bool = False
+    secrets: dict[str, list[str]] = field(default_factory=dict)  # created/updated/unchanged key names
+    backup: Path | None = None
+    rolled_back_to: int | None = None
+    deployments: list[DeploymentStatus] = field(default_factory=list)
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "namespace": self.namespace, "version": self.tag,
+                "ok": self.ok, "revision": self.revision, "status": self.status,
+                "namespaceCreated": self.namespace_created, "secrets": self.secrets,
+                "backup": str(self.backup) if self.backup else None, "rolledBackTo": self.rolled_back_to,
+                "deployments": [d.as_dict() for d in self.deployments], "message": self.message}
+
+
+def plan_deploy(environment: Any, kube: Kube, helm: Any, version: str | None,
+                environ: Mapping[str, str] | None = None, check_secrets: bool = True) -> DeployPlan:
+    """Validate and read; change nothing. Missing secrets are all named in one RefusedError
+    (`check_secrets=False`, for a dry run: the secrets are not collected at all)."""
+    from qlensctl import render
+    from qlensctl import secrets as provider_secrets
+
+    tag = check_version(environment, version)
+    values = render.render_values(environment, version=tag)
+    kube.ping()
+    secret_values = None
+    if environment.secrets.backend == "kubernetes" and check_secrets:
+        secret_values = provider_secrets.collect_secrets(environment, environ)
+    return DeployPlan(environment, environment.namespace, tag, values, secret_values,
+                      history(helm, environment.namespace))
+
+
+def deploy(plan: DeployPlan, kube: Kube, helm: Any, *, wait: bool = True, timeout: float = 300,
+           backup_dir: Path | str | None = Path("backup"), on_step: Step = _quiet,
+           on_rollout: RolloutProgress = _quiet) -> DeployResult:
+    """Apply a plan. A rollout that fails or times out is rolled back and reported with ok=False."""
+    from qlensctl import render
+    from qlensctl import secrets as provider_secrets
+
+    env, ns = plan.environment, plan.namespace
+    result = DeployResult(env.name, ns, plan.tag, ok=False, revision=None, status="pending")
+    result.namespace_created = kube.ensure_namespace(ns)
+    on_step(f"namespace {ns}: {'created' if result.namespace_created else 'exists'}")
+    if plan.secrets is not None:
+        sync = provider_secrets.sync_kubernetes_secret(kube.api, ns, plan.secrets, env.secrets.name)
+        result.secrets = {"created": sync.created, "updated": sync.updated, "unchanged": sync.unchanged}
+        on_step(f"Secret {env.secrets.name}: {_secret_summary(result.secrets)}")
+    else:
+        on_step(f"secrets: from Key Vault through ExternalSecret {env.secrets.name} (nothing to create)")
+    if plan.is_upgrade and backup_dir is not None:
+        result.backup = _backup(helm, env, backup_dir)
+        on_step(f"backed up the current values to {result.backup}")
+    previous = _last_good(plan.revisions)
+    on_step(f"{'upgrading' if plan.is_upgrade else 'installing'} release {RELEASE} in {ns} "
+            f"(version {plan.tag})")
+    try:
+        helm.upgrade_or_install(RELEASE, render.chart_dir(), ns, plan.values, wait=False, timeout=timeout)
+    except (OperationError, ClusterError) as exc:
+        _undo(helm, kube, plan, previous, result, timeout, on_step)
+        result.status, result.message = "failed", exc.message
+        raise OperationError(f"deploy of {env.name} failed: {exc.message}{_undo_note(result)}",
+                             exc.hint or f"see `qlensctl status {env.name}`") from None
+    now = current(history(helm, ns))
+    result.revision = now.revision if now else None
+    names = [deployment_name(s) for s in SERVICES]
+    if not wait:
+        result.ok, result.status = True, (now.status if now else "unknown")
+        result.deployments = kube.deployments(ns, names)
+        return result
+    on_step(f"waiting up to {timeout:.0f}s for the rollout")
+    done, states = kube.wait_rollout(ns, names, timeout, on_rollout)
+    result.deployments = states
+    if done:
+        result.ok, result.status = True, (now.status if now else "deployed")
+        return result
+    stuck = "; ".join(f"{s.name}: {s.message}" for s in states if not s.done) or "deployments missing"
+    result.message = f"rollout did not complete within {timeout:.0f}s ({stuck})"
+    on_step(result.message)
+    _undo(helm, kube, plan, previous, result, timeout, on_step)
+    result.status = "failed"
+    return result
+
+
+def _secret_summary(groups: Mapping[str, list[str]]) -> str:
+    parts = [f"{what} {', '.join(keys)}" for what, keys in groups.items() if keys]
+    return "; ".join(parts) or "nothing to write"
+
+
+def _backup(helm: Any, environment: Any, directory: Path | str) -> Path:
+    from qlensctl import backup
+
+    return backup.backup_values(helm, environment, directory)
+
+
+def _last_good(revisions: Sequence[Revision]) -> Revision | None:
+    """The revision a failed upgrade returns to: the newest that was successfully deployed."""
+    for rev in reversed(revisions):
+        if rev.status in GOOD_STATUSES:
+            return rev
+    return None
+
+
+def _undo(helm: Any, kube: Kube, plan: DeployPlan, previous: Revision | None, result: DeployResult,
+          timeout: float, on_step: Step) -> None:
+    """Put back what was there: roll back to `previous`, or uninstall a first install."""
+    ns = plan.namespace
+    try:
+        if previous is not None:
+            on_step(f"rolling back to revision {previous.revision}")
+            helm.rollback(RELEASE, ns, previous.revision, wait=False, timeout=timeout)
+            result.rolled_back_to = previous.revision
+            names = [deployment_name(s) for s in SERVICES]
+            kube.wait_rollout(ns, names, timeout)
+            result.deployments = kube.deployments(ns, names)
+        elif not plan.is_upgrade and history(helm, ns):
+            on_step(f"uninstalling the failed first install of {RELEASE}")
+            helm.uninstall(RELEASE, ns)
+            result.rolled_back_to = 0
+    except (OperationError, ClusterError) as exc:
+        result.message += f"; the automatic rollback failed too: {exc.message}"
+
+
+def _undo_note(result: DeployResult) -> str:
+    if result.rolled_back_to:
+        return f"; rolled back to revision {result.rolled_back_to}"
+    if result.rolled_back_to == 0:
+        return "; the failed install was removed"
+    return ""
+
+
+# -- dry run: what would change ----------------------------------------------------------------------
+
+
+@dataclass
+class ManifestDiff:
+    added: list[str]
+    removed: list[str]
+    changed: list[str]
+    unchanged: list[str]
+    text: str  # unified diff, `helm diff`-style headers per object
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.changed)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"added": self.added, "removed": self.removed, "changed": self.changed,
+                "unchanged": self.unchanged, "diff": self.text}
+
+
+def _objects(manifest: str) -> dict[str, str]:
+    """{"Kind/name": canonical YAML} for each object of a multi-document manifest.
+
+    Secret data is replaced by the key names, so a diff never shows a secret value."""
+    import yaml
+
+    out: dict[str, str] = {}
+    for doc in yaml.safe_load_all(manifest or ""):
+        if not isinstance(doc, dict) or "kind" not in doc:
+            continue
+        if doc["kind"] == "Secret":
+            for section in ("data", "stringData"):
+                if isinstance(doc.get(section), dict):
+                    doc[section] = {k: "(hidden)" for k in doc[section]}
+        name = (doc.get("metadata") or {}).get("name", "?")
+        out[f"{doc['kind']}/{name}"] = yaml.safe_dump(doc, sort_keys=True, default_flow_style=False)
+    return out
+
+
+def diff_manifests(deployed: str, proposed: str) -> ManifestDiff:
+    old, new = _objects(deployed), _objects(proposed)
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    both = sorted(set(old) & set(new))
+    changed = [k for k in both if old[k] != new[k]]
+    chunks: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        if key in both and key not in changed:
+            continue
+        verb = "added" if key in added else "removed" if key in removed else "changed"
+        lines = difflib.unified_diff(old.get(key, "").splitlines(), new.get(key, "").splitlines(),
+                                     f"deployed {key}", f"proposed {key}", n=3, lineterm="")
+        chunks.append(f"# {key} ({verb})\n" + "\n".join(lines))
+    return ManifestDiff(added, removed, changed, [k for k in both if k not in changed], "\n".join(chunks))
+
+
+def dry_run(plan: DeployPlan, helm: Any) -> ManifestDiff:
+    """The deployed release's manifest against what this deploy would render; changes nothing."""
+    from qlensctl import render
+
+    proposed = helm.template(RELEASE, render.chart_dir(), plan.namespace, plan.values)
+    deployed = helm.get_manifest(RELEASE, plan.namespace) if plan.is_upgrade else ""
+    return diff_manifests(deployed, proposed)
+
+
+# -- rollback ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RollbackResult:
+    environment: str
+    namespace: str
+    ok: bool
+    from_revision: int
+    to_revision: int
+    new_revision: int | None
+    before: list[Revision]
+    after: list[Revision]
+    deployments: list[DeploymentStatus] = field(default_factory=list)
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "namespace": self.namespace, "ok": self.ok,
+                "from": self.from_revision, "to": self.to_revision, "revision": self.new_revision,
+                "before": [r.as_dict() for r in self.before], "after": [r.as_dict() for r in self.after],
+                "deployments": [d.as_dict() for d in self.deployments], "message": self.message}
+
+
+def rollback_target(revisions: Sequence[Revision], revision: int | None, environment: Any) -> Revision:
+    """The revision to return to: the given one, or the newest earlier one that was deployed
+    successfully (a failed upgrade in between is skipped, unlike `helm rollback`'s plain N-1)."""
+    if not revisions:
+        raise ClusterError(f"no release {RELEASE} in namespace {environment.namespace}",
+                           f"deploy it first: qlensctl deploy {environment.name}")
+    now = revisions[-1]
+    if revision is not None:
+        match = [r for r in revisions if r.revision == revision]
+        if not match:
+            known = ", ".join(str(r.revision) for r in revisions)
+            raise ConfigError(f"release {RELEASE} has no revision {revision}",
+                              f"pick one of: {known} (see `qlensctl history {environment.name}`)")
+        if revision == now.revision:
+            raise ConfigError(f"revision {revision} is the current one: nothing to roll back to",
+                              f"pick an earlier revision (see `qlensctl history {environment.name}`)")
+        return match[0]
+    earlier = _last_good(revisions[:-1])
+    if earlier is None:
+        raise OperationError(f"release {RELEASE} has no earlier successful revision to roll back to",
+                             f"see `qlensctl history {environment.name}`; pass --revision N to choose")
+    return earlier
+
+
+def rollback(environment: Any, kube: Kube, helm: Any, target: Revision, before: list[Revision], *,
+             wait: bool = True, timeout: float = 300, on_step: Step = _quiet,
+             on_rollout: RolloutProgress = _quiet) -> RollbackResult:
+    ns = environment.namespace
+    on_step(f"rolling back release {RELEASE} in {ns} to revision {target.revision}")
+    helm.rollback(RELEASE, ns, target.revision, wait=False, timeout=timeout)
+    names = [deployment_name(s) for s in SERVICES]
+    ok, states, message = True, kube.deployments(ns, names), ""
+    if wait:
+        ok, states = kube.wait_rollout(ns, names, timeout, on_rollout)
+        if not ok:
+            stuck = "; ".join(f"{s.name}: {s.message}" for s in states if not s.done)
+            message = f"the rollback's rollout did not complete within {timeout:.0f}s ({stuck})"
+    after = history(helm, ns)
+    return RollbackResult(environment.name, ns, ok, before[-1].revision, target.revision,
+                          after[-1].revision if after else None, before, after, states, message)
+
+
+# -- emergency rollback ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EmergencyStep:
+    service: str
+    current: str
+    current_replicas: int
+    previous: str | None  # qlens-<service>-previous when it exists
+    previous_replicas: int  # what it has now
+    target_replicas: int  # what it gets
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def plan_emergency(environment: Any, kube: Kube) -> list[EmergencyStep]:
+    """For each service: the current deployment's replicas and its `-previous` deployment, if any.
+
+    The previous version gets the replicas the current one has (at least 1). Services with no
+    `-previous` deployment are left alone: scaling them to 0 would take them down with nothing
+    in their place. No `-previous` at all is an error, before anything changes."""
+    ns = environment.namespace
+    steps = []
+    for service in SERVICES:
+        cur = kube.deployment(ns, deployment_name(service))
+        prev = kube.deployment(ns, previous_deployment_name(service))
+        cur_n = int(cur.spec.replicas or 0) if cur is not None else 0
+        prev_n = int(prev.spec.replicas or 0) if prev is not None else 0
+        wanted = max(cur_n, getattr(environment.replicas, service, 1), 1)
+        steps.append(EmergencyStep(service, deployment_name(service), cur_n,
+                                   previous_deployment_name(service) if prev is not None else None,
+                                   prev_n, wanted))
+    if not any(s.previous for s in steps):
+        raise OperationError(
+            f"no qlens-<service>-previous deployments in {ns}: nothing to fall back to",
+            f"use a Helm rollback instead: qlensctl rollback {environment.name}")
+    return steps
+
+
+def emergency_rollback(environment: Any, kube: Kube, steps: Sequence[EmergencyStep], *, wait: bool = True,
+                       timeout: float = 300, on_step: Step = _quiet,
+                       on_rollout: RolloutProgress = _quiet) -> tuple[bool, list[DeploymentStatus]]:
+    """The guide's order: scale the current version down, then the previous one up."""
+    ns = environment.namespace
+    active = [s for s in steps if s.previous]
+    for s in active:
+        on_step(f"scaling {s.current} from {s.current_replicas} to 0")
+        kube.scale(ns, s.current, 0)
+    for s in active:
+        on_step(f"scaling {s.previous} from {s.previous_replicas} to {s.target_replicas}")
+        kube.scale(ns, s.previous, s.target_replicas)
+    names = [s.previous for s in active if s.previous]
+    if not wait:
+        return True, kube.deployments(ns, names)
+    return kube.wait_rollout(ns, names, timeout, on_rollout)
+
+
+# -- status ------------------------------------------------------------------------------------------
+
+
+def status(environment: Any, kube: Kube, helm: Any, events: int = 10) -> dict[str, Any]:
+    """Release, deployments, autoscalers, pods and recent events, as data (what `status --json` prints)."""
+    ns = environment.namespace
+    revisions = history(helm, ns)
+    if not revisions:
+        raise ClusterError(f"no release {RELEASE} in namespace {ns} (context {kube.context})",
+                           f"deploy it with `qlensctl deploy {environment.name}`, or check --kube-context")
+    now = revisions[-1]
+    return {
+        "environment": environment.name,
+        "namespace": ns,
+        "context": kube.context,
+        "release": {"name": RELEASE, **now.as_dict()},
+        "deployments": [d.as_dict() for d in kube.deployments(ns)],
+        "autoscalers": [h.as_dict() for h in kube.autoscalers(ns)],
+        "pods": [p.as_dict() for p in kube.pods(ns)],
+        "events": [e.as_dict() for e in kube.events(ns, events)],
+    }
