@@ -282,6 +282,11 @@ def redis_location(url: str) -> str:
         return "(unparseable Redis URL)"
 
 
+def _first(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
 def _redis(url: str) -> Any:
     import redis
 
@@ -347,31 +352,45 @@ def state_file_for(values_file: Path) -> Path:
     return values_file.with_suffix(".state.json")
 
 
-def restore_state(redis_url: str, state_file: Path | str) -> tuple[int, int]:
-    """RESTORE each saved key (REPLACE) with the time it had left; returns (restored, expired)."""
-    import redis
-
+def read_state(state_file: Path | str) -> dict[str, Any]:
+    """Parse and check a whole state file; "keys" becomes [(key, dump, expiresAtMs | None)]."""
     state_file = Path(state_file)
     try:
         doc = json.loads(state_file.read_text())
     except FileNotFoundError:
         raise ConfigError(f"{state_file}: no such state file",
-                          "back up with `qlensctl backup ENV --state`") from None
+                          "restore without --state, or back up with `qlensctl backup ENV --state`") from None
     except (OSError, ValueError):
         raise ConfigError(f"{state_file}: not a QLens state backup (not JSON)", None) from None
     valid = isinstance(doc, dict) and doc.get("format") == STATE_FORMAT and isinstance(doc.get("keys"), list)
     if not valid:
         raise ConfigError(f"{state_file}: not a QLens state backup",
                           "pass a state-*.json written by `backup --state`")
+    entries = []
+    try:
+        for entry in doc["keys"]:
+            expires = entry.get("expiresAtMs")
+            if expires is not None and not isinstance(expires, int):
+                raise TypeError
+            entries.append((base64.b64decode(entry["key"], validate=True),
+                            base64.b64decode(entry["dump"], validate=True), expires))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ConfigError(f"{state_file}: entry {len(entries) + 1} is malformed; nothing was restored",
+                          "pass a state-*.json written by `backup --state`") from None
+    return {**doc, "keys": entries}
+
+
+def restore_state(redis_url: str, state_file: Path | str) -> tuple[int, int]:
+    """RESTORE each saved key (REPLACE) with the time it had left; returns (restored, expired)."""
+    import redis
+
+    doc = read_state(state_file)
     client = _redis(redis_url)
     restored = expired = 0
     now_ms = int(time.time() * 1000)
     try:
         pipe = client.pipeline(transaction=False)
-        for entry in doc["keys"]:
-            key = base64.b64decode(entry["key"])
-            payload = base64.b64decode(entry["dump"])
-            expires = entry.get("expiresAtMs")
+        for key, payload, expires in doc["keys"]:
             if expires is not None and expires <= now_ms:
                 expired += 1
                 continue
@@ -379,8 +398,9 @@ def restore_state(redis_url: str, state_file: Path | str) -> tuple[int, int]:
             pipe.restore(key, ttl, payload, replace=True)
             restored += 1
         pipe.execute()
-    except (KeyError, TypeError, ValueError):
-        raise ConfigError(f"{state_file}: a state entry is malformed", None) from None
+    except redis.ResponseError as exc:  # e.g. a DUMP payload from an incompatible Redis version
+        raise OperationError(f"Redis at {redis_location(redis_url)} refused a saved key ({_first(exc)})",
+                             "restore into a Redis of the same or a newer version") from None
     except redis.RedisError as exc:
         raise OperationError(f"writing Redis at {redis_location(redis_url)} failed ({type(exc).__name__})",
                              None) from None

@@ -1,27 +1,24 @@
 """Replica counts of the three deployments, and the HorizontalPodAutoscaler that may own them.
 
-`scale`, `maintenance start|end` use this layer. It changes only the Deployment's scale
-subresource (what `kubectl scale deployment qlens-gateway --replicas=5` does), reads HPAs through
-autoscaling/v1 (served by every Kubernetes version) to say what the autoscaler will do with a
-manual count, and reports readiness per deployment. It returns data and raises qlensctl.errors
-types; it never prints.
+`scale` and `maintenance start|end` use this layer, on top of qlensctl.kube. It changes only the
+Deployment's scale subresource (what `kubectl scale deployment qlens-gateway --replicas=5`
+does), says what an HPA will do with a manual count, and judges health as `kubectl rollout
+status` does. It returns data and raises qlensctl.errors types; it never prints.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qlensctl.errors import ClusterError, ConfigError, OperationError
+from qlensctl.kube import SERVICES, deployment_name
 
-SERVICES = ("gateway", "router", "cache")
+if TYPE_CHECKING:
+    from qlensctl.kube import DeploymentStatus, Kube
+
 MAX_REPLICAS = 100
-
-
-def deployment_name(service: str) -> str:
-    return f"qlens-{service}"
 
 
 def check_request(service: str, replicas: int | None = None) -> None:
@@ -63,114 +60,54 @@ class ScaleChange:
     autoscaler: Autoscaler | None
 
 
-@dataclass(frozen=True)
-class DeploymentState:
-    name: str
-    desired: int
-    ready: int
-    updated: int
-    available: int
-
-    @property
-    def ok(self) -> bool:
-        return self.ready >= self.desired and self.updated >= self.desired and self.available >= self.desired
-
-
-def _apps(api: Any) -> Any:
-    from kubernetes import client
-
-    return client.AppsV1Api(api)
-
-
-def _fail(exc: Exception, what: str, namespace: str) -> Exception:
-    from kubernetes.client.rest import ApiException
-
-    if isinstance(exc, ApiException):
-        if exc.status == 404:
-            return ClusterError(f"{what}: not found in namespace {namespace}",
-                                "is the release deployed? `qlensctl status ENV` shows what is there")
-        if exc.status in (401, 403):
-            return ClusterError(f"{what}: the cluster refused (HTTP {exc.status})",
-                                "your kube credentials may not scale deployments here")
-        return ClusterError(f"{what}: HTTP {exc.status} {exc.reason}", None)
-    if isinstance(exc, OSError) or type(exc).__module__.startswith("urllib3"):
-        return ClusterError(f"{what}: cannot reach the cluster ({type(exc).__name__})",
-                            "check your kubeconfig and kube context")
-    return exc
-
-
-def current_replicas(api: Any, namespace: str, service: str) -> int:
+def _service_deployment(kube: Kube, namespace: str, service: str) -> Any:
     name = deployment_name(service)
-    try:
-        scale = _apps(api).read_namespaced_deployment_scale(name, namespace)
-    except Exception as exc:
-        raise _fail(exc, f"deployment {name}", namespace) from None
-    return int(scale.spec.replicas or 0)
+    d = kube.deployment(namespace, name)
+    if d is None:
+        raise ClusterError(f"deployment {name} not found in namespace {namespace}",
+                           "is the release deployed? `qlensctl status ENV` shows what is there")
+    return d
 
 
-def autoscaler_for(api: Any, namespace: str, service: str) -> Autoscaler | None:
+def current_replicas(kube: Kube, namespace: str, service: str) -> int:
+    return int(_service_deployment(kube, namespace, service).spec.replicas or 0)
+
+
+def autoscaler_for(kube: Kube, namespace: str, service: str) -> Autoscaler | None:
     """The HPA whose scale target is this service's Deployment, if any."""
-    from kubernetes import client
-
-    name = deployment_name(service)
-    try:
-        hpas = client.AutoscalingV1Api(api).list_namespaced_horizontal_pod_autoscaler(namespace).items
-    except Exception as exc:
-        raise _fail(exc, "listing HorizontalPodAutoscalers", namespace) from None
-    for hpa in hpas:
-        ref = hpa.spec.scale_target_ref
-        if ref.kind == "Deployment" and ref.name == name:
-            return Autoscaler(hpa.metadata.name, int(hpa.spec.min_replicas or 1), int(hpa.spec.max_replicas),
-                              hpa.spec.target_cpu_utilization_percentage)
+    target = f"Deployment/{deployment_name(service)}"
+    for hpa in kube.autoscalers(namespace):
+        if hpa.target == target:
+            return Autoscaler(hpa.name, hpa.min_replicas, hpa.max_replicas, hpa.target_cpu)
     return None
 
 
-def plan(api: Any, namespace: str, service: str, replicas: int) -> ScaleChange:
+def plan(kube: Kube, namespace: str, service: str, replicas: int) -> ScaleChange:
     """What `scale` would change, read before asking for confirmation."""
     check_request(service, replicas)
-    before = current_replicas(api, namespace, service)
-    hpa = autoscaler_for(api, namespace, service)
+    before = current_replicas(kube, namespace, service)
+    hpa = autoscaler_for(kube, namespace, service)
     return ScaleChange(service, deployment_name(service), before, replicas, hpa)
 
 
-def apply(api: Any, namespace: str, change: ScaleChange) -> ScaleChange:
+def apply(kube: Kube, namespace: str, change: ScaleChange) -> ScaleChange:
     """Set the deployment's scale; returns the change with the count the cluster now holds."""
-    try:
-        result = _apps(api).patch_namespaced_deployment_scale(
-            change.deployment, namespace, {"spec": {"replicas": change.after}})
-    except Exception as exc:
-        raise _fail(exc, f"scaling deployment {change.deployment}", namespace) from None
-    return ScaleChange(change.service, change.deployment, change.before, int(result.spec.replicas or 0),
-                       change.autoscaler)
+    if change.before == change.after:
+        return change
+    now = kube.scale(namespace, change.deployment, change.after)
+    return ScaleChange(change.service, change.deployment, change.before, now, change.autoscaler)
 
 
-def deployment_states(api: Any, namespace: str) -> list[DeploymentState]:
-    states = []
-    for service in SERVICES:
-        name = deployment_name(service)
-        try:
-            d = _apps(api).read_namespaced_deployment(name, namespace)
-        except Exception as exc:
-            raise _fail(exc, f"deployment {name}", namespace) from None
-        st = d.status
-        states.append(DeploymentState(name, int(d.spec.replicas or 0), int(st.ready_replicas or 0),
-                                      int(st.updated_replicas or 0), int(st.available_replicas or 0)))
+def wait_healthy(kube: Kube, namespace: str, timeout: float,
+                 progress: Callable[[list[DeploymentStatus]], None] | None = None) -> list[DeploymentStatus]:
+    """Every deployment rolled out with all replicas available, within `timeout`, else OperationError."""
+    names = [deployment_name(s) for s in SERVICES]
+    done, states = kube.wait_rollout(namespace, names, timeout, progress)
+    if not done:
+        found = {s.name for s in states}
+        problems = [f"{s.name}: {s.message}" for s in states if not s.done]
+        problems += [f"{n}: missing" for n in names if n not in found]
+        raise OperationError(f"not healthy after {timeout:.0f}s: {'; '.join(problems)}",
+                             f"inspect with `kubectl get pods -n {namespace}` and "
+                             f"`kubectl describe deployment -n {namespace}`")
     return states
-
-
-def wait_ready(api: Any, namespace: str, timeout: float,
-               progress: Callable[[list[DeploymentState]], None] | None = None) -> list[DeploymentState]:
-    """Poll until every deployment has all its replicas ready (bounded by `timeout`)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        states = deployment_states(api, namespace)
-        if progress:
-            progress(states)
-        if all(s.ok for s in states):
-            return states
-        if time.monotonic() >= deadline:
-            waiting = ", ".join(f"{s.name} {s.ready}/{s.desired} ready" for s in states if not s.ok)
-            raise OperationError(f"not healthy after {timeout:.0f}s: {waiting}",
-                                 f"inspect with `kubectl get pods -n {namespace}` and "
-                                 f"`kubectl describe deployment -n {namespace}`")
-        time.sleep(0.5)
