@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.apikeys import NAME_RE, KeyEntry, parse_keys
+from services.common.apikeys import NAME_RE, KeyEntry, fingerprint, parse_keys
 from services.common.errors import APIError
 from services.common.logging import log_event
 
@@ -55,8 +55,9 @@ def user_from_field(value: str | None) -> str:
 class KeyStore:
     """The keys file, reloaded on change (stat at most once a second)."""
 
-    def __init__(self, path: str | None) -> None:
+    def __init__(self, path: str | None, recheck_seconds: float = RECHECK_SECONDS) -> None:
         self.path = Path(path) if path else None
+        self.recheck_seconds = recheck_seconds
         self._keys: dict[str, KeyEntry] = {}
         self._stamp: tuple[int, int, int] | None = None
         self._checked = 0.0
@@ -72,7 +73,7 @@ class KeyStore:
 
     def _maybe_refresh(self) -> None:
         now = time.monotonic()
-        if now - self._checked >= RECHECK_SECONDS:
+        if now - self._checked >= self.recheck_seconds:
             self._refresh()
 
     def _refresh(self, force: bool = False) -> None:
@@ -98,6 +99,12 @@ class KeyStore:
                       path=str(self.path), error=type(exc).__name__)
             self._stamp = stamp
             return
+        # tenants and users become budget scopes, cache-key parts and log fields: skip odd names
+        bad = [d for d, e in keys.items() if not (NAME_RE.match(e.tenant) and NAME_RE.match(e.user))]
+        if bad:
+            log_event(log, "API keys with invalid tenant or user names are ignored", logging.ERROR,
+                      fingerprints=[fingerprint(d) for d in bad])
+            keys = {d: e for d, e in keys.items() if d not in bad}
         self._keys, self._stamp = keys, stamp
         log_event(log, "API keys loaded", keys=len(keys), path=str(self.path))
 
