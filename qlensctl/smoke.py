@@ -249,7 +249,10 @@ def _metrics(client: httpx.Client, base: str) -> str:
              if line.startswith("qlens_")}
     if not names:
         raise _Failed("no qlens_ samples in /metrics")
-    return f"{len(names)} qlens_ series"
+    # every service counts what it served (DESIGN.md); the completion above went through all three
+    if "qlens_requests_total" not in names:
+        raise _Failed(f"{len(names)} qlens_ series but no qlens_requests_total samples")
+    return f"{len(names)} qlens_ series, requests counted"
 
 
 # --- helpers --------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -68,7 +69,10 @@ def up(
                         f"stop with `qlensctl down` (state in {path}).")
         return
 
-    output.info(f"Point the openai SDK at {stack.gateway_url}/v1 . Press Ctrl-C to stop.")
+    if not as_json:  # with --json, stdout holds only the JSON document
+        output.info(f"Point the openai SDK at {stack.gateway_url}/v1 . Press Ctrl-C to stop.")
+    else:
+        sys.stdout.flush()  # a supervisor reading the pipe sees the services before we block
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -86,7 +90,8 @@ def up(
             time.sleep(0.3)
     finally:
         stopped = local.stop_stack(stack)
-        output.info(f"stopped {', '.join(stopped)}")
+        if not as_json:
+            output.info(f"stopped {', '.join(stopped)}")
     if not stopping:
         raise typer.Exit(1)
 
