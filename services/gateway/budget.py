@@ -448,6 +448,7 @@ class RedisBudget(Budget):
         self.fail_open = fail_open
         self._local = MemoryBudget(limits, clock=clock, lease_seconds=lease_seconds, store_name="local")
         self._last_warning = -math.inf
+        self._down = False
 
     @staticmethod
     def _keys(day: str, tenant: str, user: str) -> list[str]:
@@ -457,6 +458,7 @@ class RedisBudget(Budget):
 
     def _store_down(self, op: str, exc: BaseException) -> None:
         """Warn (at most once a minute, not once a request); failClosed then raises BudgetUnavailable."""
+        self._down = True
         now = time.monotonic()
         if now - self._last_warning >= WARN_INTERVAL_SECONDS:
             self._last_warning = now
@@ -480,6 +482,9 @@ class RedisBudget(Budget):
         except STORE_ERRORS as exc:
             self._store_down("reserve", exc)
             return self._local.reserve_now(tenant, user, usd)
+        if self._down:
+            self._down = False
+            log_event(log, "budget store reachable again", logging.WARNING)
         if int(out[0]) == 0:
             raise self._refused(int(out[1]) - 1)
         self._gauges.update(res.day, _scope_ids(tenant, user), _pairs(out[1:]))

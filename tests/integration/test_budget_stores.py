@@ -229,8 +229,10 @@ async def test_fail_open_counts_locally_and_warns_once(redis_server: RedisServer
         warnings = [r for r in caplog.records if "failOpen" in r.getMessage()]
         assert len(warnings) == 1
         redis_server.start()
-        again = await budget.reserve("acme", "alice", 0.6)
+        with caplog.at_level(logging.WARNING, logger="qlens.gateway.budget"):
+            again = await budget.reserve("acme", "alice", 0.6)
         assert again.store == "redis"
+        assert any("reachable again" in r.getMessage() for r in caplog.records)
         assert (await budget.usage("acme", "alice"))["store"] == "redis"
     finally:
         await budget.close()
