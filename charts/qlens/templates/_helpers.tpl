@@ -1,0 +1,290 @@
+{{/*
+Helpers shared by every template: names, labels, capability checks, and the ONE Deployment and
+Service definition used for all three services (gateway, router, cache). Per-kind templates
+range over "qlens.services" and include these, so the three services cannot drift apart.
+
+Object names are fixed (qlens-gateway, qlens-router, qlens-cache, ...), not release-prefixed: the
+services find each other at http://qlens-router:8081 and http://qlens-cache:8082
+(docs/internals.md), and the deployment guide's commands name them.
+*/}}
+
+{{- define "qlens.name" -}}qlens{{- end -}}
+
+{{/* The three services, in a fixed order (deterministic output). */}}
+{{- define "qlens.services" -}}gateway router cache{{- end -}}
+
+{{- define "qlens.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels on every object. Context: the root. */}}
+{{- define "qlens.commonLabels" -}}
+app.kubernetes.io/name: {{ include "qlens.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ include "qlens.imageTag" . | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ include "qlens.chart" . }}
+qlens.quantumlayer.ai/environment: {{ .Values.environment | quote }}
+{{- end -}}
+
+{{/* Labels of one service's objects. Context: (dict "root" $ "service" "gateway"). */}}
+{{- define "qlens.labels" -}}
+{{ include "qlens.commonLabels" .root }}
+app.kubernetes.io/component: {{ .service }}
+{{- end -}}
+
+{{/* Pod selector of one service: stable across upgrades (no version in it). */}}
+{{- define "qlens.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "qlens.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .service }}
+{{- end -}}
+
+{{- define "qlens.imageTag" -}}
+{{- .Values.image.tag | default .Chart.AppVersion -}}
+{{- end -}}
+
+{{- define "qlens.serviceAccountName" -}}{{ include "qlens.name" . }}{{- end -}}
+
+{{/* Does this service talk to Redis? cache: when it stores entries there; gateway: when budget
+     counters live there (the gateway keeps them itself). Returns "true" or "". */}}
+{{- define "qlens.usesRedis" -}}
+{{- $v := .root.Values -}}
+{{- if and (eq .service "cache") $v.cache.enabled (eq $v.cache.backend "redis") -}}true
+{{- else if and (eq .service "gateway") $v.costControls.enabled (eq $v.costControls.store "redis") -}}true
+{{- end -}}
+{{- end -}}
+
+{{/* Replicas, and whether a PodDisruptionBudget makes sense for the service ("true" or ""). */}}
+{{- define "qlens.needsPdb" -}}
+{{- $v := .root.Values -}}
+{{- if and $v.podDisruptionBudget.enabled (or $v.autoscaling.enabled (gt (int (index $v.replicas .service)) 1)) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+Capability checks. On a live cluster .Capabilities.APIVersions is discovery's answer. Offline
+(`helm template`, `qlensctl template`), Helm's built-in list contains every version its client
+library knows whatever --kube-version says, so the Kubernetes version the API went GA in is
+checked as well: rendering for 1.20 then picks the beta versions that 1.20 serves.
+*/}}
+{{- define "qlens.hpaApiVersion" -}}
+{{- if and (.Capabilities.APIVersions.Has "autoscaling/v2") (semverCompare ">=1.23-0" .Capabilities.KubeVersion.Version) -}}
+autoscaling/v2
+{{- else -}}
+autoscaling/v2beta2
+{{- end -}}
+{{- end -}}
+
+{{- define "qlens.pdbApiVersion" -}}
+{{- if and (.Capabilities.APIVersions.Has "policy/v1") (semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version) -}}
+policy/v1
+{{- else -}}
+policy/v1beta1
+{{- end -}}
+{{- end -}}
+
+{{/* external-secrets.io/v1 from ESO 0.16 on; v1beta1 before (and when the cluster cannot say). */}}
+{{- define "qlens.externalSecretsApiVersion" -}}
+{{- if .Capabilities.APIVersions.Has "external-secrets.io/v1" -}}
+external-secrets.io/v1
+{{- else -}}
+external-secrets.io/v1beta1
+{{- end -}}
+{{- end -}}
+
+{{/* The service configuration (ServiceConfig) the services read from config.yaml. */}}
+{{- define "qlens.serviceConfig" -}}
+{{- $v := .Values -}}
+{{- $cfg := dict "name" $v.environment "providers" $v.providers "models" $v.models "routing" $v.routing "cache" $v.cache "costControls" $v.costControls "auth" $v.auth "gateway" $v.gateway "ports" $v.ports -}}
+{{- toYaml $cfg -}}
+{{- end -}}
+
+{{/* Container resources of one service: serviceResources.<service> merged over resources. */}}
+{{- define "qlens.resources" -}}
+{{- $v := .root.Values -}}
+{{- $override := index ($v.serviceResources | default dict) .service | default dict -}}
+{{- toYaml (mergeOverwrite (deepCopy $v.resources) (deepCopy $override)) -}}
+{{- end -}}
+
+{{/* An optional env var from a key of Secret `secrets.name`. Context: (list root NAME key). */}}
+{{- define "qlens.secretEnv" -}}
+- name: {{ index . 1 }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ (index . 0).Values.secrets.name }}
+      key: {{ index . 2 }}
+      optional: true
+{{- end -}}
+
+{{/* Environment of one service's container. */}}
+{{- define "qlens.env" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+- name: QLENS_HOST
+  value: "0.0.0.0"
+- name: QLENS_PORT
+  value: {{ index $v.ports .service | quote }}
+- name: QLENS_CONFIG
+  value: /etc/qlens/config.yaml
+{{- if eq .service "gateway" }}
+- name: QLENS_ROUTER_URL
+  value: {{ printf "http://%s-router:%v" (include "qlens.name" $root) $v.ports.router | quote }}
+- name: QLENS_CACHE_URL
+  value: {{ printf "http://%s-cache:%v" (include "qlens.name" $root) $v.ports.cache | quote }}
+- name: QLENS_API_KEYS_FILE
+  value: /etc/qlens/keys/keys.json
+{{- end }}
+{{- if eq .service "router" }}
+{{- if $v.providers.azureOpenAI.enabled }}
+{{ include "qlens.secretEnv" (list $root "AZURE_OPENAI_ENDPOINT" "azure-openai-endpoint") }}
+{{ include "qlens.secretEnv" (list $root "AZURE_OPENAI_API_KEY" "azure-openai-api-key") }}
+{{- end }}
+{{- if $v.providers.awsBedrock.enabled }}
+{{ include "qlens.secretEnv" (list $root "AWS_REGION" "aws-region") }}
+{{ include "qlens.secretEnv" (list $root "AWS_ACCESS_KEY_ID" "aws-access-key-id") }}
+{{ include "qlens.secretEnv" (list $root "AWS_SECRET_ACCESS_KEY" "aws-secret-access-key") }}
+{{- end }}
+{{- end }}
+{{- if include "qlens.usesRedis" . }}
+{{ include "qlens.secretEnv" (list $root "QLENS_REDIS_URL" "redis-url") }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The one Deployment definition. Context: (dict "root" $ "service" "gateway").
+*/}}
+{{- define "qlens.deployment" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $name := printf "%s-%s" (include "qlens.name" $root) .service -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $name }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "qlens.labels" . | nindent 4 }}
+spec:
+  replicas: {{ index $v.replicas .service }}
+  revisionHistoryLimit: 5
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxUnavailable: 0
+      maxSurge: 1
+  selector:
+    matchLabels:
+      {{- include "qlens.selectorLabels" . | nindent 6 }}
+  template:
+    metadata:
+      labels:
+        {{- include "qlens.labels" . | nindent 8 }}
+      annotations:
+        checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+        {{- if eq $v.monitoring.mode "basic" }}
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ index $v.ports .service | quote }}
+        prometheus.io/path: /metrics
+        {{- end }}
+    spec:
+      serviceAccountName: {{ include "qlens.serviceAccountName" $root }}
+      {{- with $v.imagePullSecrets }}
+      imagePullSecrets:
+        {{- range . }}
+        - name: {{ . }}
+        {{- end }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $v.podSecurityContext | nindent 8 }}
+      terminationGracePeriodSeconds: 30
+      containers:
+        - name: {{ .service }}
+          image: {{ printf "%s/%s:%s" $v.image.repository $name (include "qlens.imageTag" $root) | quote }}
+          imagePullPolicy: {{ $v.image.pullPolicy }}
+          ports:
+            - name: http
+              containerPort: {{ index $v.ports .service }}
+              protocol: TCP
+          env:
+            {{- include "qlens.env" . | nindent 12 }}
+          livenessProbe:
+            httpGet:
+              path: /health
+              port: http
+            initialDelaySeconds: 5
+            periodSeconds: 10
+            timeoutSeconds: 2
+            failureThreshold: 3
+          readinessProbe:
+            httpGet:
+              path: /health/ready
+              port: http
+            periodSeconds: 5
+            timeoutSeconds: 3
+            failureThreshold: 3
+          resources:
+            {{- include "qlens.resources" . | nindent 12 }}
+          securityContext:
+            {{- toYaml $v.securityContext | nindent 12 }}
+          volumeMounts:
+            - name: config
+              mountPath: /etc/qlens/config.yaml
+              subPath: config.yaml
+              readOnly: true
+            - name: tmp
+              mountPath: /tmp
+            {{- if eq .service "gateway" }}
+            - name: api-keys
+              mountPath: /etc/qlens/keys
+              readOnly: true
+            {{- end }}
+      volumes:
+        - name: config
+          configMap:
+            name: {{ include "qlens.name" $root }}-config
+        - name: tmp
+          emptyDir:
+            sizeLimit: 64Mi
+        {{- if eq .service "gateway" }}
+        # A directory mount (not subPath): `qlensctl keys` updates reach running pods.
+        - name: api-keys
+          secret:
+            secretName: {{ $v.apiKeys.secretName }}
+            optional: true
+        {{- end }}
+{{- end -}}
+
+{{/* The one Service definition. Context: (dict "root" $ "service" "gateway"). */}}
+{{- define "qlens.service" -}}
+{{- $root := .root -}}
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ include "qlens.name" $root }}-{{ .service }}
+  namespace: {{ $root.Release.Namespace }}
+  labels:
+    {{- include "qlens.labels" . | nindent 4 }}
+spec:
+  type: ClusterIP
+  selector:
+    {{- include "qlens.selectorLabels" . | nindent 4 }}
+  ports:
+    - name: http
+      port: {{ index $root.Values.ports .service }}
+      targetPort: http
+      protocol: TCP
+{{- end -}}
+
+{{/* Refuse values rendered for another namespace (see `namespace` in values.yaml). */}}
+{{- define "qlens.checks" -}}
+{{- $v := .Values -}}
+{{- if and $v.namespace (ne $v.namespace .Release.Namespace) -}}
+{{- fail (printf "these values are for namespace %s, not %s: install with --namespace %s" $v.namespace .Release.Namespace $v.namespace) -}}
+{{- end -}}
+{{- if and (eq $v.secrets.backend "keyVault") (not $v.externalSecrets.enabled) -}}
+{{- fail "secrets.backend is keyVault but externalSecrets.enabled is false: nothing would write the provider Secret" -}}
+{{- end -}}
+{{- if and $v.tls.enabled (not $v.ingress.enabled) -}}
+{{- fail "tls.enabled needs ingress.enabled: TLS is terminated at the gateway's Ingress" -}}
+{{- end -}}
+{{- end -}}

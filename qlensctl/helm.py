@@ -1,0 +1,815 @@
+"""The Helm adapter: one small interface, two engines.
+
+qlensctl needs eight Helm operations: upgrade_or_install (atomic, wait, timeout), rollback,
+history, status, get_values, template, lint and uninstall. `Helm` fixes their signatures and
+results (`Release`, `LintReport`, plain dicts and text) and two classes implement them:
+
+- `EmbeddedHelm`: the Helm SDK in-process (`helm_python`, package helm-python-sdk: Helm's Go code
+  behind a C ABI). Nothing to install, so it works on any machine with the Python package.
+- `BinaryHelm`: the user's `helm` binary (3.x or 4.x) driven through `pyhelm3`, for teams whose
+  Helm version, plugins or credentials helpers must be the ones that run.
+
+`select_helm("auto")` takes the binary when a `helm` >= 3 is on PATH, else the embedded SDK.
+Both store releases the same way (Secrets in the release namespace), so they can take turns on
+one release. Every failure is raised as a qlensctl.errors type with a hint; nothing here prints.
+Heavy imports (helm_python loads an 85 MB library) happen inside the methods that need them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import yaml
+
+from qlensctl.errors import ClusterError, ConfigError, OperationError, QlensError
+
+RELEASE = "qlens"
+DEFAULT_TIMEOUT = 300  # seconds, for waits on rollouts
+HISTORY_MAX = 10  # revisions Helm keeps per release
+MODES = ("auto", "embedded", "binary")
+
+# Helm's install order (releaseutil.InstallOrder): `template` output follows it, like `helm template`.
+_INSTALL_ORDER = (
+    "PriorityClass Namespace NetworkPolicy ResourceQuota LimitRange PodSecurityPolicy PodDisruptionBudget "
+    "ServiceAccount Secret SecretList ConfigMap StorageClass PersistentVolume PersistentVolumeClaim "
+    "CustomResourceDefinition ClusterRole ClusterRoleList ClusterRoleBinding ClusterRoleBindingList Role "
+    "RoleList RoleBinding RoleBindingList Service DaemonSet Pod ReplicationController ReplicaSet Deployment "
+    "HorizontalPodAutoscaler StatefulSet Job CronJob IngressClass Ingress APIService"
+).split()
+
+
+class ReleaseNotFoundError(OperationError):
+    """The release (or the revision asked for) does not exist in that namespace."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One revision of a release, as `helm history` / `helm status` describe it."""
+
+    name: str
+    namespace: str
+    revision: int
+    status: str  # deployed, superseded, failed, pending-install, pending-upgrade, uninstalled, ...
+    chart: str  # name-version, e.g. qlens-0.1.0
+    chart_version: str
+    app_version: str
+    updated: str  # ISO 8601, UTC
+    description: str = ""
+    manifest: str = field(default="", repr=False)  # filled by status and upgrade_or_install
+
+    def to_dict(self) -> dict[str, Any]:
+        """For `--json`: everything but the manifest."""
+        data = asdict(self)
+        data.pop("manifest")
+        return data
+
+
+@dataclass(frozen=True)
+class LintMessage:
+    severity: str  # info, warning, error
+    path: str
+    message: str
+
+
+@dataclass(frozen=True)
+class LintReport:
+    messages: tuple[LintMessage, ...]
+
+    @property
+    def errors(self) -> list[LintMessage]:
+        return [m for m in self.messages if m.severity == "error"]
+
+    @property
+    def warnings(self) -> list[LintMessage]:
+        return [m for m in self.messages if m.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        """Clean: no error and no warning (info lines, like "icon is recommended", are fine)."""
+        return not self.errors and not self.warnings
+
+
+class Helm(ABC):
+    """The operations qlensctl needs from Helm. `namespace` is always explicit."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, *, kubeconfig: str | Path | None = None, kube_context: str | None = None) -> None:
+        # None: Helm's usual resolution ($KUBECONFIG, ~/.kube/config) and the current context
+        self.kubeconfig = str(kubeconfig) if kubeconfig else None
+        self.kube_context = kube_context
+
+    @abstractmethod
+    def upgrade_or_install(
+        self,
+        release: str,
+        chart: str | Path,
+        values: dict[str, Any],
+        namespace: str,
+        *,
+        atomic: bool = True,
+        wait: bool = True,
+        timeout: int = DEFAULT_TIMEOUT,
+        create_namespace: bool = False,
+        dry_run: bool = False,
+        description: str | None = None,
+    ) -> Release:
+        """Install the release, or upgrade it when it exists. atomic: a failed install or upgrade
+        is rolled back (and raised as OperationError). wait: until every object is ready, at most
+        `timeout` seconds. dry_run: render and check against the API server, change nothing."""
+
+    @abstractmethod
+    def rollback(
+        self,
+        release: str,
+        namespace: str,
+        *,
+        revision: int | None = None,
+        wait: bool = True,
+        timeout: int = DEFAULT_TIMEOUT,
+    ) -> Release:
+        """Roll back to `revision` (default: the previous one); returns the new revision."""
+
+    @abstractmethod
+    def history(self, release: str, namespace: str, *, max_revisions: int | None = None) -> list[Release]:
+        """Revisions, oldest first."""
+
+    @abstractmethod
+    def status(self, release: str, namespace: str) -> Release:
+        """The current revision, with its manifest."""
+
+    @abstractmethod
+    def get_values(
+        self, release: str, namespace: str, *, revision: int | None = None, all_values: bool = False
+    ) -> dict[str, Any]:
+        """The user-supplied values (all_values: merged with the chart's defaults)."""
+
+    @abstractmethod
+    def template(
+        self,
+        chart: str | Path,
+        values: dict[str, Any],
+        namespace: str,
+        *,
+        release: str = RELEASE,
+        kube_version: str | None = None,
+        api_versions: Sequence[str] = (),
+    ) -> str:
+        """The manifests, offline, as `helm template` prints them. kube_version / api_versions
+        set the capabilities the chart sees (e.g. "1.20.0" to render for an old cluster)."""
+
+    @abstractmethod
+    def lint(
+        self, chart: str | Path, values: dict[str, Any], namespace: str, *, kube_version: str | None = None
+    ) -> LintReport:
+        """`helm lint --strict` with these values."""
+
+    @abstractmethod
+    def uninstall(
+        self, release: str, namespace: str, *, wait: bool = False, timeout: int = DEFAULT_TIMEOUT
+    ) -> None:
+        """Remove the release and its objects."""
+
+
+# --- the embedded SDK ----------------------------------------------------------------------------------
+
+
+class EmbeddedHelm(Helm):
+    """Helm's Go SDK in-process through helm_python (one Config per namespace, reused)."""
+
+    kind = "embedded"
+
+    def __init__(self, *, kubeconfig: str | Path | None = None, kube_context: str | None = None) -> None:
+        super().__init__(kubeconfig=kubeconfig, kube_context=kube_context)
+        self._configs: dict[str, Any] = {}
+        _helm_python()  # fail now, with a hint, if the library cannot load
+
+    def _config(self, namespace: str) -> Any:
+        if namespace not in self._configs:
+            check_kubeconfig(self.kubeconfig)
+            hp = _helm_python()
+            try:
+                self._configs[namespace] = hp.Config(
+                    kubeconfig_path=self.kubeconfig, kube_context=self.kube_context, namespace=namespace
+                )
+            except hp.HelmError as exc:
+                raise self._translate(exc, "connect", "", namespace) from None
+        return self._configs[namespace]
+
+    def close(self) -> None:
+        for cfg in self._configs.values():
+            cfg.close()
+        self._configs.clear()
+
+    def upgrade_or_install(
+        self,
+        release,
+        chart,
+        values,
+        namespace,
+        *,
+        atomic=True,
+        wait=True,
+        timeout=DEFAULT_TIMEOUT,
+        create_namespace=False,
+        dry_run=False,
+        description=None,
+    ):
+        hp = _helm_python()
+        cfg = self._config(namespace)
+        exists = self._exists(release, namespace)
+        action = "upgrade" if exists else "install"
+        opts: dict[str, Any] = {
+            "namespace": namespace,
+            "timeout": int(timeout),
+            "wait": "watcher" if wait else None,
+            "rollback_on_failure": atomic,
+            "dry_run": "server" if dry_run else None,
+            "description": description,
+        }
+        try:
+            with hp.Chart.load(str(chart)) as loaded:
+                if exists:
+                    out = cfg.upgrade(loaded, release, values, max_history=HISTORY_MAX, **opts)
+                else:
+                    out = cfg.install(loaded, release, values, create_namespace=create_namespace, **opts)
+        except hp.HelmError as exc:
+            raise self._translate(exc, action, release, namespace, atomic=atomic) from None
+        return _release_from_summary(out)
+
+    def rollback(self, release, namespace, *, revision=None, wait=True, timeout=DEFAULT_TIMEOUT):
+        hp = _helm_python()
+        cfg = self._config(namespace)
+        try:
+            cfg.rollback(release, version=revision, timeout=int(timeout), wait="watcher" if wait else None)
+        except hp.HelmError as exc:
+            raise self._translate(exc, "roll back", release, namespace) from None
+        return self.history(release, namespace)[-1]
+
+    def history(self, release, namespace, *, max_revisions=None):
+        hp = _helm_python()
+        try:
+            revisions = self._config(namespace).history(release, max_revisions=max_revisions)
+        except hp.HelmError as exc:
+            raise self._translate(exc, "read the history of", release, namespace) from None
+        return sorted((_release_from_summary(r) for r in revisions), key=lambda r: r.revision)
+
+    def status(self, release, namespace):
+        hp = _helm_python()
+        try:
+            return _release_from_summary(self._config(namespace).status(release))
+        except hp.HelmError as exc:
+            raise self._translate(exc, "read the status of", release, namespace) from None
+
+    def get_values(self, release, namespace, *, revision=None, all_values=False):
+        hp = _helm_python()
+        try:
+            values = self._config(namespace).get_values(release, all_values=all_values, revision=revision)
+        except hp.HelmError as exc:
+            raise self._translate(exc, "read the values of", release, namespace) from None
+        return dict(values or {})
+
+    def template(self, chart, values, namespace, *, release=RELEASE, kube_version=None, api_versions=()):
+        hp = _helm_python()
+        try:
+            with hp.Chart.load(str(chart)) as loaded:
+                files = _render_with_capabilities(
+                    loaded, values, release, namespace, kube_version, api_versions
+                )
+        except hp.HelmError as exc:
+            raise self._translate(exc, "render", release, namespace) from None
+        return join_manifests(files)
+
+    def lint(self, chart, values, namespace, *, kube_version=None):
+        hp = _helm_python()
+        try:
+            report = hp.lint(
+                str(chart),
+                values,
+                strict=True,
+                namespace=namespace,
+                kube_version=_v(kube_version) if kube_version else None,
+            )
+        except hp.HelmError as exc:
+            raise self._translate(exc, "lint", "", namespace) from None
+        names = {1: "info", 2: "warning", 3: "error"}
+        return LintReport(
+            tuple(
+                LintMessage(
+                    names.get(int(m.get("severity", 0)), "info"),
+                    str(m.get("path", "")),
+                    str(m.get("error", "")).strip(),
+                )
+                for m in report.get("messages", [])
+            )
+        )
+
+    def uninstall(self, release, namespace, *, wait=False, timeout=DEFAULT_TIMEOUT):
+        hp = _helm_python()
+        try:
+            self._config(namespace).uninstall(release, timeout=int(timeout), wait="watcher" if wait else None)
+        except hp.HelmError as exc:
+            raise self._translate(exc, "uninstall", release, namespace) from None
+
+    def _exists(self, release: str, namespace: str) -> bool:
+        """Any revision at all (a failed first install too: upgrading it is what `--install` does)."""
+        try:
+            return bool(self.history(release, namespace, max_revisions=1))
+        except ReleaseNotFoundError:
+            return False
+
+    @staticmethod
+    def _translate(
+        exc: Exception, action: str, release: str, namespace: str, *, atomic: bool = False
+    ) -> QlensError:
+        hp = _helm_python()
+        detail = str(getattr(exc, "detail", "") or exc).strip()
+        if isinstance(exc, hp.HelmNotFoundError):
+            return _not_found(release, namespace)
+        if isinstance(exc, hp.HelmKubeError):
+            return _cluster_error(detail)
+        return _classify(
+            detail,
+            action,
+            release,
+            namespace,
+            atomic=atomic,
+            timed_out=isinstance(exc, hp.HelmCancelledError),
+        )
+
+
+def _helm_python() -> Any:
+    try:
+        import helm_python
+    except Exception as exc:  # ImportError, or the native library failing to load
+        raise ConfigError(
+            f"the embedded Helm SDK cannot be loaded: {exc}",
+            "reinstall it (pip install helm-python-sdk), or install Helm 3+ and use --helm binary",
+        ) from None
+    return helm_python
+
+
+def _render_with_capabilities(
+    chart: Any,
+    values: dict[str, Any],
+    release: str,
+    namespace: str,
+    kube_version: str | None,
+    api_versions: Sequence[str],
+) -> dict[str, str]:
+    """Chart.render, plus the Kubernetes version and extra API versions the chart should see.
+
+    helm_python's Python wrapper does not expose these yet but the library's render call accepts
+    them (`helm template --kube-version/--api-versions`), so they are passed through its C ABI."""
+    from helm_python import _native
+
+    opts: dict[str, Any] = {"name": release, "namespace": namespace, "is_install": True}
+    if kube_version:
+        opts["kube_version"] = _v(kube_version)
+    if api_versions:
+        opts["api_versions"] = list(api_versions)
+    rendered = _native.call_string("helm_render", chart._raw(), json.dumps(values), json.dumps(opts))
+    files: dict[str, str] = json.loads(rendered)
+    return files
+
+
+def _release_from_summary(summary: dict[str, Any]) -> Release:
+    name = str(summary.get("chart_name", ""))
+    version = str(summary.get("chart_version", ""))
+    return Release(
+        name=str(summary.get("name", "")),
+        namespace=str(summary.get("namespace", "")),
+        revision=int(summary.get("revision", 0)),
+        status=str(summary.get("status", "")),
+        chart=f"{name}-{version}" if name else version,
+        chart_version=version,
+        app_version=str(summary.get("app_version", "")),
+        updated=str(summary.get("deployed_at", "")),
+        description=str(summary.get("description", "") or ""),
+        manifest=str(summary.get("manifest", "") or ""),
+    )
+
+
+# --- the helm binary through pyhelm3 ---------------------------------------------------------------
+
+
+class BinaryHelm(Helm):
+    """The user's `helm` (3.x or 4.x) through pyhelm3's Command (async; run to completion here)."""
+
+    kind = "binary"
+
+    def __init__(
+        self,
+        *,
+        kubeconfig: str | Path | None = None,
+        kube_context: str | None = None,
+        executable: str = "helm",
+    ) -> None:
+        super().__init__(kubeconfig=kubeconfig, kube_context=kube_context)
+        version = binary_version(executable)
+        if version is None or version[0] < 3:
+            found = ".".join(map(str, version)) if version else "none"
+            raise ConfigError(
+                f"no usable helm binary: need Helm 3 or newer on PATH (found: {found})",
+                "install Helm 3+, or use --helm embedded",
+            )
+        self.version = version
+        self.executable = shutil.which(executable) or executable
+
+    def _command(self, timeout: int = DEFAULT_TIMEOUT, *, cluster: bool = True) -> Any:
+        from pyhelm3 import Command
+
+        if cluster:
+            check_kubeconfig(self.kubeconfig)
+
+        return Command(
+            executable=self.executable,
+            kubeconfig=Path(self.kubeconfig) if self.kubeconfig else None,
+            kubecontext=self.kube_context,
+            default_timeout=f"{int(timeout)}s",
+            history_max_revisions=HISTORY_MAX,
+        )
+
+    def _run(self, action: str, release: str, namespace: str, coro_fn: Any, *, atomic: bool = False) -> Any:
+        import asyncio
+
+        from pyhelm3 import errors as perr
+
+        try:
+            return asyncio.run(coro_fn())
+        except perr.ReleaseNotFoundError:
+            raise _not_found(release, namespace) from None
+        except perr.ConnectionError as exc:
+            raise _cluster_error(_stderr(exc)) from None
+        except perr.Error as exc:
+            detail = _stderr(exc)
+            if "release: not found" in detail.lower():
+                raise _not_found(release, namespace) from None
+            if "kubernetes cluster unreachable" in detail.lower():
+                raise _cluster_error(detail) from None
+            raise _classify(
+                detail,
+                action,
+                release,
+                namespace,
+                atomic=atomic,
+                timed_out="context deadline exceeded" in detail,
+            ) from None
+
+    def upgrade_or_install(
+        self,
+        release,
+        chart,
+        values,
+        namespace,
+        *,
+        atomic=True,
+        wait=True,
+        timeout=DEFAULT_TIMEOUT,
+        create_namespace=False,
+        dry_run=False,
+        description=None,
+    ):
+        args: list[Any] = [
+            "upgrade",
+            release,
+            str(chart),
+            "--install",
+            "--namespace",
+            namespace,
+            "--output",
+            "json",
+            "--values",
+            "-",
+            "--timeout",
+            f"{int(timeout)}s",
+            "--history-max",
+            HISTORY_MAX,
+        ]
+        if atomic:
+            args.append("--atomic" if self.version[0] == 3 else "--rollback-on-failure")
+        if wait:
+            args.append("--wait")
+        if create_namespace:
+            args.append("--create-namespace")
+        if dry_run:
+            args.append("--dry-run=server")
+        if description:
+            args += ["--description", description]
+        cmd = self._command(timeout)
+        raw = self._run(
+            "upgrade", release, namespace, lambda: cmd.run(args, json.dumps(values).encode()), atomic=atomic
+        )
+        text = raw.decode()
+        return _release_from_helm_json(json.loads(text[text.index("{") :]), namespace)
+
+    def rollback(self, release, namespace, *, revision=None, wait=True, timeout=DEFAULT_TIMEOUT):
+        cmd = self._command(timeout)
+        self._run(
+            "roll back",
+            release,
+            namespace,
+            lambda: cmd.rollback(
+                release, revision, namespace=namespace, wait=wait, timeout=f"{int(timeout)}s"
+            ),
+        )
+        return self.history(release, namespace)[-1]
+
+    def history(self, release, namespace, *, max_revisions=None):
+        cmd = self._command()
+        rows = self._run(
+            "read the history of",
+            release,
+            namespace,
+            lambda: cmd.history(release, max_revisions=max_revisions or 256, namespace=namespace),
+        )
+        out = []
+        for row in rows:
+            chart = str(row.get("chart", ""))
+            out.append(
+                Release(
+                    name=release,
+                    namespace=namespace,
+                    revision=int(row.get("revision", 0)),
+                    status=str(row.get("status", "")),
+                    chart=chart,
+                    chart_version=chart.rsplit("-", 1)[-1] if "-" in chart else "",
+                    app_version=str(row.get("app_version", "")),
+                    updated=str(row.get("updated", "")),
+                    description=str(row.get("description", "")),
+                )
+            )
+        return sorted(out, key=lambda r: r.revision)
+
+    def status(self, release, namespace):
+        cmd = self._command()
+        data = self._run(
+            "read the status of", release, namespace, lambda: cmd.status(release, namespace=namespace)
+        )
+        return _release_from_helm_json(data, namespace)
+
+    def get_values(self, release, namespace, *, revision=None, all_values=False):
+        cmd = self._command()
+        values = self._run(
+            "read the values of",
+            release,
+            namespace,
+            lambda: cmd.get_values(release, computed=all_values, namespace=namespace, revision=revision),
+        )
+        return dict(values or {})
+
+    def template(self, chart, values, namespace, *, release=RELEASE, kube_version=None, api_versions=()):
+        args: list[Any] = ["template", release, str(chart), "--namespace", namespace, "--values", "-"]
+        if kube_version:
+            args += ["--kube-version", _v(kube_version)]
+        for api in api_versions:
+            args += ["--api-versions", api]
+        cmd = self._command(cluster=False)
+        return self._run(
+            "render", release, namespace, lambda: cmd.run(args, json.dumps(values).encode())
+        ).decode()
+
+    def lint(self, chart, values, namespace, *, kube_version=None):
+        import asyncio
+
+        from pyhelm3 import errors as perr
+
+        args: list[Any] = ["lint", str(chart), "--strict", "--namespace", namespace, "--values", "-"]
+        if kube_version:
+            args += ["--kube-version", _v(kube_version)]
+        cmd = self._command(cluster=False)
+        try:
+            out = asyncio.run(cmd.run(args, json.dumps(values).encode())).decode()
+        except perr.Error as exc:  # lint findings exit 1: they are the report, not a failure
+            out = (exc.stdout or b"").decode() + (exc.stderr or b"").decode()
+        return _parse_lint_text(out)
+
+    def uninstall(self, release, namespace, *, wait=False, timeout=DEFAULT_TIMEOUT):
+        cmd = self._command(timeout)
+        self._run(
+            "uninstall",
+            release,
+            namespace,
+            lambda: cmd.uninstall(release, namespace=namespace, wait=wait, timeout=f"{int(timeout)}s"),
+        )
+
+
+def binary_version(executable: str = "helm") -> tuple[int, int, int] | None:
+    """(major, minor, patch) of the `helm` on PATH, or None when there is none that answers."""
+    path = shutil.which(executable)
+    if not path:
+        return None
+    try:
+        proc = subprocess.run(
+            [path, "version", "--template", "{{ .Version }}"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"v?(\d+)\.(\d+)\.(\d+)", proc.stdout)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m and proc.returncode == 0 else None
+
+
+def _stderr(exc: Any) -> str:
+    raw = getattr(exc, "stderr", b"") or b""
+    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+    return (text or str(exc)).strip().removeprefix("Error: ").strip()
+
+
+def _release_from_helm_json(data: dict[str, Any], namespace: str) -> Release:
+    """`helm status/upgrade -o json` (a full release object) -> Release."""
+    info = data.get("info", {}) or {}
+    meta = (data.get("chart", {}) or {}).get("metadata", {}) or {}
+    name, version = str(meta.get("name", "")), str(meta.get("version", ""))
+    return Release(
+        name=str(data.get("name", "")),
+        namespace=str(data.get("namespace", namespace)),
+        revision=int(data.get("version", 0)),
+        status=str(info.get("status", "")),
+        chart=f"{name}-{version}" if name else version,
+        chart_version=version,
+        app_version=str(meta.get("appVersion", "")),
+        updated=str(info.get("last_deployed", "")),
+        description=str(info.get("description", "")),
+        manifest=str(data.get("manifest", "") or ""),
+    )
+
+
+_LINT_LINE = re.compile(r"^\[(INFO|WARNING|ERROR)\]\s+([^:]*):\s*(.*)$")
+
+
+def _parse_lint_text(text: str) -> LintReport:
+    messages = []
+    for line in text.splitlines():
+        m = _LINT_LINE.match(line.strip())
+        if m:
+            messages.append(LintMessage(m.group(1).lower(), m.group(2), m.group(3)))
+        elif line.strip().startswith("Error:") and "chart(s) failed" not in line:
+            messages.append(LintMessage("error", "", line.strip().removeprefix("Error:").strip()))
+    return LintReport(tuple(messages))
+
+
+# --- shared: errors, output, selection ----------------------------------------------------------------
+
+
+def _v(kube_version: str) -> str:
+    return kube_version if kube_version.startswith("v") else f"v{kube_version}"
+
+
+def _not_found(release: str, namespace: str) -> ReleaseNotFoundError:
+    return ReleaseNotFoundError(
+        f"release {release!r} not found in namespace {namespace}",
+        f"deploy it first (qlensctl deploy ENV), or check the namespace and the kube context "
+        f"(`helm list -n {namespace}`)",
+    )
+
+
+def check_kubeconfig(explicit: str | None) -> None:
+    """Fail early when there is no kubeconfig at all. Without one, client-go falls back to
+    http://localhost:8080, which on a laptop running `qlensctl up` is the QLens gateway."""
+    if explicit:
+        if not Path(explicit).is_file():
+            raise ConfigError(
+                f"kubeconfig {explicit} does not exist", "pass an existing file or set KUBECONFIG"
+            )
+        return
+    listed = [p for p in os.environ.get("KUBECONFIG", "").split(os.pathsep) if p]
+    candidates = listed or [str(Path.home() / ".kube" / "config")]
+    if any(Path(p).is_file() for p in candidates) or os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return
+    raise ConfigError(
+        f"no kubeconfig: {', '.join(candidates)} not found",
+        "set KUBECONFIG (or create ~/.kube/config) for your cluster, e.g. with your cloud's get-credentials",
+    )
+
+
+def _cluster_error(detail: str) -> QlensError:
+    low = detail.lower()
+    if "context" in low and ("does not exist" in low or "not found" in low):
+        return ConfigError(
+            f"unknown kube context: {detail}", "list contexts with `kubectl config get-contexts`"
+        )
+    return ClusterError(
+        f"cannot reach the Kubernetes API server: {detail}",
+        "check `kubectl config current-context` and that the cluster is reachable (VPN, credentials)",
+    )
+
+
+_FAIL_MESSAGE = re.compile(r"execution error at \([^)]*\):\s*(.*)", re.DOTALL)
+
+
+def _classify(
+    detail: str, action: str, release: str, namespace: str, *, atomic: bool = False, timed_out: bool = False
+) -> QlensError:
+    """Everything that is not 'not found' or 'unreachable': bad values, chart errors, failed releases."""
+    low = detail.lower()
+    if "don't meet the specifications of the schema" in low or low.startswith("- at '/"):
+        problems = [
+            line.strip().removeprefix("- ") for line in detail.splitlines() if line.strip().startswith("- ")
+        ]
+        return ConfigError(
+            "the values do not match charts/qlens/values.schema.json: " + "; ".join(problems or [detail]),
+            "fix that key in the environment file (or the values file) and run the command again",
+        )
+    m = _FAIL_MESSAGE.search(detail)
+    if m:  # the chart's own `fail` / `required`: a configuration problem it explains itself
+        return ConfigError(
+            f"the chart refused these values: {m.group(1).strip()}",
+            "fix the environment file (or the values file) and run the command again",
+        )
+    if "has no" in low and "version" in low:
+        return ReleaseNotFoundError(
+            f"{release}: {detail}", f"see the revisions with `qlensctl history` (namespace {namespace})"
+        )
+    if "rolled back" in low or (atomic and timed_out):
+        return OperationError(
+            f"{action} of {release} in {namespace} failed and was rolled back: {_first_lines(detail)}",
+            "see which pods are not ready with `kubectl get pods -n "
+            + namespace
+            + "`; the previous revision is serving",
+        )
+    if timed_out:
+        return OperationError(
+            f"{action} of {release} in {namespace} timed out: {_first_lines(detail)}",
+            "raise --timeout, or look at `kubectl get pods -n " + namespace + "`",
+        )
+    if action in ("render", "lint"):
+        return ConfigError(
+            f"the chart failed to {action}: {_first_lines(detail)}",
+            "check the values and charts/qlens; re-run with --debug for details",
+        )
+    return OperationError(
+        f"could not {action} {release or 'the chart'} in {namespace}: {_first_lines(detail)}",
+        "re-run with --debug for details",
+    )
+
+
+def _first_lines(text: str, n: int = 4) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return "; ".join(lines[:n]) + (" ..." if len(lines) > n else "")
+
+
+def join_manifests(files: dict[str, str]) -> str:
+    """Rendered template files -> one YAML stream like `helm template`: documents in Helm's
+    install order (then file name, then position), each under a `# Source:` line. Empty
+    documents (disabled features) are left out. Deterministic by construction."""
+    docs = []
+    for path in sorted(files):
+        if not path.endswith((".yaml", ".yml")) or "/templates/" not in path:
+            continue  # NOTES.txt, helpers
+        for index, doc in enumerate(re.split(r"(?m)^---\s*$", files[path])):
+            body = doc.strip("\n")
+            try:
+                obj = yaml.safe_load(body)
+            except yaml.YAMLError:
+                obj = {}
+            if not obj:
+                continue
+            kind = obj.get("kind", "") if isinstance(obj, dict) else ""
+            rank = _INSTALL_ORDER.index(kind) if kind in _INSTALL_ORDER else len(_INSTALL_ORDER)
+            docs.append((rank, path, index, body))
+    docs.sort(key=lambda d: d[:3])
+    return "".join(f"---\n# Source: {path}\n{body.strip()}\n" for _, path, _, body in docs)
+
+
+def manifests(text: str) -> list[dict[str, Any]]:
+    """The objects of a YAML stream (template output or a release manifest)."""
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def select_helm(
+    mode: str = "auto", *, kubeconfig: str | Path | None = None, kube_context: str | None = None
+) -> Helm:
+    """auto: the `helm` binary when Helm >= 3 is on PATH, else the embedded SDK."""
+    if mode not in MODES:
+        raise ConfigError(
+            f"--helm {mode!r} is not one of {', '.join(MODES)}", "use --helm auto, embedded or binary"
+        )
+    if mode == "binary" or (mode == "auto" and (binary_version() or (0,))[0] >= 3):
+        return BinaryHelm(kubeconfig=kubeconfig, kube_context=kube_context)
+    return EmbeddedHelm(kubeconfig=kubeconfig, kube_context=kube_context)
+
+
+def adapter_for(
+    environment: Any,
+    kube_context: str | None = None,
+    *,
+    mode: str = "auto",
+    kubeconfig: str | Path | None = None,
+) -> Helm:
+    """The adapter for an environment's cluster: `kube_context` when given, else the current one.
+    (Whether that context may be used for this environment is the context guard's decision,
+    made before anything is changed; this only connects.)"""
+    return select_helm(mode, kubeconfig=kubeconfig, kube_context=kube_context)
