@@ -251,8 +251,7 @@ class Gateway:
         try:
             reservation = await self.budget.reserve(caller.tenant, caller.user, worst)
         except BudgetExceeded as exc:
-            raise APIError(429, f"Budget exceeded: {exc}.", code="budget_exceeded",
-                           param=exc.scope) from None
+            raise APIError(429, f"Budget exceeded: {exc}.", code="budget_exceeded") from None
         except BudgetUnavailable:
             raise APIError(503, "The budget store is unavailable and this environment refuses requests "
                                 "it cannot account for (costControls.onStoreFailure: failClosed). "
