@@ -14,12 +14,12 @@ from enum import StrEnum
 class FailureKind(StrEnum):
     """How a failed provider call is handled. The value is the metrics `outcome` label."""
 
-    CONNECT = "connect_error"  # retry, counts against the circuit
-    TIMEOUT = "timeout"  # retry, counts against the circuit
-    RATE_LIMITED = "rate_limited"  # retry (429), counts against the circuit
-    SERVER = "server_error"  # retry (5xx), counts against the circuit
-    DEPLOYMENT = "deployment_error"  # 401/403/404 or a malformed answer: try elsewhere, no retry here
-    CLIENT = "client_error"  # the request itself is bad: answer the client, no retry
+    CONNECT = "connect_error"  # retry; counts against the circuit
+    TIMEOUT = "timeout"  # retry; counts against the circuit
+    RATE_LIMITED = "rate_limited"  # retry (429); counts against the circuit
+    SERVER = "server_error"  # retry (5xx); counts against the circuit
+    DEPLOYMENT = "deployment_error"  # 401/403/404, malformed answer: try elsewhere; counts too
+    CLIENT = "client_error"  # the request itself is bad: answer the client; the circuit is untouched
 
     @property
     def retryable(self) -> bool:
@@ -29,10 +29,6 @@ class FailureKind(StrEnum):
             FailureKind.RATE_LIMITED,
             FailureKind.SERVER,
         )
-
-    @property
-    def counts_against_circuit(self) -> bool:
-        return self is not FailureKind.CLIENT
 
 
 def kind_for_status(status: int) -> FailureKind:

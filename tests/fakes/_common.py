@@ -4,16 +4,18 @@ A fake runs in a thread of the test process (`with FakeAzureOpenAI() as fake:`) 
 process (`python -m tests.fakes.azure_openai --port N`). Tests steer it directly (`fake.fail(500,
 times=2)`, `fake.slow(1.5)`, `fake.reset()`); another process steers it over HTTP:
 
-    POST /_fake/behaviour  {"fail_status": 503, "fail_times": 2, "fail_fraction": 0.5,
-                            "delay": 1.0, "chunk_delay": 0.05, "fail_mid_stream": true}
+    POST /_fake/behaviour  {"fail_status": 503, "fail_times": 2, "fail_fraction": 0.5, "delay": 1.0,
+                            "delay_times": 1, "chunk_delay": 0.05, "fail_mid_stream": true}
     POST /_fake/reset      back to healthy, request log cleared
     GET  /_fake/requests   [{"target": ..., "stream": ..., "status": ...}, ...]
 
 Behaviour, applied to each request in this order: answer `fail_status` to the next `fail_times`
 requests (every request while `fail_times` is null); else fail a `fail_fraction` of them (seeded,
-so runs repeat); wait `delay` seconds before answering (a timeout, seen from a client with a
-shorter one); in a stream, wait `chunk_delay` between chunks and, with `fail_mid_stream`, break
-off with an error after the first content chunk.
+so runs repeat); wait `delay` seconds before answering the next `delay_times` requests (all while
+it is null): a timeout, seen from a client with a shorter one; in a stream, wait `chunk_delay`
+between chunks and, with `fail_mid_stream`, break off with an error after the first content chunk.
+
+`router_process` runs the real router (`python -m services.router`) against these fakes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -40,6 +45,7 @@ class Behaviour:
     fail_times: int | None = None
     fail_fraction: float = 0.0
     delay: float = 0.0
+    delay_times: int | None = None
     chunk_delay: float = 0.0
     fail_mid_stream: bool = False
 
@@ -148,9 +154,11 @@ class FakeServer:
                 self.behaviour.fail_status, self.behaviour.fail_times = status, times
                 self.behaviour.fail_fraction = 0.0
 
-    def slow(self, delay: float = 0.0, chunk_delay: float = 0.0) -> None:
+    def slow(self, delay: float = 0.0, chunk_delay: float = 0.0, times: int | None = None) -> None:
+        """Wait `delay` before answering the next `times` requests (all, if None)."""
         with self._lock:
             self.behaviour.delay, self.behaviour.chunk_delay = delay, chunk_delay
+            self.behaviour.delay_times = times
 
     def break_streams(self, on: bool = True) -> None:
         with self._lock:
@@ -218,8 +226,13 @@ class FakeServer:
             await send_bytes(send, 404, b'{"error": "unknown fake admin route"}')
 
     async def pause(self) -> None:
-        if self.behaviour.delay:
-            await asyncio.sleep(self.behaviour.delay)
+        with self._lock:
+            b = self.behaviour
+            delay = b.delay if b.delay_times is None or b.delay_times > 0 else 0.0
+            if b.delay and b.delay_times:
+                b.delay_times -= 1
+        if delay:
+            await asyncio.sleep(delay)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -234,7 +247,7 @@ class FakeServer:
             log_level="warning",
             access_log=False,
             lifespan="off",
-            timeout_graceful_shutdown=1,
+            timeout_graceful_shutdown=0.3,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name=f"{self.name}-{self.port}", daemon=True)
@@ -283,3 +296,28 @@ def serve_forever(fake: FakeServer) -> None:
         await task
 
     asyncio.run(run())
+
+
+@contextmanager
+def router_process(config: dict[str, Any], env: dict[str, str], workdir: Path) -> Iterator[Any]:
+    """The router as a real process on a free port, configured by `config` (an environment as a
+    dict) and `env` (credentials, endpoints). Yields its `qlensctl.local.ServiceProcess` (`.url`,
+    `.log`); stops it afterwards, whatever happens."""
+    import yaml
+
+    from qlensctl.local import start_service, stop_pid, wait_ready
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "router.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    isolated = {
+        "AWS_CONFIG_FILE": str(workdir / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "no-aws-credentials"),
+        **env,
+    }
+    svc, proc = start_service("router", free_port(), path, workdir / "logs", isolated)
+    try:
+        wait_ready(svc.url, 30, alive=lambda: proc.poll() is None)
+        yield svc
+    finally:
+        stop_pid(svc.pid)
