@@ -35,10 +35,11 @@ def _store(env: str, file: Path | None, kube_context: str | None) -> tuple[Any, 
     environment = load_environment(env)
     if file is not None:
         return environment, apikeys_store.FileKeyStore(file)
-    from qlensctl.commands.ops import cluster
+    from qlensctl.kube import Kube
 
-    api = cluster(environment, kube_context)
-    return environment, apikeys_store.SecretKeyStore(api, environment.namespace)
+    kube = Kube.for_environment(environment, kube_context)  # the context guard
+    kube.ping()
+    return environment, apikeys_store.SecretKeyStore(kube.api, environment.namespace)
 
 
 def _takes_effect(store: Any) -> str:

@@ -1,9 +1,335 @@
-"""Command group placeholder: filled by its issue."""
+"""Day-2 operations: `scale`, `backup`, `restore`, `maintenance start|end`.
+
+Each command validates its input before it touches the cluster, shows what it will change,
+asks before changing production (unless --yes) and prints what it did. The work is done by the
+layers: qlensctl.scaling (replica counts, HPAs, readiness), qlensctl.backup (values and Redis
+state files) and the Helm adapter.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import typer
+
+from qlensctl import output
+
+maintenance_app = typer.Typer(help="Maintenance windows: extra replicas during, health checks after.",
+                              no_args_is_help=True)
+
+_KUBE_CONTEXT = typer.Option(None, "--kube-context", show_default=False,
+                             help="Kube context [default: the current one; production: its pinned one].")
+_YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (production).")
+_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+_HELM = typer.Option("auto", "--helm", help="Helm implementation: embedded, binary or auto.")
+_REDIS_URL = typer.Option(None, "--redis-url", envvar="QLENS_REDIS_URL", show_default=False, show_envvar=True,
+                          help="Redis holding usage counters and cache entries (never printed).")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    app.command("scale", context_settings={"ignore_unknown_options": True})(scale)
+    app.command("backup")(backup)
+    app.command("restore")(restore)
+    app.add_typer(maintenance_app, name="maintenance")
+
+
+# -- cluster access ------------------------------------------------------------------------------
+
+
+def _kube(environment: Any, kube_context: str | None) -> Any:
+    """A qlensctl.kube.Kube for the environment, through the context guard; fails fast if unreachable."""
+    from qlensctl.kube import Kube
+
+    kube = Kube.for_environment(environment, kube_context)
+    kube.ping()
+    return kube
+
+
+def _helm(kube: Any, helm_kind: str) -> Any:
+    from qlensctl import helm as helm_adapter
+
+    return helm_adapter.select_helm(helm_kind, kube_context=kube.context)
+
+
+# -- scale ---------------------------------------------------------------------------------------
+
+
+def scale(
+    env: str = typer.Argument(..., help="Environment (staging, production)."),
+    service: str = typer.Argument(..., help="gateway, router or cache."),
+    replicas: str = typer.Argument(..., help="Replica count, 0..100."),
+    kube_context: str = _KUBE_CONTEXT,
+    yes: bool = _YES,
+    as_json: bool = _JSON,
+) -> None:
+    """Set a deployment's replicas; says what an HPA will do with the count."""
+    from qlensctl import scaling
+    from qlensctl.environments import load_environment
+    from qlensctl.errors import ConfigError
+
+    try:
+        count = int(replicas)
+    except ValueError:
+        raise ConfigError(f"replicas must be a whole number (got {replicas!r})",
+                          f"e.g. `qlensctl scale {env} {service} 3`") from None
+    scaling.check_request(service, count)
+    environment = load_environment(env)
+    kube = _kube(environment, kube_context)
+    change = scaling.plan(kube, environment.namespace, service, count)
+    if change.autoscaler:
+        output.warn(f"{change.deployment} is managed by an autoscaler: {change.autoscaler.verdict(count)}")
+    if environment.is_production and change.before != change.after:
+        output.confirm(f"Scale {change.deployment} in {environment.namespace} from {change.before} to "
+                       f"{change.after} replicas?", yes)
+    done = scaling.apply(kube, environment.namespace, change)
+    _print_changes([done], environment, as_json, title=f"Scaled ({environment.name})")
+
+
+def _print_changes(changes: list[Any], environment: Any, as_json: bool, title: str) -> None:
+    if as_json:
+        output.emit_json({"environment": environment.name, "namespace": environment.namespace, "changes": [
+            {"service": c.service, "deployment": c.deployment, "before": c.before, "after": c.after,
+             "autoscaler": c.autoscaler.verdict(c.after) if c.autoscaler else None} for c in changes]})
+        return
+    rows = [[c.deployment, c.before, c.after, c.autoscaler.name if c.autoscaler else "-"] for c in changes]
+    output.table(title, ["deployment", "before", "after", "autoscaler"], rows)
+
+
+# -- backup --------------------------------------------------------------------------------------
+
+
+def backup(
+    env: str = typer.Argument(..., help="Environment whose release to back up."),
+    directory: Path = typer.Option(Path("backup"), "--dir", help="Folder for backup files."),
+    state: bool = typer.Option(False, "--state", help="Also save Redis usage counters and cache entries."),
+    redis_url: str = _REDIS_URL,
+    kube_context: str = _KUBE_CONTEXT,
+    helm_kind: str = _HELM,
+    as_json: bool = _JSON,
+) -> None:
+    """Save the release's values to DIR/values-YYYYMMDD.yaml (never overwriting)."""
+    from qlensctl import backup as backups
+    from qlensctl.environments import load_environment
+
+    environment = load_environment(env)
+    helm = _helm(_kube(environment, kube_context), helm_kind)
+    path = backups.backup_values(helm, environment, directory)
+    saved = backups.read_backup(path)
+    result: dict[str, Any] = {"environment": environment.name, "file": str(path), "revision": saved.revision,
+                              "chart": saved.chart, "redacted": saved.redacted, "state": None}
+    if saved.redacted:
+        output.warn(f"left out of the backup because they look secret: {', '.join(saved.redacted)}")
+    if state:
+        result["state"] = _backup_state(redis_url, path)
+    if as_json:
+        output.emit_json(result)
+        return
+    output.info(f"Backed up release qlens (revision {saved.revision}, chart {saved.chart}) of "
+                f"{environment.name} to [bold]{path}[/bold]")
+    if result["state"] and result["state"].get("file"):
+        output.info(f"Redis state: {result['state']['keys']} keys to [bold]{result['state']['file']}[/bold]")
+    output.info(f"Restore with: qlensctl restore {environment.name} {path}")
+
+
+def _backup_state(redis_url: str | None, values_file: Path) -> dict[str, Any]:
+    """Redis state next to the values file; an unreachable Redis is a warning, not a failure."""
+    from qlensctl import backup as backups
+    from qlensctl.errors import OperationError
+
+    if not redis_url:
+        output.warn("--state: no Redis URL (set QLENS_REDIS_URL or pass --redis-url); state not saved")
+        return {"file": None, "keys": 0, "skipped": "no Redis URL"}
+    try:
+        path, count = backups.backup_state(redis_url, values_file)
+    except OperationError as exc:
+        output.warn(f"--state: {exc.message}; state not saved")
+        return {"file": None, "keys": 0, "skipped": exc.message}
+    return {"file": str(path), "keys": count}
+
+
+# -- restore -------------------------------------------------------------------------------------
+
+
+def restore(
+    env: str = typer.Argument(..., help="Environment to restore."),
+    file: Path = typer.Argument(..., help="A values-YYYYMMDD.yaml written by `qlensctl backup`."),
+    state: bool = typer.Option(False, "--state", help="Also restore Redis from the state file beside FILE."),
+    redis_url: str = _REDIS_URL,
+    directory: Path = typer.Option(Path("backup"), "--dir", help="Where the pre-restore backup goes."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the rollout."),
+    timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds to wait for the rollout."),
+    kube_context: str = _KUBE_CONTEXT,
+    helm_kind: str = _HELM,
+    yes: bool = _YES,
+    as_json: bool = _JSON,
+) -> None:
+    """Upgrade the release with a backup's values (the guide's recovery procedure).
+
+    The file is checked first (YAML, a QLens backup, this environment's); the current values are
+    backed up; the upgrade is watched and rolled back if the rollout fails, as `deploy` does.
+    """
+    from qlensctl import backup as backups
+    from qlensctl import release
+    from qlensctl.environments import load_environment
+    from qlensctl.errors import ConfigError, OperationError
+
+    environment = load_environment(env)
+    saved = backups.read_backup(file)
+    backups.check_backup_for(saved, environment)
+    state_file = backups.state_file_for(saved.path) if state else None
+    if state_file is not None:
+        if not redis_url:
+            raise ConfigError("--state needs the Redis URL", "set QLENS_REDIS_URL or pass --redis-url")
+        backups.read_state(state_file)  # a bad state file is refused before anything changes
+    if saved.redacted:
+        output.warn(f"the backup left out secret-looking values ({', '.join(saved.redacted)}): "
+                    "the chart's defaults apply to them")
+    kube = _kube(environment, kube_context)
+    helm = _helm(kube, helm_kind)
+    revisions = release.history(helm, environment.namespace)
+    if environment.is_production:
+        output.confirm(f"Upgrade release qlens in {environment.namespace} with the values from {saved.path} "
+                       f"(taken {saved.taken}, revision {saved.revision})?", yes)
+    image = saved.values.get("image")
+    tag = str(image.get("tag")) if isinstance(image, dict) and image.get("tag") else "from backup"
+    plan = release.DeployPlan(environment, environment.namespace, tag, saved.values, None, revisions)
+    with output.spinner(f"restoring {environment.name} from {saved.path}") as status:
+        def step(message: str) -> None:
+            if status is not None:
+                status.update(message)
+
+        result = release.deploy(plan, kube, helm, wait=wait, timeout=timeout, backup_dir=directory,
+                                on_step=step)
+    if not result.ok:
+        note = f"; rolled back to revision {result.rolled_back_to}" if result.rolled_back_to else ""
+        raise OperationError(f"restore of {environment.name} failed: {result.message}{note}",
+                             f"see `qlensctl status {environment.name}`")
+    outcome: dict[str, Any] = {"environment": environment.name, "file": str(saved.path),
+                               "revision": result.revision, "previousValues": str(result.backup or ""),
+                               "state": None}
+    if state_file is not None:
+        restored, expired = backups.restore_state(redis_url, state_file)
+        outcome["state"] = {"file": str(state_file), "restored": restored, "expired": expired}
+    if as_json:
+        output.emit_json(outcome)
+        return
+    if result.backup:
+        output.info(f"The values it replaced are saved in {result.backup}")
+    output.info(f"Restored {environment.name} from {saved.path}: "
+                f"release qlens is at revision {result.revision}")
+    if outcome["state"]:
+        output.info(f"Redis: {outcome['state']['restored']} keys restored, {outcome['state']['expired']} "
+                    "had expired since the backup")
+
+
+# -- maintenance ---------------------------------------------------------------------------------
+
+
+@maintenance_app.command("start")
+def maintenance_start(
+    env: str = typer.Argument(..., help="Environment."),
+    replicas: int = typer.Option(None, "--replicas", min=0, max=100, show_default=False,
+                                 help="Scale every service to this count [default: one more than now]."),
+    directory: Path = typer.Option(Path("backup"), "--dir", help="Folder for the pre-maintenance backup."),
+    kube_context: str = _KUBE_CONTEXT,
+    helm_kind: str = _HELM,
+    yes: bool = _YES,
+    as_json: bool = _JSON,
+) -> None:
+    """Back up the values, then add a replica to every service for redundancy."""
+    from qlensctl import backup as backups
+    from qlensctl import scaling
+    from qlensctl.environments import load_environment
+
+    environment = load_environment(env)
+    kube = _kube(environment, kube_context)
+    helm = _helm(kube, helm_kind)
+    ns = environment.namespace
+    plans = []
+    for service in scaling.SERVICES:
+        now = scaling.current_replicas(kube, ns, service)
+        target = replicas if replicas is not None else min(now + 1, scaling.MAX_REPLICAS)
+        plans.append(scaling.plan(kube, ns, service, target))
+    if environment.is_production:
+        output.confirm(f"Start maintenance on {ns}: back up the values, then scale {_summary(plans)}?", yes)
+    path = backups.backup_values(helm, environment, directory)
+    done = [scaling.apply(kube, ns, p) for p in plans]
+    for c in done:
+        if c.autoscaler and not c.autoscaler.min_replicas <= c.after <= c.autoscaler.max_replicas:
+            output.warn(f"{c.deployment}: {c.autoscaler.verdict(c.after)}")
+    if as_json:
+        output.emit_json({"environment": environment.name, "backup": str(path), "changes": [
+            {"service": c.service, "before": c.before, "after": c.after} for c in done]})
+        return
+    output.info(f"Backed up the values to {path}")
+    _print_changes(done, environment, False, title=f"Maintenance started ({environment.name})")
+    output.info(f"When done: qlensctl maintenance end {environment.name}")
+
+
+@maintenance_app.command("end")
+def maintenance_end(
+    env: str = typer.Argument(..., help="Environment."),
+    url: str = typer.Option(None, "--url", show_default=False,
+                            help="Gateway URL to smoke-test (e.g. after `kubectl port-forward`)."),
+    api_key: str = typer.Option(None, "--api-key", envvar="QLENS_API_KEY", show_default=False,
+                                help="API key for the smoke test (never printed)."),
+    timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds to wait for every deployment."),
+    kube_context: str = _KUBE_CONTEXT,
+    yes: bool = _YES,
+    as_json: bool = _JSON,
+) -> None:
+    """Check health (and smoke-test with --url), then scale back to the environment's replicas.
+
+    If anything is unhealthy the extra replicas stay and the command fails: scaling down a sick
+    deployment would only make it worse.
+    """
+    from qlensctl import scaling
+    from qlensctl.environments import load_environment
+    from qlensctl.errors import OperationError
+
+    environment = load_environment(env)
+    kube = _kube(environment, kube_context)
+    ns = environment.namespace
+    with output.spinner("waiting for every deployment to be ready"):
+        try:
+            states = scaling.wait_healthy(kube, ns, timeout)
+        except OperationError as exc:
+            raise OperationError(f"{exc.message}; replicas left as they are", exc.hint) from None
+    smoke_results = None
+    if url:
+        from qlensctl import smoke
+
+        with output.spinner(f"smoke-testing {url}"):
+            smoke_results = smoke.run_smoke(url, None, api_key)
+        bad = smoke.failed(smoke_results)
+        if bad:
+            raise OperationError(
+                f"smoke test of {url} failed ({'; '.join(r.name + ': ' + r.detail for r in bad)}); "
+                "replicas left as they are",
+                f"fix it and run `qlensctl maintenance end {environment.name}` again",
+            )
+    elif not as_json:
+        output.warn("no --url: smoke test skipped (port-forward svc/qlens-gateway and pass --url to run it)")
+    targets = {"gateway": environment.replicas.gateway, "router": environment.replicas.router,
+               "cache": environment.replicas.cache}
+    plans = [scaling.plan(kube, ns, s, targets[s]) for s in scaling.SERVICES]
+    if environment.is_production and any(p.before != p.after for p in plans):
+        output.confirm(f"End maintenance on {ns}: scale {_summary(plans)}?", yes)
+    done = [scaling.apply(kube, ns, p) for p in plans]
+    if as_json:
+        output.emit_json({
+            "environment": environment.name,
+            "health": [{"deployment": s.name, "ready": s.ready, "desired": s.desired} for s in states],
+            "smoke": [r.to_dict() for r in smoke_results] if smoke_results is not None else None,
+            "changes": [{"service": c.service, "before": c.before, "after": c.after} for c in done]})
+        return
+    output.table("Health", ["deployment", "ready", "result"],
+                 [[s.name, f"{s.ready}/{s.desired}", output.status_mark(s.done)] for s in states])
+    if smoke_results is not None:
+        output.info(f"Smoke test of {url}: all {len(smoke_results)} checks passed")
+    _print_changes(done, environment, False, title=f"Maintenance ended ({environment.name})")
+
+
+def _summary(plans: list[Any]) -> str:
+    return ", ".join(f"{p.service} {p.before}->{p.after}" for p in plans)

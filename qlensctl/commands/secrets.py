@@ -48,14 +48,15 @@ def sync(
 
             result = secrets.push_key_vault(url, values, progress=progress)
     else:
-        from qlensctl.commands.ops import cluster
+        from qlensctl.kube import Kube
 
-        api = cluster(environment, kube_context)
+        kube = Kube.for_environment(environment, kube_context)  # the context guard
+        kube.ping()
         if environment.is_production:
             output.confirm(f"Write {len(values)} keys to Secret {environment.secrets.name} in "
                            f"{environment.namespace}?", yes)
-        result = secrets.sync_kubernetes_secret(api, environment.namespace, values, environment.secrets.name,
-                                                prune=prune)
+        result = secrets.sync_kubernetes_secret(kube.api, environment.namespace, values,
+                                                environment.secrets.name, prune=prune)
     outcome = {**{k: "created" for k in result.created}, **{k: "updated" for k in result.updated},
                **{k: "unchanged" for k in result.unchanged}, **{k: "removed" for k in result.removed}}
     rows = [{"name": s.key, "from": s.env_var, "result": outcome.get(s.key, "")} for s in specs]

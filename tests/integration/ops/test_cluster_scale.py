@@ -1,0 +1,164 @@
+"""`scale` and `secrets sync staging` and the keys Secret, against the real control plane.
+
+The three deployments here are plain ones named as the chart names them (no Helm needed to
+scale); the HPA is a real autoscaling/v1 object the controller-manager acts on."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.ops.cluster import OpsCluster, make_ops_cluster
+from tests.integration.ops.conftest import Cli, assert_no_secrets
+
+pytestmark = pytest.mark.cluster
+
+
+def _deployment(name: str, replicas: int) -> dict:
+    labels = {"app.kubernetes.io/instance": "qlens", "app.kubernetes.io/component": name}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "app", "image": f"example/{name}:1"}]}}}}
+
+
+@pytest.fixture
+def ops(kube_cluster, fake_kubelet, tmp_path: Path, cli: Cli) -> OpsCluster:
+    return make_ops_cluster(kube_cluster, fake_kubelet, tmp_path, cli)
+
+
+@pytest.fixture
+def deployed(ops: OpsCluster) -> OpsCluster:
+    """qlens-gateway/router/cache in both namespaces; production's gateway has an HPA (2..10, 70%)."""
+    from kubernetes import client
+
+    apps = client.AppsV1Api(ops.api)
+    for env, counts in (("staging", (1, 1, 1)), ("production", (3, 3, 2))):
+        for service, n in zip(("gateway", "router", "cache"), counts, strict=True):
+            apps.create_namespaced_deployment(ops.namespaces[env], _deployment(f"qlens-{service}", n))
+    hpas = client.AutoscalingV1Api(ops.api)
+    hpas.create_namespaced_horizontal_pod_autoscaler(ops.namespaces["production"], {
+        "metadata": {"name": "qlens-gateway"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "qlens-gateway"},
+                 "minReplicas": 2, "maxReplicas": 10, "targetCPUUtilizationPercentage": 70}})
+    return ops
+
+
+def test_scale_staging_prints_before_and_after(deployed: OpsCluster, cli: Cli) -> None:
+    run = cli("scale", "staging", "gateway", "4", "--json")
+    assert run.code == 0, run
+    change = json.loads(run.out)["changes"][0]
+    assert (change["deployment"], change["before"], change["after"]) == ("qlens-gateway", 1, 4)
+    assert deployed.replicas("staging") == {"gateway": 4, "router": 1, "cache": 1}
+    human = cli("scale", "staging", "cache", "0")
+    assert human.code == 0, human
+    assert "qlens-cache" in human.out and "before" in human.out
+    assert deployed.replicas("staging")["cache"] == 0
+
+
+@pytest.mark.parametrize("args", [["gateway", "101"], ["gateway", "-1"], ["gateway", "three"],
+                                  ["web", "3"], ["Gateway", "2"]])
+def test_bad_service_or_count_is_exit_2_and_changes_nothing(deployed: OpsCluster, cli: Cli,
+                                                            args: list[str]) -> None:
+    run = cli("scale", "staging", *args)
+    assert run.code == 2, run
+    assert "error:" in run.err and "hint:" in run.err and "Traceback" not in run.text
+    assert deployed.replicas("staging") == {"gateway": 1, "router": 1, "cache": 1}
+
+
+def test_hpa_warning_says_what_the_autoscaler_will_do(deployed: OpsCluster, cli: Cli) -> None:
+    above = cli("scale", "production", "gateway", "12", "--yes")
+    assert above.code == 0, above
+    assert "HPA qlens-gateway" in above.err and "min 2, max 10" in above.err
+    assert "lower it back to 10" in above.err
+    below = cli("scale", "production", "gateway", "1", "--yes")
+    assert below.code == 0, below
+    assert "raise it back to 2" in below.err
+    plain = cli("scale", "production", "router", "4", "--yes")
+    assert plain.code == 0 and "HPA" not in plain.err, plain  # no autoscaler on the router
+
+
+def test_production_asks_first_and_guards_the_context(deployed: OpsCluster, cli: Cli, tmp_path: Path) -> None:
+    unconfirmed = cli("scale", "production", "router", "5")
+    assert unconfirmed.code == 2, unconfirmed
+    assert "--yes" in unconfirmed.err
+    other = deployed.cluster.kubeconfig_with_contexts(tmp_path / "other", ["qlens-production"],
+                                                      current="local")
+    guarded = cli("scale", "production", "router", "5", "--yes", env={"KUBECONFIG": str(other)})
+    assert guarded.code == 2, guarded
+    assert "qlens-production" in guarded.err
+    assert deployed.replicas("production")["router"] == 3
+    done = cli("scale", "production", "router", "5", "--yes")
+    assert done.code == 0, done
+    assert deployed.replicas("production")["router"] == 5
+
+
+def test_scale_without_a_release_is_a_clear_error(ops: OpsCluster, cli: Cli) -> None:
+    run = cli("scale", "staging", "gateway", "2")
+    assert run.code == 1, run
+    assert "qlens-gateway not found" in run.err and "Traceback" not in run.text
+
+
+# -- secrets sync staging -> Secret qlens-secrets ---------------------------------------------------
+
+
+def test_secrets_sync_staging_writes_the_secret_and_shows_only_names(ops: OpsCluster, cli: Cli,
+                                                                    sentinels: dict[str, str]) -> None:
+    from kubernetes import client
+
+    staging_vars = {k: v for k, v in sentinels.items() if k != "QLENS_REDIS_URL"}
+    partial = {k: v for k, v in staging_vars.items() if k != "AWS_SECRET_ACCESS_KEY"}
+    missing = cli("secrets", "sync", "staging", env=partial)
+    assert missing.code == 2, missing
+    assert "AWS_SECRET_ACCESS_KEY" in missing.err
+    core = client.CoreV1Api(ops.api)
+    assert not [s for s in core.list_namespaced_secret(ops.namespaces["staging"]).items
+                if s.metadata.name == "qlens-secrets"]
+
+    run = cli("secrets", "sync", "staging", env=staging_vars)
+    assert run.code == 0, run
+    secret = core.read_namespaced_secret("qlens-secrets", ops.namespaces["staging"])
+    data = {k: base64.b64decode(v).decode() for k, v in secret.data.items()}
+    assert data == {"azure-openai-endpoint": sentinels["AZURE_OPENAI_ENDPOINT"],
+                    "azure-openai-api-key": sentinels["AZURE_OPENAI_API_KEY"],
+                    "aws-region": "us-east-1", "aws-access-key-id": sentinels["AWS_ACCESS_KEY_ID"],
+                    "aws-secret-access-key": sentinels["AWS_SECRET_ACCESS_KEY"]}
+    assert "azure-openai-api-key" in run.out and "created" in run.out
+
+    rotated = dict(staging_vars, AZURE_OPENAI_API_KEY=staging_vars["AZURE_OPENAI_API_KEY"] + "-v2")
+    again = cli("--debug", "secrets", "sync", "staging", "--json", env=rotated)
+    assert again.code == 0, again
+    results = {r["name"]: r["result"] for r in json.loads(again.out)["secrets"]}
+    assert results["azure-openai-api-key"] == "updated" and results["aws-region"] == "unchanged"
+    assert_no_secrets(cli.all_output(), sentinels)
+
+
+# -- keys in Secret qlens-api-keys ------------------------------------------------------------------
+
+
+def test_keys_in_the_secret_hold_only_hashes(ops: OpsCluster, cli: Cli) -> None:
+    from kubernetes import client
+
+    from services.common.apikeys import hash_key, parse_keys
+
+    made = cli("keys", "create", "staging", "--tenant", "acme", "--user", "alice", "--json")
+    assert made.code == 0, made
+    key = json.loads(made.out)["key"]
+    secret = client.CoreV1Api(ops.api).read_namespaced_secret("qlens-api-keys", ops.namespaces["staging"])
+    text = base64.b64decode(secret.data["keys.json"]).decode()
+    assert key not in text
+    assert list(parse_keys(text)) == [hash_key(key)]
+
+    prod = cli("keys", "create", "production", "--tenant", "acme", "--user", "bob")
+    assert prod.code == 2 and "--yes" in prod.err, prod  # production asks first
+
+    listed = cli("keys", "list", "staging")
+    assert listed.code == 0 and "alice" in listed.out and hash_key(key)[:12] in listed.out, listed
+    assert key not in listed.out
+    revoked = cli("keys", "revoke", "staging", "--tenant", "acme", "--user", "alice", "--json")
+    assert revoked.code == 0, revoked
+    secret = client.CoreV1Api(ops.api).read_namespaced_secret("qlens-api-keys", ops.namespaces["staging"])
+    assert parse_keys(base64.b64decode(secret.data["keys.json"]).decode()) == {}
