@@ -114,9 +114,10 @@ class FakeAzureOpenAI(FakeServer):
             return
         stream = body.get("stream") is True
         failure = self._failure()
+        self._record(deployment, stream, failure or 200)  # on arrival: a client that gives up is still seen
         await self.pause()
         if failure is not None:
-            await self._error(send, deployment, stream, failure, f"fake failure {failure}")
+            await self._error(send, deployment, stream, failure, f"fake failure {failure}", record=False)
             return
         text = f"[{deployment}] {last_user_text(messages)}"
         usage = {
@@ -124,7 +125,6 @@ class FakeAzureOpenAI(FakeServer):
             "completion_tokens": count_tokens(text),
         }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        self._record(deployment, stream, 200)
         if stream:
             options = body.get("stream_options") or {}
             await self._stream(send, deployment, text, usage, bool(options.get("include_usage")))
@@ -171,8 +171,11 @@ class FakeAzureOpenAI(FakeServer):
             return "bearer"
         return None
 
-    async def _error(self, send: Any, deployment: str, stream: bool, status: int, message: str) -> None:
-        self._record(deployment, stream, status)
+    async def _error(
+        self, send: Any, deployment: str, stream: bool, status: int, message: str, record: bool = True
+    ) -> None:
+        if record:
+            self._record(deployment, stream, status)
         extra = [(b"retry-after", b"1")] if status == 429 else []
         await send_bytes(send, status, azure_error(status, message), headers=extra)
 

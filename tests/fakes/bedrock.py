@@ -136,9 +136,10 @@ class FakeBedrock(FakeServer):
             return
         self.last_request = body
         failure = self._failure()
+        self._record(model_id, stream, failure or 200)  # on arrival: a client that gives up is still seen
         await self.pause()
         if failure is not None:
-            await self._error(send, model_id, stream, failure, f"fake failure {failure}")
+            await self._error(send, model_id, stream, failure, f"fake failure {failure}", record=False)
             return
         text = f"[{model_id}] {last_user_text(messages)}"
         limit = (body.get("inferenceConfig") or {}).get("maxTokens")
@@ -149,7 +150,6 @@ class FakeBedrock(FakeServer):
         prompt += " ".join(str(b.get("text", "")) for b in body.get("system", []))
         usage = {"inputTokens": count_tokens(prompt), "outputTokens": count_tokens(text)}
         usage["totalTokens"] = usage["inputTokens"] + usage["outputTokens"]
-        self._record(model_id, stream, 200)
         if stream:
             await self._stream(send, text, stop, usage)
             return
@@ -162,9 +162,17 @@ class FakeBedrock(FakeServer):
         await send_bytes(send, 200, orjson.dumps(answer), headers=[(b"x-amzn-requestid", b"fake-request")])
 
     async def _error(
-        self, send: Any, model_id: str, stream: bool, status: int, message: str, error_type: str | None = None
+        self,
+        send: Any,
+        model_id: str,
+        stream: bool,
+        status: int,
+        message: str,
+        error_type: str | None = None,
+        record: bool = True,
     ) -> None:
-        self._record(model_id, stream, status)
+        if record:
+            self._record(model_id, stream, status)
         error_type = error_type or ERROR_TYPES.get(status, "InternalServerException")
         await send_bytes(
             send,
