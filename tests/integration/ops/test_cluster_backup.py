@@ -1,0 +1,154 @@
+"""`backup`, `restore` and `maintenance` against a release installed by the real Helm adapter on
+the real control plane (the fake kubelet runs the pods)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from qlensctl.backup import FORMAT
+from qlensctl.release import history
+from tests.integration.ops.cluster import OpsCluster, make_ops_cluster
+from tests.integration.ops.conftest import Cli, assert_no_secrets
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture
+def ops(kube_cluster, fake_kubelet, tmp_path: Path, cli: Cli) -> OpsCluster:
+    return make_ops_cluster(kube_cluster, fake_kubelet, tmp_path, cli)
+
+
+@pytest.fixture
+def staging(ops: OpsCluster) -> OpsCluster:
+    ops.install("staging")
+    ops.wait_ready("staging")
+    return ops
+
+
+def _revision(ops: OpsCluster, env: str) -> int:
+    return ops.helm().status("qlens", ops.namespaces[env]).revision
+
+
+def _values(ops: OpsCluster, env: str) -> dict:
+    return ops.helm().get_values("qlens", ops.namespaces[env])
+
+
+def test_backup_then_restore_gives_identical_values(staging: OpsCluster, cli: Cli, tmp_path: Path,
+                                                    sentinels: dict[str, str]) -> None:
+    original = _values(staging, "staging")
+    backups = cli.cwd / "backup"
+    first = cli("backup", "staging", "--json")
+    assert first.code == 0, first
+    path = Path(cli.cwd / json.loads(first.out)["file"])
+    assert path.parent == backups and len(path.stem) == len("values-20260101")  # values-YYYYMMDD
+    text = path.read_text()
+    assert f"# format: {FORMAT}" in text and f"# namespace: {staging.namespaces['staging']}" in text
+    assert "# revision: 1" in text and "# chart: qlens-" in text
+    assert yaml.safe_load(text) == original  # the body is exactly `helm get values`
+
+    second = cli("backup", "staging", "--json")
+    assert second.code == 0, second
+    second_path = Path(cli.cwd / json.loads(second.out)["file"])
+    assert second_path != path and second_path.name.startswith(path.stem + "-")
+    assert path.read_text() == text  # the first one was not overwritten
+
+    changed = dict(original, replicas={"gateway": 2, "router": 1, "cache": 1})
+    staging.helm().upgrade_or_install("qlens", _chart(), changed, staging.namespaces["staging"],
+                                      atomic=False, wait=False)
+    assert _values(staging, "staging") != original
+
+    restored = cli("restore", "staging", str(path), "--timeout", "120", "--json", env=sentinels)
+    assert restored.code == 0, restored
+    assert _values(staging, "staging") == original
+    assert _revision(staging, "staging") == 3
+    result = json.loads(restored.out)
+    assert result["revision"] == 3
+    assert staging.replicas("staging") == {"gateway": 1, "router": 1, "cache": 1}
+    # restore saved what it replaced, so it can itself be undone
+    replaced = Path(cli.cwd / result["previousValues"])
+    assert yaml.safe_load(replaced.read_text()) == changed
+    saved = list(backups.glob("values-*.yaml"))
+    assert len(saved) == 3
+    for f in saved:
+        assert_no_secrets(f.read_text(), sentinels, where=str(f))
+    assert_no_secrets(cli.all_output(), sentinels)
+
+
+def _chart() -> Path:
+    from qlensctl import render
+
+    return render.chart_dir()
+
+
+def _snapshot(ops: OpsCluster, env: str) -> tuple:
+    return _revision(ops, env), _values(ops, env), ops.replicas(env)
+
+
+@pytest.mark.parametrize("content,message", [
+    ("key: [unclosed\n", "not valid YAML"),
+    ("replicas: {gateway: 9}\n", "not a QLens values backup"),
+    (f"# format: {FORMAT}\n- a list\n", "must be a YAML mapping"),
+])
+def test_bad_backup_files_are_refused_and_the_cluster_is_unchanged(staging: OpsCluster, cli: Cli,
+                                                                   tmp_path: Path, content: str,
+                                                                   message: str) -> None:
+    before = _snapshot(staging, "staging")
+    bad = tmp_path / "values-20260101.yaml"
+    bad.write_text(content)
+    run = cli("--debug", "restore", "staging", str(bad))
+    assert run.code == 2, run
+    assert message in run.err and "hint:" in run.err
+    assert _snapshot(staging, "staging") == before
+
+
+def test_another_environments_backup_is_refused(staging: OpsCluster, cli: Cli) -> None:
+    made = cli("backup", "staging", "--json")
+    assert made.code == 0, made
+    path = Path(cli.cwd / json.loads(made.out)["file"])
+    before = _snapshot(staging, "staging")
+    refused = cli("restore", "production", str(path), "--yes")
+    assert refused.code == 2, refused
+    assert "backup of environment 'staging'" in refused.err
+    assert _snapshot(staging, "staging") == before
+    assert history(staging.helm(), staging.namespaces["production"]) == []
+
+
+def test_maintenance_round_trip(staging: OpsCluster, cli: Cli) -> None:
+    start = cli("maintenance", "start", "staging", "--json")
+    assert start.code == 0, start
+    started = json.loads(start.out)
+    assert Path(cli.cwd / started["backup"]).is_file()
+    assert staging.replicas("staging") == {"gateway": 2, "router": 2, "cache": 2}
+    assert {(c["service"], c["before"], c["after"]) for c in started["changes"]} == {
+        ("gateway", 1, 2), ("router", 1, 2), ("cache", 1, 2)}
+
+    end = cli("maintenance", "end", "staging", "--timeout", "60")
+    assert end.code == 0, end
+    assert "PASS" in end.out and "Maintenance ended" in end.out
+    assert "smoke test skipped" in end.err
+    assert staging.replicas("staging") == {"gateway": 1, "router": 1, "cache": 1}
+
+    to_n = cli("maintenance", "start", "staging", "--replicas", "3")
+    assert to_n.code == 0, to_n
+    assert staging.replicas("staging") == {"gateway": 3, "router": 3, "cache": 3}
+    assert "Backed up the values" in to_n.out
+
+
+def test_maintenance_end_keeps_replicas_when_unhealthy(staging: OpsCluster, cli: Cli) -> None:
+    from kubernetes import client
+
+    assert cli("maintenance", "start", "staging").code == 0
+    apps = client.AppsV1Api(staging.api)
+    ns = staging.namespaces["staging"]
+    d = apps.read_namespaced_deployment("qlens-router", ns)
+    image = d.spec.template.spec.containers[0].image
+    d.spec.template.spec.containers[0].image = image.rsplit(":", 1)[0] + ":unready"
+    apps.replace_namespaced_deployment("qlens-router", ns, d)
+    end = cli("maintenance", "end", "staging", "--timeout", "3")
+    assert end.code == 1, end
+    assert "qlens-router" in end.err and "replicas left as they are" in end.err
+    assert staging.replicas("staging") == {"gateway": 2, "router": 2, "cache": 2}
