@@ -83,7 +83,7 @@ def start(pids: dict[str, int], duration_s: float, out_dir: Path, rate: int = 25
     for name, pid in pids.items():
         path = out_dir / f"profile-{name}.collapsed"
         cmd = [binary, "record", "--pid", str(pid), "--duration", str(int(duration_s)), "--rate", str(rate),
-               "--format", "raw", "--nonblocking", "--output", str(path)]
+               "--format", "raw", "--nonblocking", "--full-filenames", "--output", str(path)]
         running[name] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), path)
     return running
 
@@ -101,3 +101,56 @@ def finish(running: dict[str, tuple], timeout: float) -> dict[str, dict]:
             continue
         out[name] = {"file": str(path), **summarise(path.read_text())}
     return out
+
+
+# --- reading a profile: `python -m bench.profile FILE [--focus NAME] [--depth N] [--min PCT]` -------
+
+
+def tree(collapsed: str, focus: str | None = None, depth: int = 12, min_pct: float = 1.0) -> list[str]:
+    """A top-down call tree of inclusive sample shares, optionally rooted at frames named `focus`
+    (every occurrence, merged), pruned below `min_pct` percent of all samples."""
+    root: dict = {"n": 0, "kids": {}}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = [m for m in (_FRAME.match(f) for f in stack.split(";")) if m]
+        names = [_short(m) for m in frames]
+        if focus is not None:
+            idx = next((i for i, name in enumerate(names) if focus in name), None)
+            if idx is None:
+                continue
+            names = names[idx:]
+        node = root
+        node["n"] += n
+        for name in names[:depth]:
+            node = node["kids"].setdefault(name, {"n": 0, "kids": {}})
+            node["n"] += n
+    out = [f"{root['n']} of {total} samples" + (f" under {focus!r}" if focus else "")]
+
+    def walk(node: dict, indent: int) -> None:
+        for name, kid in sorted(node["kids"].items(), key=lambda kv: -kv[1]["n"]):
+            pct = 100 * kid["n"] / total if total else 0
+            if pct < min_pct:
+                continue
+            out.append(f"{'  ' * indent}{pct:5.1f}% {name}")
+            walk(kid, indent + 1)
+
+    walk(root, 0)
+    return out
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.profile",
+                                     description="Print a py-spy profile as a tree.")
+    parser.add_argument("file", type=Path)
+    parser.add_argument("--focus", help="root the tree at frames whose name contains this")
+    parser.add_argument("--depth", type=int, default=12)
+    parser.add_argument("--min", type=float, default=1.0, dest="min_pct")
+    a = parser.parse_args()
+    print("\n".join(tree(a.file.read_text(), a.focus, a.depth, a.min_pct)))

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             with console.status("concurrency 1: interleaved sequential rounds"):
                 seq = scenarios.run_sequential(env, chosen, rounds=args.rounds, per_round=args.requests,
                                                stream_per_round=args.stream_requests, warmup=args.warmup,
-                                               max_seconds=120)
+                                               max_seconds=90)
             results["sequential"] = {}
             for sc in chosen:
                 r = seq[sc.name]

@@ -179,7 +179,9 @@ class WrkAggregate:
             "provider_calls_per_request": round(self.provider_calls / requests, 3) if requests else None,
         }
         if self.cpu_s and requests:
-            out["cpu_ms_per_request"] = _cpu_per_request(self.cpu_s, requests)
+            # wrk counts only answers it read; requests still in flight when it stops (up to one
+            # per connection) were served too and reached the provider: count them as work done
+            out["cpu_ms_per_request"] = _cpu_per_request(self.cpu_s, max(requests, self.provider_calls))
         return out
 
 
