@@ -8,6 +8,7 @@ secrets, autoscaling. Unknown keys are errors here, so a typo fails before anyth
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -132,7 +133,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: Mapping[str, Any]) -> str:
     kind = err["type"]
     if kind in ("float_type", "float_parsing", "int_type", "int_parsing"):
         return "must be a number"

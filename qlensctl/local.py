@@ -239,7 +239,7 @@ def start_stack(
             started.append(proc)
             stack.services[name] = svc
             try:
-                body = wait_ready(svc.url, timeout, alive=lambda p=proc: p.poll() is None)
+                body = wait_ready(svc.url, timeout, alive=_running(proc))
                 if isinstance(body, dict) and body.get("service") not in (None, name):
                     raise OperationError(f"{svc.url} is answered by a {body.get('service')} service", None)
                 if proc.poll() is not None:  # someone else answered on our port while ours died
@@ -256,6 +256,10 @@ def start_stack(
             stop_pid(proc.pid)
         raise
     return stack
+
+
+def _running(proc: subprocess.Popen[bytes]) -> Callable[[], bool]:
+    return lambda: proc.poll() is None
 
 
 def stop_stack(stack: Stack, progress: Progress | None = None) -> list[str]:

@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -132,12 +133,13 @@ def run_smoke(
         if progress:
             progress(name)
         start = time.perf_counter()
+        status: Status = "fail"
         try:
             detail, status = fn(), "pass"
         except _Failed as exc:
-            detail, status = str(exc), "fail"
+            detail = str(exc)
         except httpx.HTTPError as exc:
-            detail, status = _describe_http_error(exc), "fail"
+            detail = _describe_http_error(exc)
         ms = (time.perf_counter() - start) * 1000
         results.append(CheckResult(name, status, ms, _redact(detail, api_key)))
         return status == "pass"
@@ -149,13 +151,12 @@ def run_smoke(
     with httpx.Client(timeout=timeout, trust_env=host not in LOOPBACK, follow_redirects=False) as client:
         reachable = [n for n in SERVICES if n in urls]
         for name in reachable:
-            base = urls[name]
-            check(f"{name} /health", lambda base=base: _health(client, base))
             must_name = ("router", "cache") if service_urls is None and name == "gateway" else ()
-            check(f"{name} /health/ready", lambda base=base, m=must_name: _ready(client, base, m))
+            check(f"{name} /health", partial(_health, client, urls[name]))
+            check(f"{name} /health/ready", partial(_ready, client, urls[name], must_name))
 
         model: list[str] = []
-        check("models", lambda: _models(client, gateway_url, headers, model))
+        check("models", partial(_models, client, gateway_url, headers, model))
         request = {
             "model": model[0] if model else "",
             # a fresh prompt per run: the first answer must come from a provider, not an old entry
@@ -167,13 +168,13 @@ def run_smoke(
         if not model:
             skip("chat completion", "needs a model from /v1/models")
             skip("cache hit", "needs a chat completion")
-        elif not check("chat completion", lambda: _completion(client, gateway_url, headers, request, first)):
+        elif not check("chat completion", partial(_completion, client, gateway_url, headers, request, first)):
             skip("cache hit", "needs a chat completion")
         else:
-            check("cache hit", lambda: _cache_hit(client, gateway_url, headers, request, first[0]))
+            check("cache hit", partial(_cache_hit, client, gateway_url, headers, request, first[0]))
 
         for name in reachable:
-            check(f"{name} /metrics", lambda base=urls[name]: _metrics(client, base))
+            check(f"{name} /metrics", partial(_metrics, client, urls[name]))
     return results
 
 
@@ -206,7 +207,8 @@ def _models(client: httpx.Client, gateway: str, headers: dict[str, str], chosen:
     _expect(r, 200)
     body = _json(r)
     data = body.get("data") if isinstance(body, dict) else None
-    ids = [m.get("id") for m in data if isinstance(m, dict) and m.get("id")] if isinstance(data, list) else []
+    items = data if isinstance(data, list) else []
+    ids = [str(m["id"]) for m in items if isinstance(m, dict) and m.get("id")]
     if not ids:
         raise _Failed("the gateway serves no models")
     chosen.append(PREFERRED_MODEL if PREFERRED_MODEL in ids else ids[0])
