@@ -108,6 +108,10 @@ def targets(env: str | None, url: str | None, state_dir: Path) -> Targets:
 
 def _check_url(url: str) -> str:
     parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018  (raises for a port out of range)
+    except ValueError:
+        parts = urlsplit("")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"--url {url!r} is not an http(s) URL", "e.g. --url http://127.0.0.1:8080")
     return url.rstrip("/")
@@ -138,7 +142,7 @@ def run_smoke(
             detail, status = fn(), "pass"
         except _Failed as exc:
             detail = str(exc)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             detail = _describe_http_error(exc)
         ms = (time.perf_counter() - start) * 1000
         results.append(CheckResult(name, status, ms, _redact(detail, api_key)))
@@ -304,7 +308,10 @@ def _describe_http_error(exc: Exception) -> str:
     except (AttributeError, RuntimeError):
         pass
     if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect to{where} (not running?)"
+        reason = str(exc)
+        if "refused" in reason.lower() or not reason:
+            return f"cannot connect to{where}: connection refused (not running?)"
+        return f"cannot connect to{where}: {reason[:160]}"  # DNS, TLS certificate, unreachable...
     if isinstance(exc, httpx.TimeoutException):
         return f"no answer from{where} in time ({type(exc).__name__})"
     return f"{type(exc).__name__} from{where}: {exc}"

@@ -32,7 +32,7 @@ def test_env_and_url_are_exclusive() -> None:
     assert "--env and --url are exclusive" in result.err
 
 
-@pytest.mark.parametrize("url", ["127.0.0.1:8080", "ftp://example.com", "http://"])
+@pytest.mark.parametrize("url", ["127.0.0.1:8080", "ftp://example.com", "http://", "http://127.0.0.1:99999"])
 def test_a_url_that_is_not_http_is_a_usage_error(url: str) -> None:
     result = run_cli("smoke-test", "--url", url)
     assert result.code == 2
