@@ -152,3 +152,33 @@ def test_maintenance_end_keeps_replicas_when_unhealthy(staging: OpsCluster, cli:
     assert end.code == 1, end
     assert "qlens-router" in end.err and "replicas left as they are" in end.err
     assert staging.replicas("staging") == {"gateway": 2, "router": 2, "cache": 2}
+
+
+def test_state_backup_and_restore_through_the_cli(staging: OpsCluster, cli: Cli, redis_server,
+                                                  sentinels: dict[str, str]) -> None:
+    import redis
+
+    r = redis.Redis.from_url(redis_server.url)
+    r.set("qlens:budget:2026-03-14:total", "42.5", ex=3600)
+    r.set("qlens:cache:acme:" + "cd" * 32, b"cached answer", ex=600)
+    # an unreachable Redis (with a password in its URL) is a warning; the values are still saved
+    unreachable = cli("backup", "staging", "--state", env={"QLENS_REDIS_URL": sentinels["QLENS_REDIS_URL"]})
+    assert unreachable.code == 0, unreachable
+    assert "not reachable" in unreachable.err and "127.0.0.1:1/0" in unreachable.err
+    assert_no_secrets(unreachable.text, sentinels)
+
+    made = cli("backup", "staging", "--state", "--redis-url", redis_server.url, "--json")
+    assert made.code == 0, made
+    result = json.loads(made.out)
+    assert result["state"]["keys"] == 2
+    values_file = cli.cwd / result["file"]
+    state_name = values_file.name.replace("values-", "state-").replace(".yaml", ".json")
+    assert (cli.cwd / result["state"]["file"]).name == state_name
+
+    r.flushall()
+    restored = cli("restore", "staging", str(values_file), "--state", "--redis-url", redis_server.url)
+    assert restored.code == 0, restored
+    assert "2 keys restored" in restored.out
+    assert r.get("qlens:budget:2026-03-14:total") == b"42.5"
+    assert 0 < r.ttl("qlens:cache:acme:" + "cd" * 32) <= 600
+    r.close()
