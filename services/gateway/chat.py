@@ -1,0 +1,478 @@
+"""POST /v1/chat/completions: the gateway's hot path, served as plain ASGI.
+
+auth -> read the body (size-capped) -> validate -> cache lookup (tenant-scoped key) -> hit: answer
+at cost 0 -> miss: reserve the worst-case cost -> router -> settle to the actual usage (release
+on failure) -> store in the cache in the background -> metrics and one JSON log line (never a
+prompt or a key).
+
+Plain ASGI rather than a FastAPI route because every layer costs on every request (issue 8:
+FastAPI's middleware, routing and dependency machinery were ~20% of the gateway's CPU): headers,
+metrics and the log line are done here, once. The client's JSON bytes go to the router unchanged
+unless the gateway has to add to them, the router's answer comes back as bytes (parsed only for
+its usage), and streams are relayed event by event as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from services.common.config import ServiceConfig
+from services.common.errors import APIError
+from services.common.logging import log_event, log_line, request_id
+from services.common.metrics import CACHE_REQUESTS, GATEWAY_OVERHEAD, REQUEST_DURATION, REQUESTS, TOKENS
+from services.gateway.auth import Authenticator, Caller
+from services.gateway.budget import (
+    DEFAULT_MAX_COMPLETION_TOKENS,
+    Budget,
+    BudgetExceeded,
+    BudgetUnavailable,
+    Reservation,
+    actual_cost,
+    estimate_prompt_tokens,
+    worst_case_cost,
+)
+from services.gateway.cachekey import cache_key, cacheable
+from services.gateway.catalog import Catalog
+from services.gateway.http11 import PeerBroken, PeerError, PeerTimeout, PeerUnavailable, StreamReply
+from services.gateway.peers import Cache, Router
+from services.gateway.schema import ChatCompletionRequest, validate_request
+from services.gateway.streams import (
+    SSESplitter,
+    StreamRelay,
+    decode_entry,
+    encode_entry,
+    error_event,
+    replay_chunks,
+)
+
+SERVICE = "gateway"
+ROUTE = "/v1/chat/completions"
+# router headers the client sees too: which model served, and whether it was a fallback
+_PASSED_HEADERS = ("x-qlens-model", "x-qlens-fallback")
+_JSON = b"application/json"
+_SSE = b"text/event-stream"
+_SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+log = logging.getLogger("qlens.gateway")
+
+INTERNAL_ERROR = APIError(500, "The server had an error while processing your request.",
+                          code="internal_error")
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request was read."""
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What one request has learned so far: for its headers, metrics and log line."""
+
+    rid: str
+    start: float
+    tenant: str = "-"
+    user: str = "-"
+    model: str | None = None
+    provider: str | None = None
+    cache: str = "bypass"
+    upstream: float = 0.0  # seconds in the provider (for a stream: until the router's headers)
+    stream: bool = False
+    fixed_overhead: float | None = None  # a stream's overhead, fixed when its headers go out
+    started: bool = False  # response headers sent: an error can no longer become a response
+
+    def overhead(self) -> float:
+        if self.fixed_overhead is not None:
+            return self.fixed_overhead
+        return max(time.perf_counter() - self.start - self.upstream, 0.0)
+
+    def headers(self, content_type: bytes, extra: list[tuple[bytes, bytes]] | None = None,
+                ) -> list[tuple[bytes, bytes]]:
+        h = [(b"content-type", content_type), (b"x-request-id", self.rid.encode()),
+             (b"x-qlens-cache", self.cache.encode()),
+             (b"x-qlens-overhead-ms", f"{self.overhead() * 1000:.3f}".encode())]
+        if self.provider:
+            h.append((b"x-qlens-provider", self.provider.encode("latin-1")))
+        if extra:
+            h.extend(extra)
+        return h
+
+
+class ChatCompletions:
+    """The ASGI handler; one instance per app, sharing the gateway's peers and budget."""
+
+    def __init__(self, config: ServiceConfig, catalog: Catalog, auth: Authenticator, router: Router,
+                 cache: Cache, budget: Callable[[], Budget]) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.auth = auth
+        self.router = router
+        self.cache = cache
+        self._budget = budget
+        self.cache_on = config.cache.enabled
+        self.max_body = config.gateway.max_body_bytes
+        self._tasks: set[asyncio.Task] = set()
+        # metric children looked up once, not per request
+        self._cache_metric = {r: CACHE_REQUESTS.labels(r) for r in ("hit", "miss", "bypass")}
+        self._duration = REQUEST_DURATION.labels(SERVICE, ROUTE)
+        self._requests: dict[int, Any] = {}
+
+    @property
+    def budget(self) -> Budget:
+        return self._budget()
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Let background settles and stream bookkeeping finish (at shutdown)."""
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout)
+
+    def _background(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- the request -------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        ex = Exchange(request_id(headers.get("x-request-id")), time.perf_counter())
+        try:
+            await self._serve(headers, receive, send, ex)
+        except APIError as exc:
+            if not ex.started:
+                await self._answer(send, ex, exc.status, exc.to_bytes())
+        except ClientGone:
+            self._record(ex, 499)
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"request_id": ex.rid, "route": ROUTE}})
+            if not ex.started:
+                await self._answer(send, ex, 500, INTERNAL_ERROR.to_bytes())
+
+    async def _serve(self, headers: dict[str, str], receive: Receive, send: Send, ex: Exchange) -> None:
+        entry = self.auth.check(headers.get("authorization"))
+        raw = await self._read_body(headers, receive)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise APIError(400, "We could not parse the JSON body of your request: it must be a JSON object "
+                                "(see https://platform.openai.com/docs/api-reference).",
+                           code="invalid_json") from None
+        req = validate_request(data)
+        caller = self.auth.caller_for(entry, req.user)
+        ex.tenant, ex.user, ex.model, ex.stream = caller.tenant, caller.user, req.model, bool(req.stream)
+        if req.model not in self.catalog:
+            raise unknown_model(req.model)
+
+        key = await self._lookup(send, ex, req, data, headers, caller)
+        if key is True:
+            return  # answered from the cache
+        reservation, body = await self._reserve(req, data, raw, caller)
+        rheaders = {"content-type": "application/json", "x-request-id": ex.rid,
+                    "x-qlens-tenant": caller.tenant}
+        if req.stream:
+            await self._stream(receive, send, ex, req, body, rheaders, reservation, key)
+        else:
+            await self._complete(send, ex, req, body, rheaders, reservation, key)
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        """The body, refused with 413 past the limit: by Content-Length before reading, and while
+        reading a chunked body, so an oversized request is never held in memory."""
+        length = headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            raise self._too_large()
+        chunks = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            chunk = message.get("body", b"")
+            more = message.get("more_body", False)
+            if chunk:
+                size += len(chunk)
+                if size > self.max_body:
+                    raise self._too_large()
+                chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_large(self) -> APIError:
+        return APIError(413, f"Request body too large: the limit is {self.max_body} bytes "
+                             "(gateway.maxBodyBytes).", code="request_too_large")
+
+    async def _lookup(self, send: Send, ex: Exchange, req: ChatCompletionRequest, data: dict[str, Any],
+                      headers: dict[str, str], caller: Caller) -> str | None | bool:
+        """The cache key to store under after a miss (None: do not store); True: answered (hit)."""
+        if not (self.cache_on and cacheable(data, headers, self.config.cache)):
+            self._cache_metric["bypass"].inc()
+            return None
+        key = cache_key(caller.tenant, data)
+        got = await self.cache.get(quote(caller.tenant, safe=""), key)
+        if got is None:  # unreachable: keep serving without it, and do not try to store either
+            self._cache_metric["bypass"].inc()
+            return None
+        entry = decode_entry(got) if got else None
+        if entry is None:
+            ex.cache = "miss"
+            self._cache_metric["miss"].inc()
+            return key
+        ex.cache = "hit"
+        self._cache_metric["hit"].inc()
+        meta, body = entry
+        ex.provider = meta.get("provider") or None
+        extra = [(b"x-qlens-model", str(meta.get("model") or req.model).encode("latin-1"))]
+        if req.stream:
+            events = replay_chunks(orjson.loads(body), req.wants_usage_chunk)
+            await self._answer(send, ex, 200, b"".join(events), extra + _SSE_HEADERS, _SSE)
+        else:
+            await self._answer(send, ex, 200, body, extra)
+        return True
+
+    async def _reserve(self, req: ChatCompletionRequest, data: dict[str, Any], raw: bytes,
+                       caller: Caller) -> tuple[Reservation, bytes]:
+        """Reserve the worst case; the body to forward (carrying the max_tokens the reservation assumed,
+        so the provider cannot answer past what was reserved)."""
+        cap = req.completion_limit
+        forward: dict[str, Any] | None = None
+        if cap is None:
+            cap = DEFAULT_MAX_COMPLETION_TOKENS
+            forward = {**data, "max_tokens": cap}
+        if req.stream:
+            # the budget settles from the usage chunk: always ask for it (dropped later if unasked)
+            forward = forward or dict(data)
+            forward["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
+        body = orjson.dumps(forward) if forward is not None else raw
+        pricing = self.catalog.reservation_pricing(req.model)
+        prompt = estimate_prompt_tokens(data["messages"], data.get("tools"))
+        worst = worst_case_cost(pricing, prompt, cap * (req.n or 1))
+        try:
+            reservation = await self.budget.reserve(caller.tenant, caller.user, worst)
+        except BudgetExceeded as exc:
+            raise APIError(429, f"Budget exceeded: {exc}.", code="budget_exceeded") from None
+        except BudgetUnavailable:
+            raise APIError(503, "The budget store is unavailable and this environment refuses requests "
+                                "it cannot account for (costControls.onStoreFailure: failClosed). "
+                                "Retry shortly.", code="budget_unavailable") from None
+        return reservation, body
+
+    async def _complete(self, send: Send, ex: Exchange, req: ChatCompletionRequest, body: bytes,
+                        rheaders: dict[str, str], reservation: Reservation, key: str | None) -> None:
+        t0 = time.perf_counter()
+        try:
+            reply = await self.router.complete(body, rheaders)
+        except BaseException as exc:
+            self._background(self._release(reservation))
+            if isinstance(exc, PeerError):
+                raise upstream_error(exc) from None
+            raise
+        uh = reply.headers
+        ex.provider = uh.get("x-qlens-provider")
+        ex.upstream = upstream_seconds(uh.get("x-qlens-upstream-ms"), time.perf_counter() - t0)
+        extra = passed_headers(uh)
+        if reply.status != 200:
+            await self._release(reservation)
+            status, rbody = router_error(reply.status, reply.body)
+            await self._answer(send, ex, status, rbody, extra)
+            return
+        served = uh.get("x-qlens-model") or req.model
+        await self._settle(reservation, served, usage_of(reply.body))
+        if key is not None:
+            self.cache.put_later(quote(ex.tenant, safe=""), key,
+                                 encode_entry(ex.provider or "", served, reply.body))
+        await self._answer(send, ex, 200, reply.body, extra)
+
+    async def _stream(self, receive: Receive, send: Send, ex: Exchange, req: ChatCompletionRequest,
+                      body: bytes, rheaders: dict[str, str], reservation: Reservation,
+                      key: str | None) -> None:
+        t0 = time.perf_counter()
+        try:
+            up = await self.router.stream(body, rheaders)
+        except BaseException as exc:
+            self._background(self._release(reservation))
+            if isinstance(exc, PeerError):
+                raise upstream_error(exc) from None
+            raise
+        # the router sends a stream's headers once the provider has started: until then it is
+        # provider time; what the gateway did before and does after is the overhead
+        ex.upstream = time.perf_counter() - t0
+        ex.provider = up.headers.get("x-qlens-provider")
+        extra = passed_headers(up.headers)
+        if up.status != 200:
+            try:
+                rbody = await up.read()
+            except PeerError:
+                rbody = b""
+            up.release()
+            await self._release(reservation)
+            status, rbody = router_error(up.status, rbody)
+            await self._answer(send, ex, status, rbody, extra)
+            return
+        served = up.headers.get("x-qlens-model") or req.model
+        relay = StreamRelay(forward_usage=req.wants_usage_chunk, collect=key is not None)
+        ex.fixed_overhead = ex.overhead()
+        GATEWAY_OVERHEAD.observe(ex.fixed_overhead)
+        ex.started = True
+        headers = ex.headers(_SSE, extra + _SSE_HEADERS)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        status = await self._relay(receive, send, up, relay)
+        # after the first byte the provider may have billed: without usage, keep the worst case
+        self._background(self._settle(reservation, served, relay.usage))
+        if key is not None and status == 200:
+            completion = relay.completion()
+            if completion is not None:
+                self.cache.put_later(quote(ex.tenant, safe=""), key,
+                                     encode_entry(ex.provider or "", served, orjson.dumps(completion)))
+        self._record(ex, status)
+
+    async def _relay(self, receive: Receive, send: Send, up: StreamReply, relay: StreamRelay) -> int:
+        """Forward the router's events as they arrive; the status for the log (499: client left)."""
+        gone = asyncio.Event()
+
+        async def watch() -> None:  # uvicorn drops writes to a departed client silently: listen
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            up.close()  # wakes the reader below with PeerBroken; the provider call stops too
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        status = 200
+        try:
+            splitter = SSESplitter()
+            async for data in up.chunks():
+                out = [b for b in map(relay.event, splitter.feed(data)) if b is not None]
+                if out:
+                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            tail = splitter.rest.strip()
+            if tail and (last := relay.event(tail)) is not None:
+                await send({"type": "http.response.body", "body": last, "more_body": True})
+            if not relay.done and not relay.failed:
+                status = 502
+                await send({"type": "http.response.body", "more_body": True, "body": error_event(
+                    APIError(502, "The upstream stream ended before it was complete.",
+                             code="upstream_error").to_bytes())})
+            up.release()
+        except PeerError as exc:
+            up.close()
+            if gone.is_set():
+                return 499
+            err = upstream_error(exc)
+            status = err.status
+            await send({"type": "http.response.body", "body": error_event(err.to_bytes()), "more_body": True})
+        except BaseException:
+            up.close()
+            raise
+        finally:
+            watcher.cancel()
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return 502 if relay.failed and status == 200 else status
+
+    # --- budget ------------------------------------------------------------------------------
+
+    async def _settle(self, reservation: Reservation, served: str, usage: dict[str, Any] | None) -> None:
+        """Charge the actual cost (at the served model's price); without usage, keep the reservation."""
+        try:
+            if usage is None:
+                await self.budget.settle(reservation, reservation.usd)
+                return
+            prompt = int(usage.get("prompt_tokens") or 0)
+            completion = int(usage.get("completion_tokens") or 0)
+            known = served in self.catalog
+            pricing = self.catalog.pricing(served) if known else self.catalog.reservation_pricing(served)
+            await self.budget.settle(reservation, actual_cost(pricing, prompt, completion))
+            model = served if known else "other"
+            TOKENS.labels(model, "prompt").inc(prompt)
+            TOKENS.labels(model, "completion").inc(completion)
+        except Exception as exc:  # the answer is already served: never fail it over bookkeeping
+            log_event(log, "budget settle failed", logging.WARNING, error=type(exc).__name__)
+
+    async def _release(self, reservation: Reservation) -> None:
+        try:
+            await self.budget.release(reservation)
+        except Exception as exc:
+            log_event(log, "budget release failed", logging.WARNING, error=type(exc).__name__)
+
+    # --- answers, metrics, log line ------------------------------------------------------------
+
+    async def _answer(self, send: Send, ex: Exchange, status: int, body: bytes,
+                      extra: list[tuple[bytes, bytes]] | None = None, content_type: bytes = _JSON) -> None:
+        headers = ex.headers(content_type, extra)
+        headers.append((b"content-length", str(len(body)).encode()))
+        if status == 200:
+            GATEWAY_OVERHEAD.observe(ex.overhead())
+        ex.started = True
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self._record(ex, status)
+
+    def _record(self, ex: Exchange, status: int) -> None:
+        elapsed = time.perf_counter() - ex.start
+        counter = self._requests.get(status)
+        if counter is None:
+            counter = self._requests[status] = REQUESTS.labels(SERVICE, ROUTE, str(status))
+        counter.inc()
+        self._duration.observe(elapsed)
+        overhead = min(ex.overhead(), elapsed)
+        log_line(log, "request", request_id=ex.rid, route=ROUTE, tenant=ex.tenant, user=ex.user,
+                 model=ex.model, provider=ex.provider, status=status, cache=ex.cache, stream=ex.stream,
+                 latency_ms=round(elapsed * 1000, 3), overhead_ms=round(overhead * 1000, 3))
+
+
+# --- what the router's answers and failures become for the client ----------------------------------
+
+
+def unknown_model(model: str) -> APIError:
+    return APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
+                    param="model", code="model_not_found")
+
+
+def passed_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    return [(h.encode(), headers[h].encode("latin-1")) for h in _PASSED_HEADERS if h in headers]
+
+
+def upstream_seconds(header: str | None, waited: float) -> float:
+    """Provider time as the router reports it (never more than the whole wait for the router)."""
+    if header:
+        try:
+            return min(max(float(header) / 1000, 0.0), waited)
+        except ValueError:
+            pass
+    return waited
+
+
+def usage_of(body: bytes) -> dict[str, Any] | None:
+    try:
+        usage = orjson.loads(body).get("usage")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return usage if isinstance(usage, dict) else None
+
+
+def router_error(status: int, body: bytes) -> tuple[int, bytes]:
+    """The router's error as the client's: OpenAI bodies pass through; anything else becomes 502."""
+    try:
+        parsed = orjson.loads(body)
+        ok = isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)
+    except orjson.JSONDecodeError:
+        ok = False
+    if status == 500 or not ok or status < 400:
+        return 502, APIError(502, f"The router answered HTTP {status} without a usable error.",
+                             code="upstream_error").to_bytes()
+    return status, body
+
+
+def upstream_error(exc: PeerError) -> APIError:
+    if isinstance(exc, PeerTimeout):
+        return APIError(504, "The router did not answer in time.", code="upstream_timeout")
+    if isinstance(exc, PeerUnavailable):
+        return APIError(503, "The router is unreachable; retry shortly.", code="upstream_unavailable")
+    assert isinstance(exc, PeerBroken | PeerError)
+    return APIError(502, "The connection to the router failed.", code="upstream_error")
