@@ -1,10 +1,12 @@
 """`python -m bench --profile`: where each QLens service spends its CPU under load.
 
-py-spy samples the gateway, router and cache (each its own py-spy, `--nonblocking` so the
-profiled process is never paused) while wrk drives one scenario. The collapsed stacks are written
-to the results folder (open them in speedscope.app, or `flamegraph.pl`) and summarised here: share
-of samples by package (uvicorn, starlette, fastapi, pydantic, httpx, openai, our own modules, ...)
-and the functions with the most self time and the most inclusive time.
+py-spy samples the gateway, router and cache (each its own py-spy, in its default blocking mode:
+each sample pauses the process for a moment, which slows it a little but keeps the stacks exact;
+`--nonblocking` was seen to pin samples on the wrong frame) while wrk drives one scenario. The
+collapsed stacks are written to the results folder (open them in speedscope.app, or
+`flamegraph.pl`) and summarised here: share of samples by package (uvicorn, starlette, fastapi,
+pydantic, httpx, openai, our own modules, ...) and the functions with the most self time and the
+most inclusive time.
 """
 
 from __future__ import annotations
@@ -37,8 +39,18 @@ def package_of(path: str) -> str:
     return path.rsplit("/", 1)[-1]
 
 
+# leaves that are waiting, not working: an idle thread-pool worker blocked on its queue (py-spy
+# cannot always tell), and the event loop's own C code (uvloop: I/O, epoll wait, callbacks)
+IDLE_LEAVES = ("_worker (stdlib:concurrent:thread.py)",)
+LOOP_LEAF = "Runner.run (stdlib:asyncio:runners.py)"
+
+
 def summarise(collapsed: str, top: int = 15) -> dict:
+    """Shares of the samples that did Python work (idle workers dropped; the event loop's C time,
+    the Runner.run leaf, reported apart as `event_loop_pct`)."""
     total = 0
+    idle = 0
+    loop = 0
     self_time: Counter = Counter()
     incl_time: Counter = Counter()
     by_package: Counter = Counter()
@@ -55,6 +67,12 @@ def summarise(collapsed: str, top: int = 15) -> dict:
             continue
         leaf = _FRAME.match(frames[-1])
         assert leaf is not None
+        if _short(leaf) in IDLE_LEAVES:
+            total -= n
+            idle += n
+            continue
+        if _short(leaf) == LOOP_LEAF:
+            loop += n
         self_time[_short(leaf)] += n
         by_package[package_of(leaf.group("file"))] += n
         for f in set(frames):
@@ -65,7 +83,9 @@ def summarise(collapsed: str, top: int = 15) -> dict:
     def pct(c: Counter) -> list[list]:
         return [[k, round(100 * v / total, 1)] for k, v in c.most_common(top)] if total else []
 
-    return {"samples": total, "self_by_package_pct": pct(by_package), "self_pct": pct(self_time),
+    return {"samples": total, "idle_thread_samples": idle,
+            "event_loop_pct": round(100 * loop / total, 1) if total else 0.0,
+            "self_by_package_pct": pct(by_package), "self_pct": pct(self_time),
             "inclusive_pct": pct(incl_time)}
 
 
@@ -83,7 +103,7 @@ def start(pids: dict[str, int], duration_s: float, out_dir: Path, rate: int = 25
     for name, pid in pids.items():
         path = out_dir / f"profile-{name}.collapsed"
         cmd = [binary, "record", "--pid", str(pid), "--duration", str(int(duration_s)), "--rate", str(rate),
-               "--format", "raw", "--nonblocking", "--full-filenames", "--output", str(path)]
+               "--format", "raw", "--full-filenames", "--output", str(path)]
         running[name] = (subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), path)
     return running
 
