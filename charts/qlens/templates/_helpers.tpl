@@ -180,7 +180,7 @@ spec:
       labels:
         {{- include "qlens.labels" . | nindent 8 }}
       annotations:
-        checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
+        checksum/config: {{ include "qlens.serviceConfig" $root | sha256sum }}
         {{- if eq $v.monitoring.mode "basic" }}
         prometheus.io/scrape: "true"
         prometheus.io/port: {{ index $v.ports .service | quote }}
