@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -162,3 +163,42 @@ def test_keys_in_the_secret_hold_only_hashes(ops: OpsCluster, cli: Cli) -> None:
     assert revoked.code == 0, revoked
     secret = client.CoreV1Api(ops.api).read_namespaced_secret("qlens-api-keys", ops.namespaces["staging"])
     assert parse_keys(base64.b64decode(secret.data["keys.json"]).decode()) == {}
+
+
+def _mount(ops: OpsCluster, namespace: str, path: Path) -> None:
+    """What the kubelet does for the gateway's volume: copy keys.json of Secret qlens-api-keys to the
+    mounted file, replacing it atomically."""
+    from kubernetes import client
+
+    secret = client.CoreV1Api(ops.api).read_namespaced_secret("qlens-api-keys", namespace)
+    tmp = path.with_name(".keys.json.tmp")
+    tmp.write_bytes(base64.b64decode(secret.data["keys.json"]))
+    tmp.replace(path)
+
+
+def test_a_gateway_reading_the_secret_accepts_then_refuses(ops: OpsCluster, cli: Cli, make_stack,
+                                                           tmp_path: Path) -> None:
+    import httpx
+
+    ns = ops.namespaces["staging"]
+    made = cli("keys", "create", "staging", "--tenant", "acme", "--user", "alice", "--json")
+    assert made.code == 0, made
+    key = json.loads(made.out)["key"]
+    mounted = tmp_path / "mount" / "keys.json"
+    mounted.parent.mkdir()
+    _mount(ops, ns, mounted)
+    stack = make_stack({"auth": {"required": True}}, extra_env={"QLENS_API_KEYS_FILE": str(mounted)})
+
+    def status() -> int:
+        r = httpx.post(f"{stack.gateway_url}/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "echo", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        return r.status_code
+
+    assert status() == 200
+    revoked = cli("keys", "revoke", "staging", "--tenant", "acme")
+    assert revoked.code == 0, revoked
+    _mount(ops, ns, mounted)
+    deadline = time.monotonic() + 10  # the gateway re-reads the file at most once a second
+    while status() != 401 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert status() == 401
