@@ -18,7 +18,8 @@ PROVIDER_REQUESTS = Counter(
     "qlens_provider_requests_total", "Provider calls by outcome", ["provider", "deployment", "outcome"]
 )
 PROVIDER_LATENCY = Histogram(
-    "qlens_provider_latency_seconds", "Provider call latency", ["provider", "deployment"], buckets=LATENCY_BUCKETS
+    "qlens_provider_latency_seconds", "Provider call latency", ["provider", "deployment"],
+    buckets=LATENCY_BUCKETS,
 )
 CIRCUIT_STATE = Gauge("qlens_circuit_state", "Circuit state: 0 closed, 1 half-open, 2 open", ["deployment"])
 RETRIES = Counter("qlens_retries_total", "Provider calls retried")
