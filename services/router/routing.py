@@ -34,6 +34,7 @@ from services.common.metrics import FALLBACKS, PROVIDER_LATENCY, PROVIDER_REQUES
 from services.router.catalog import Catalog, DeploymentState, Member, ModelRoute
 from services.router.providers.base import Completion, ProviderError, StreamItem, Usage, sse_event
 from services.router.retry import FailureKind, backoff_seconds
+from services.router.telemetry import child
 
 logger = logging.getLogger("qlens.router")
 
@@ -266,7 +267,7 @@ class Router:
                     f"the request deadline ({self.routing.deadline_seconds:g}s) passed during the stream"
                 )
             dep.breaker.record_failure()
-            PROVIDER_REQUESTS.labels(dep.provider_name, dep.label, "stream_" + outcome).inc()
+            child(PROVIDER_REQUESTS, dep.provider_name, dep.label, "stream_" + outcome).inc()
             log_event(
                 logger,
                 "stream failed after the first chunk",
@@ -292,15 +293,15 @@ class Router:
 
 
 def _observe(dep: DeploymentState, outcome: str, seconds: float) -> None:
-    PROVIDER_REQUESTS.labels(dep.provider_name, dep.label, outcome).inc()
-    PROVIDER_LATENCY.labels(dep.provider_name, dep.label).observe(seconds)
+    child(PROVIDER_REQUESTS, dep.provider_name, dep.label, outcome).inc()
+    child(PROVIDER_LATENCY, dep.provider_name, dep.label).observe(seconds)
 
 
 def _count_tokens(model: str, usage: Usage) -> None:
     if usage.prompt_tokens:
-        TOKENS.labels(model, "prompt").inc(usage.prompt_tokens)
+        child(TOKENS, model, "prompt").inc(usage.prompt_tokens)
     if usage.completion_tokens:
-        TOKENS.labels(model, "completion").inc(usage.completion_tokens)
+        child(TOKENS, model, "completion").inc(usage.completion_tokens)
 
 
 def _client_error(err: ProviderError) -> APIError:
