@@ -55,7 +55,7 @@ def _contexts(kubeconfig: str | None) -> tuple[list[str], str | None]:
                           "set KUBECONFIG to your cluster's kubeconfig, or create ~/.kube/config "
                           "(e.g. `az aks get-credentials`)")
     try:
-        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+        contexts, active = config.list_kube_config_contexts(config_file=kubeconfig or kubeconfig_location())
     except config.ConfigException as exc:
         if "current-context" in str(exc):  # contexts exist but none is selected
             contexts, active = _contexts_without_current(kubeconfig), None
@@ -196,8 +196,9 @@ def new_api_client(context: str, kubeconfig: str | None = None) -> Any:
 
     configuration = client.Configuration()
     try:
-        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration,
-                                persist_config=False)
+        # always an explicit path: the client's default is $KUBECONFIG as it was at import time
+        config.load_kube_config(config_file=kubeconfig or kubeconfig_location(), context=context,
+                                client_configuration=configuration, persist_config=False)
     except config.ConfigException as exc:
         raise ConfigError(f"kube context {context!r}: {_first_line(exc)}",
                           "check it with `kubectl config view --minify --context " + context + "`") from None
@@ -320,19 +321,25 @@ class Kube:
     api: Any
     context: str
     server: str = field(default="the cluster")
+    kubeconfig: str = field(default_factory=kubeconfig_location)  # file(s) the context came from
 
     @classmethod
     def connect(cls, context: str | None = None, kubeconfig: str | None = None) -> Kube:
         chosen = resolve_context(context, kubeconfig)
         api = new_api_client(chosen, kubeconfig)
-        return cls(api, chosen, api.configuration.host or "the cluster")
+        return cls(api, chosen, api.configuration.host or "the cluster", kubeconfig or kubeconfig_location())
 
     @classmethod
     def for_environment(cls, environment: Any, kube_context: str | None = None,
                         kubeconfig: str | None = None) -> Kube:
         chosen = check_context(environment, kube_context, kubeconfig)
         api = new_api_client(chosen, kubeconfig)
-        return cls(api, chosen, api.configuration.host or "the cluster")
+        return cls(api, chosen, api.configuration.host or "the cluster", kubeconfig or kubeconfig_location())
+
+    @property
+    def kubeconfig_file(self) -> str | None:
+        """The kubeconfig as one file, for tools that take a single path (Helm); None for a list."""
+        return None if os.pathsep in self.kubeconfig else self.kubeconfig
 
     def close(self) -> None:
         self.api.close()

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import difflib
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from qlensctl.errors import ClusterError, ConfigError, OperationError
+from qlensctl.errors import ClusterError, ConfigError, OperationError, QlensError
+from qlensctl.helm import Release, ReleaseNotFoundError
 from qlensctl.kube import SERVICES, DeploymentStatus, Kube, deployment_name, previous_deployment_name
 
 RELEASE = "qlens"
@@ -40,77 +42,18 @@ def _quiet(_: Any) -> None:
     pass
 
 
-# -- reading the adapter's answers -------------------------------------------------------------------
+# -- history ------------------------------------------------------------------------------------------
 
 
-def _get(obj: Any, *names: str, default: Any = None) -> Any:
-    """A field of an adapter result, whether it is a dataclass, an object or raw Helm JSON."""
-    for name in names:
-        value = obj.get(name) if isinstance(obj, Mapping) else getattr(obj, name, None)
-        if value is not None:
-            return value
-    return default
-
-
-@dataclass(frozen=True)
-class Revision:
-    """One line of `helm history`."""
-
-    revision: int
-    updated: str
-    status: str
-    chart: str
-    app_version: str
-    description: str
-
-    @classmethod
-    def of(cls, item: Any) -> Revision:
-        chart = _get(item, "chart", default="")
-        if isinstance(chart, Mapping):  # raw Helm JSON: {"metadata": {"name", "version", "appVersion"}}
-            meta = chart.get("metadata", chart)
-            chart = f"{meta.get('name', '')}-{meta.get('version', '')}".strip("-")
-        version = _get(item, "chart_version", "chartVersion")
-        if version and not str(chart).endswith(str(version)):
-            chart = f"{chart}-{version}"
-        info = _get(item, "info", default={})
-        return cls(
-            revision=int(_get(item, "revision", "version", default=0)),
-            updated=str(_get(item, "updated", "last_deployed", "lastDeployed", default="")
-                        or _get(info, "last_deployed", "lastDeployed", default="")),
-            status=str(_get(item, "status", default="") or _get(info, "status", default="")).lower(),
-            chart=str(chart),
-            app_version=str(_get(item, "app_version", "appVersion", default="")),
-            description=str(_get(item, "description", default="") or _get(info, "description", default="")),
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"revision": self.revision, "updated": self.updated, "status": self.status,
-                "chart": self.chart, "appVersion": self.app_version, "description": self.description}
-
-
-def release_exists(helm: Any, namespace: str) -> bool:
-    return bool(history(helm, namespace))
-
-
-def history(helm: Any, namespace: str) -> list[Revision]:
+def history(helm: Any, namespace: str) -> list[Release]:
     """The release's revisions, oldest first; [] when there is no release."""
-    from qlensctl.errors import QlensError
-
     try:
-        items = helm.history(RELEASE, namespace)
-    except QlensError as exc:
-        if _is_not_found(exc):
-            return []
-        raise
-    return sorted((Revision.of(i) for i in items or []), key=lambda r: r.revision)
+        return sorted(helm.history(RELEASE, namespace), key=lambda r: r.revision)
+    except ReleaseNotFoundError:
+        return []
 
 
-def _is_not_found(exc: Exception) -> bool:
-    text = f"{getattr(exc, 'message', '')} {exc}".lower()
-    return "not found" in text or "no release" in text
-
-
-def current(revisions: Sequence[Revision]) -> Revision | None:
+def current(revisions: Sequence[Release]) -> Release | None:
     return revisions[-1] if revisions else None
 
 
@@ -146,7 +89,7 @@ class DeployPlan:
     tag: str
     values: dict[str, Any]
     secrets: dict[str, str] | None  # staging: {key: value} to write; None: Key Vault (production)
-    revisions: list[Revision]
+    revisions: list[Release]
 
     @property
     def is_upgrade(self) -> bool:
@@ -196,7 +139,8 @@ def plan_deploy(environment: Any, kube: Kube, helm: Any, version: str | None,
 def deploy(plan: DeployPlan, kube: Kube, helm: Any, *, wait: bool = True, timeout: float = 300,
            backup_dir: Path | str | None = Path("backup"), on_step: Step = _quiet,
            on_rollout: RolloutProgress = _quiet) -> DeployResult:
-    """Apply a plan. A rollout that fails or times out is rolled back and reported with ok=False."""
+    """Apply a plan. With `wait`, the upgrade is atomic: a rollout that fails or times out is
+    rolled back by Helm (a first install is removed) and the result says ok=False."""
     from qlensctl import render
     from qlensctl import secrets as provider_secrets
 
@@ -213,35 +157,62 @@ def deploy(plan: DeployPlan, kube: Kube, helm: Any, *, wait: bool = True, timeou
     if plan.is_upgrade and backup_dir is not None:
         result.backup = _backup(helm, env, backup_dir)
         on_step(f"backed up the current values to {result.backup}")
-    previous = _last_good(plan.revisions)
     on_step(f"{'upgrading' if plan.is_upgrade else 'installing'} release {RELEASE} in {ns} "
-            f"(version {plan.tag})")
+            f"(version {plan.tag}){f', waiting up to {timeout:.0f}s for the rollout' if wait else ''}")
+    names = [deployment_name(s) for s in SERVICES]
     try:
-        helm.upgrade_or_install(RELEASE, render.chart_dir(), ns, plan.values, wait=False, timeout=timeout)
+        _watching(kube, ns, names, on_rollout if wait else None, lambda: helm.upgrade_or_install(
+            RELEASE, render.chart_dir(), plan.values, ns, wait=wait, atomic=wait, timeout=int(timeout)))
     except (OperationError, ClusterError) as exc:
-        _undo(helm, kube, plan, previous, result, timeout, on_step)
+        after = history(helm, ns)
         result.status, result.message = "failed", exc.message
-        raise OperationError(f"deploy of {env.name} failed: {exc.message}{_undo_note(result)}",
-                             exc.hint or f"see `qlensctl status {env.name}`") from None
+        result.deployments = kube.deployments(ns, names)
+        if not after:
+            result.rolled_back_to = 0 if wait else None
+        elif wait and plan.is_upgrade and after[-1].revision > plan.revisions[-1].revision + 1:
+            # Helm's atomic upgrade: the failed revision, then a rollback revision on top of it
+            good = _last_good(plan.revisions)
+            result.rolled_back_to = _rollback_source(after[-1]) or (good.revision if good else None)
+            result.revision = after[-1].revision
+        return result
     now = current(history(helm, ns))
     result.revision = now.revision if now else None
-    names = [deployment_name(s) for s in SERVICES]
-    if not wait:
-        result.ok, result.status = True, (now.status if now else "unknown")
-        result.deployments = kube.deployments(ns, names)
-        return result
-    on_step(f"waiting up to {timeout:.0f}s for the rollout")
-    done, states = kube.wait_rollout(ns, names, timeout, on_rollout)
-    result.deployments = states
-    if done:
-        result.ok, result.status = True, (now.status if now else "deployed")
-        return result
-    stuck = "; ".join(f"{s.name}: {s.message}" for s in states if not s.done) or "deployments missing"
-    result.message = f"rollout did not complete within {timeout:.0f}s ({stuck})"
-    on_step(result.message)
-    _undo(helm, kube, plan, previous, result, timeout, on_step)
-    result.status = "failed"
+    result.status = now.status if now else "unknown"
+    result.deployments = kube.deployments(ns, names)
+    result.ok = True
     return result
+
+
+def _watching(kube: Kube, namespace: str, names: list[str], on_rollout: RolloutProgress | None,
+              action: Callable[[], Any], interval: float = 0.5) -> Any:
+    """Run a blocking Helm action in a worker thread and, meanwhile, report the deployments'
+    rollout every `interval` (Helm's own wait says nothing until it is over)."""
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = action()
+        except BaseException as exc:  # handed to the calling thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="helm", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(interval)
+        if on_rollout is not None and worker.is_alive():
+            try:
+                on_rollout(kube.deployments(namespace, names))
+            except QlensError:  # a progress read that fails is not the deploy failing
+                pass
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+def _rollback_source(rev: Release) -> int | None:
+    """N from Helm's description of a rollback revision, "Rollback to N"."""
+    match = re.search(r"[Rr]ollback to (\d+)", rev.description)
+    return int(match.group(1)) if match else None
 
 
 def _secret_summary(groups: Mapping[str, list[str]]) -> str:
@@ -255,40 +226,12 @@ def _backup(helm: Any, environment: Any, directory: Path | str) -> Path:
     return backup.backup_values(helm, environment, directory)
 
 
-def _last_good(revisions: Sequence[Revision]) -> Revision | None:
-    """The revision a failed upgrade returns to: the newest that was successfully deployed."""
+def _last_good(revisions: Sequence[Release]) -> Release | None:
+    """The newest revision that was successfully deployed (what a rollback returns to)."""
     for rev in reversed(revisions):
         if rev.status in GOOD_STATUSES:
             return rev
     return None
-
-
-def _undo(helm: Any, kube: Kube, plan: DeployPlan, previous: Revision | None, result: DeployResult,
-          timeout: float, on_step: Step) -> None:
-    """Put back what was there: roll back to `previous`, or uninstall a first install."""
-    ns = plan.namespace
-    try:
-        if previous is not None:
-            on_step(f"rolling back to revision {previous.revision}")
-            helm.rollback(RELEASE, ns, previous.revision, wait=False, timeout=timeout)
-            result.rolled_back_to = previous.revision
-            names = [deployment_name(s) for s in SERVICES]
-            kube.wait_rollout(ns, names, timeout)
-            result.deployments = kube.deployments(ns, names)
-        elif not plan.is_upgrade and history(helm, ns):
-            on_step(f"uninstalling the failed first install of {RELEASE}")
-            helm.uninstall(RELEASE, ns)
-            result.rolled_back_to = 0
-    except (OperationError, ClusterError) as exc:
-        result.message += f"; the automatic rollback failed too: {exc.message}"
-
-
-def _undo_note(result: DeployResult) -> str:
-    if result.rolled_back_to:
-        return f"; rolled back to revision {result.rolled_back_to}"
-    if result.rolled_back_to == 0:
-        return "; the failed install was removed"
-    return ""
 
 
 # -- dry run: what would change ----------------------------------------------------------------------
@@ -348,11 +291,16 @@ def diff_manifests(deployed: str, proposed: str) -> ManifestDiff:
 
 
 def dry_run(plan: DeployPlan, helm: Any) -> ManifestDiff:
-    """The deployed release's manifest against what this deploy would render; changes nothing."""
+    """The deployed release's manifest against what this deploy would apply; changes nothing.
+
+    Like helm-diff, the proposal is a server-side dry-run upgrade: rendered with the cluster's
+    real capabilities (API versions decide e.g. autoscaling/v2beta2 vs v2) and checked by the API
+    server, but nothing is stored or applied."""
     from qlensctl import render
 
-    proposed = helm.template(RELEASE, render.chart_dir(), plan.namespace, plan.values)
-    deployed = helm.get_manifest(RELEASE, plan.namespace) if plan.is_upgrade else ""
+    proposed = helm.upgrade_or_install(RELEASE, render.chart_dir(), plan.values, plan.namespace,
+                                       dry_run=True, wait=False, atomic=False).manifest
+    deployed = helm.status(RELEASE, plan.namespace).manifest if plan.is_upgrade else ""
     return diff_manifests(deployed, proposed)
 
 
@@ -367,19 +315,19 @@ class RollbackResult:
     from_revision: int
     to_revision: int
     new_revision: int | None
-    before: list[Revision]
-    after: list[Revision]
+    before: list[Release]
+    after: list[Release]
     deployments: list[DeploymentStatus] = field(default_factory=list)
     message: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         return {"environment": self.environment, "namespace": self.namespace, "ok": self.ok,
                 "from": self.from_revision, "to": self.to_revision, "revision": self.new_revision,
-                "before": [r.as_dict() for r in self.before], "after": [r.as_dict() for r in self.after],
+                "before": [r.to_dict() for r in self.before], "after": [r.to_dict() for r in self.after],
                 "deployments": [d.as_dict() for d in self.deployments], "message": self.message}
 
 
-def rollback_target(revisions: Sequence[Revision], revision: int | None, environment: Any) -> Revision:
+def rollback_target(revisions: Sequence[Release], revision: int | None, environment: Any) -> Any:
     """The revision to return to: the given one, or the newest earlier one that was deployed
     successfully (a failed upgrade in between is skipped, unlike `helm rollback`'s plain N-1)."""
     if not revisions:
@@ -403,19 +351,20 @@ def rollback_target(revisions: Sequence[Revision], revision: int | None, environ
     return earlier
 
 
-def rollback(environment: Any, kube: Kube, helm: Any, target: Revision, before: list[Revision], *,
+def rollback(environment: Any, kube: Kube, helm: Any, target: Release, before: list[Release], *,
              wait: bool = True, timeout: float = 300, on_step: Step = _quiet,
              on_rollout: RolloutProgress = _quiet) -> RollbackResult:
     ns = environment.namespace
     on_step(f"rolling back release {RELEASE} in {ns} to revision {target.revision}")
-    helm.rollback(RELEASE, ns, target.revision, wait=False, timeout=timeout)
     names = [deployment_name(s) for s in SERVICES]
-    ok, states, message = True, kube.deployments(ns, names), ""
-    if wait:
-        ok, states = kube.wait_rollout(ns, names, timeout, on_rollout)
-        if not ok:
-            stuck = "; ".join(f"{s.name}: {s.message}" for s in states if not s.done)
-            message = f"the rollback's rollout did not complete within {timeout:.0f}s ({stuck})"
+    ok, message = True, ""
+    try:
+        _watching(kube, ns, names, on_rollout if wait else None,
+                  lambda: helm.rollback(RELEASE, ns, revision=target.revision, wait=wait,
+                                       timeout=int(timeout)))
+    except (OperationError, ClusterError) as exc:
+        ok, message = False, exc.message
+    states = kube.deployments(ns, names)
     after = history(helm, ns)
     return RollbackResult(environment.name, ns, ok, before[-1].revision, target.revision,
                           after[-1].revision if after else None, before, after, states, message)
@@ -494,7 +443,7 @@ def status(environment: Any, kube: Kube, helm: Any, events: int = 10) -> dict[st
         "environment": environment.name,
         "namespace": ns,
         "context": kube.context,
-        "release": {"name": RELEASE, **now.as_dict()},
+        "release": now.to_dict(),
         "deployments": [d.as_dict() for d in kube.deployments(ns)],
         "autoscalers": [h.as_dict() for h in kube.autoscalers(ns)],
         "pods": [p.as_dict() for p in kube.pods(ns)],

@@ -45,7 +45,7 @@ def _connect(env: str, kube_context: str | None, helm_kind: str) -> tuple[Any, A
     environment = load_environment(env)
     kube = Kube.for_environment(environment, kube_context)
     kube.ping()  # an unreachable cluster fails here, in seconds, before Helm is loaded
-    helm = helm_adapter.select_helm(helm_kind, context=kube.context)
+    helm = helm_adapter.select_helm(helm_kind, kubeconfig=kube.kubeconfig_file, kube_context=kube.context)
     return environment, kube, helm
 
 
@@ -276,7 +276,7 @@ def status(
         return
     rel = data["release"]
     output.info(f"Release [bold]qlens[/bold] in {data['namespace']} (context {data['context']}): revision "
-                f"{rel['revision']}, {rel['status']}, chart {rel['chart']}, app {rel['appVersion']}, "
+                f"{rel['revision']}, {rel['status']}, chart {rel['chart']}, app {rel['app_version']}, "
                 f"updated {rel['updated']}")
     output.table("Deployments", ["deployment", "desired", "ready", "updated", "available", "image", "state"],
                  [[d["name"], d["desired"], d["ready"], d["updated"], d["available"],
@@ -317,7 +317,7 @@ def history(
                            f"deploy it with `qlensctl deploy {environment.name}`, or check --kube-context")
     if as_json:
         output.emit_json({"environment": environment.name, "namespace": environment.namespace,
-                          "revisions": [r.as_dict() for r in revisions]})
+                          "revisions": [r.to_dict() for r in revisions]})
         return
     _history_table(revisions, f"History of qlens in {environment.namespace}")
 
