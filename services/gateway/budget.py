@@ -434,7 +434,7 @@ class RedisBudget(Budget):
 
     def __init__(self, limits: Limits, url: str, *, fail_open: bool = False, clock: Clock = time.time,
                  lease_seconds: float = LEASE_SECONDS, max_connections: int = 64,
-                 socket_timeout: float = 0.5) -> None:
+                 socket_timeout: float = 1.0) -> None:
         super().__init__(limits, clock=clock, lease_seconds=lease_seconds)
         # short timeouts: a dead Redis must answer fast, never hang a request; one immediate retry
         # replaces a pooled connection that died with a Redis restart

@@ -31,6 +31,9 @@ from tests.support.redis_server import RedisServer
 
 CONFIGURED = {"total": 2.0, "tenant": 1.5, "user": 0.6}
 TENANTS = ("t0", "t1")
+# hundreds of connects at once on a shared, starved CPU can exceed the production timeout (1 s);
+# these tests are about the arithmetic. A stopped Redis refuses connections at once either way.
+SLOW_MACHINE_TIMEOUT = 10.0
 USERS = ("u0", "u1", "u2")
 
 
@@ -56,7 +59,10 @@ async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
     server = request.getfixturevalue("redis_server") if request.param == "redis" else None
 
     def factory(lims: Limits, **kwargs) -> Budget:
-        budget = MemoryBudget(lims, **kwargs) if server is None else RedisBudget(lims, server.url, **kwargs)
+        if server is None:
+            budget: Budget = MemoryBudget(lims, **kwargs)
+        else:
+            budget = RedisBudget(lims, server.url, socket_timeout=SLOW_MACHINE_TIMEOUT, **kwargs)
         made.append(budget)
         return budget
 
@@ -74,7 +80,7 @@ async def hammer(budgets: list[Budget], n: int, seed: int) -> list[BudgetExceede
         await asyncio.sleep(rng.random() / 200)
         if i % 6 == 0:
             raise ConnectionError("provider failed")
-        return rng.choice([0.05, 0.04, 0.01])
+        return rng.choice([0.05, 0.04])  # at most what was reserved
 
     async def one(i: int) -> None:
         budget = budgets[i % len(budgets)]
@@ -106,7 +112,9 @@ async def check_no_overshoot(budget: Budget, refusals: list[BudgetExceeded]) -> 
     assert total <= CONFIGURED["total"]
     assert refusals, "the limits were never reached: the test proves nothing"
     assert all(CONFIGURED[e.scope] == e.limit for e in refusals)
-    assert total > CONFIGURED["total"] / 2  # spend really went up to the limits
+    # spend really went up to the limits: even if all arrived before any settled, the 40 requests
+    # that fit in the total would settle > 1.0
+    assert total > CONFIGURED["total"] / 2
     return total
 
 
@@ -119,7 +127,8 @@ async def test_200_concurrent_requests_never_overshoot(make: Factory):
 async def test_two_replicas_sharing_redis_never_overshoot(redis_server: RedisServer):
     clock = Clock()
     lims = limits(total=2.0, tenant=1.5, user=0.6)
-    a, b = RedisBudget(lims, redis_server.url, clock=clock), RedisBudget(lims, redis_server.url, clock=clock)
+    a, b = (RedisBudget(lims, redis_server.url, clock=clock, socket_timeout=SLOW_MACHINE_TIMEOUT)
+            for _ in range(2))
     try:
         refusals = await hammer([a, b], 300, seed=2)
         total = await check_no_overshoot(a, refusals)

@@ -161,7 +161,7 @@ async def test_200_concurrent_requests_never_overshoot():
         if i % 5 == 0:
             await b.release(r)
         else:
-            await b.settle(r, rng.choice([0.05, 0.03, 0.0]))
+            await b.settle(r, rng.choice([0.05, 0.04]))
 
     await asyncio.gather(*(one(i) for i in range(200)))
     spent = {}
@@ -174,7 +174,9 @@ async def test_200_concurrent_requests_never_overshoot():
     assert sum(spent.values()) <= 2.0
     configured = {"total": 2.0, "tenant": 1.5, "user": 0.6}
     assert refusals and all(configured[e.scope] == e.limit for e in refusals)
-    assert sum(spent.values()) > 1.0  # the limits were actually reached, not trivially respected
+    # the limits were really reached: even if every request arrived before any settled, the 40 that
+    # fit in the total would settle >= 1.2
+    assert sum(spent.values()) > 1.0
 
 
 def _sample(name: str, labels: dict[str, str]) -> float:
