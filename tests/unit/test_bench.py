@@ -191,10 +191,26 @@ def test_targets_are_judged_from_the_results() -> None:
     assert verdict["CPU per miss request, all services"] == (3.0, False)
     assert verdict["RSS per service at rest (largest)"] == (130.0, False)
     assert verdict["stream TTFB over direct, p50"] == (None, None)
+    assert verdict["stream chunks forwarded as they arrive"] == (None, None)
     assert verdict["qlensctl render staging"] == (None, None)
     results["wrk"]["miss"]["errors"] = {"status": 3}  # throughput with errors does not count
     met = {r["target"]: r["met"] for r in report.evaluate(results)}
     assert met["miss req/s, c=32, no errors"] is False
+
+
+def test_a_stream_that_arrives_all_at_once_is_reported_as_buffered() -> None:
+    def results(qlens_total: float) -> dict:
+        return {"sequential": {
+            "stream-direct": {"latency_ms": {"p50": 6.0}, "ttfb_ms": {"p50": 0.1}},
+            "stream-miss": {"latency_ms": {"p50": qlens_total}, "ttfb_ms": {"p50": 9.0}},
+        }}
+
+    def verdict(r: dict) -> tuple:
+        row = next(x for x in report.evaluate(r) if x["target"] == "stream chunks forwarded as they arrive")
+        return row["measured"], row["met"]
+
+    assert verdict(results(14.9)) == (1.0, True)  # spread over 5.9 ms like the provider's
+    assert verdict(results(9.2))[1] is False  # everything came with the first chunk
 
 
 def test_profile_summary_groups_samples_by_package_and_function() -> None:
