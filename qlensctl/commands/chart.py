@@ -123,7 +123,8 @@ def lint(
     if not report.ok:
         problems = report.errors + report.warnings
         raise OperationError(
-            f"lint found {len(report.errors)} error(s) and {len(report.warnings)} warning(s): {problems[0].message}",
+            f"lint found {len(report.errors)} error(s) and {len(report.warnings)} warning(s): "
+            f"{problems[0].message}",
             "fix the chart or the environment file and run `qlensctl lint` again",
         )
     if not as_json:
