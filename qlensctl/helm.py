@@ -733,6 +733,11 @@ def _classify(
         return ReleaseNotFoundError(
             f"{release}: {detail}", f"see the revisions with `qlensctl history` (namespace {namespace})"
         )
+    if "another operation" in low and "in progress" in low:
+        return OperationError(
+            f"could not {action} {release} in {namespace}: another Helm operation on it is in progress",
+            "wait for it to finish; if it was interrupted, `qlensctl rollback` makes the release deployed",
+        )
     if "rolled back" in low or (atomic and timed_out):
         return OperationError(
             f"{action} of {release} in {namespace} failed and was rolled back: {_first_lines(detail)}",
@@ -800,16 +805,3 @@ def select_helm(
     if mode == "binary" or (mode == "auto" and (binary_version() or (0,))[0] >= 3):
         return BinaryHelm(kubeconfig=kubeconfig, kube_context=kube_context)
     return EmbeddedHelm(kubeconfig=kubeconfig, kube_context=kube_context)
-
-
-def adapter_for(
-    environment: Any,
-    kube_context: str | None = None,
-    *,
-    mode: str = "auto",
-    kubeconfig: str | Path | None = None,
-) -> Helm:
-    """The adapter for an environment's cluster: `kube_context` when given, else the current one.
-    (Whether that context may be used for this environment is the context guard's decision,
-    made before anything is changed; this only connects.)"""
-    return select_helm(mode, kubeconfig=kubeconfig, kube_context=kube_context)
