@@ -214,7 +214,9 @@ def write_plot(samples: dict[str, list[float]], ttfb: dict[str, list[float]], rp
     ecdf(axes[1], ttfb, "Streaming: time to first chunk, concurrency 1")
     names = list(rps)
     axes[2].bar(names, [rps[n] for n in names], color=[colors.get(n, "#1f77b4") for n in names])
-    axes[2].set_title("Throughput, 32 connections (req/s)")
+    axes[2].set_title("Throughput, 32 connections (req/s, log scale)")
+    if rps and min(rps.values()) > 0:
+        axes[2].set_yscale("log")
     axes[2].tick_params(axis="x", labelrotation=30)
     for i, n in enumerate(names):
         axes[2].text(i, rps[n], f"{rps[n]:.0f}", ha="center", va="bottom", fontsize=8)
