@@ -160,12 +160,20 @@ def deploy(plan: DeployPlan, kube: Kube, helm: Any, *, wait: bool = True, timeou
     on_step(f"{'upgrading' if plan.is_upgrade else 'installing'} release {RELEASE} in {ns} "
             f"(version {plan.tag}){f', waiting up to {timeout:.0f}s for the rollout' if wait else ''}")
     names = [deployment_name(s) for s in SERVICES]
+    last: list[DeploymentStatus] = []
     try:
         _watching(kube, ns, names, on_rollout if wait else None, lambda: helm.upgrade_or_install(
-            RELEASE, render.chart_dir(), plan.values, ns, wait=wait, atomic=wait, timeout=int(timeout)))
+            RELEASE, render.chart_dir(), plan.values, ns, wait=wait, atomic=wait, timeout=int(timeout)),
+            last)
     except (OperationError, ClusterError) as exc:
         after = history(helm, ns)
-        result.status, result.message = "failed", exc.message
+        stuck = "; ".join(f"{s.name}: {s.ready}/{s.desired} ready, {s.message}" for s in last if not s.done)
+        result.status = "failed"
+        # what the operator needs at 3 a.m.: which deployments did not come up (Helm's own
+        # message lists every object it waited for)
+        timed_out = any(w in exc.message.lower() for w in ("deadline", "not ready", "timed out"))
+        result.message = (f"the rollout did not complete within {timeout:.0f}s ({stuck})"
+                          if stuck and timed_out else exc.message)
         result.deployments = kube.deployments(ns, names)
         if not after:
             result.rolled_back_to = 0 if wait else None
@@ -184,9 +192,11 @@ def deploy(plan: DeployPlan, kube: Kube, helm: Any, *, wait: bool = True, timeou
 
 
 def _watching(kube: Kube, namespace: str, names: list[str], on_rollout: RolloutProgress | None,
-              action: Callable[[], Any], interval: float = 0.5) -> Any:
+              action: Callable[[], Any], last: list[DeploymentStatus] | None = None,
+              interval: float = 0.5) -> Any:
     """Run a blocking Helm action in a worker thread and, meanwhile, report the deployments'
-    rollout every `interval` (Helm's own wait says nothing until it is over)."""
+    rollout every `interval` (Helm's own wait says nothing until it is over). `last` receives
+    the latest states seen: what was stuck when a wait fails."""
     box: dict[str, Any] = {}
 
     def work() -> None:
@@ -201,9 +211,12 @@ def _watching(kube: Kube, namespace: str, names: list[str], on_rollout: RolloutP
         worker.join(interval)
         if on_rollout is not None and worker.is_alive():
             try:
-                on_rollout(kube.deployments(namespace, names))
+                states = kube.deployments(namespace, names)
             except QlensError:  # a progress read that fails is not the deploy failing
-                pass
+                continue
+            if last is not None:
+                last[:] = states
+            on_rollout(states)
     if "error" in box:
         raise box["error"]
     return box.get("result")

@@ -129,3 +129,21 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_missing_binaries_fail_the_cluster_tests_loudly(tmp_path):
+    """Without binaries a cluster test errors (never skips) and says how to build them."""
+    import os
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    empty = tmp_path / "assets"
+    empty.mkdir()
+    env = {**os.environ, "KUBEBUILDER_ASSETS": str(empty)}
+    test = "tests/integration/cluster/test_harness.py::test_kubernetes_1_20_api_groups_and_crds"
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rE", test],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0, out.stdout
+    assert "1 error" in out.stdout and "skipped" not in out.stdout
+    assert "tests/k8s/control-plane build" in out.stdout
