@@ -7,6 +7,8 @@ Prometheus scrapes (Redis: a bounded keyspace walk, at most every 30 s).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from services.common.metrics import LATENCY_BUCKETS
@@ -32,3 +34,16 @@ class EvictionTracker:
         if delta > 0:
             EVICTIONS.inc(delta)
         self.last = total
+
+
+_children: dict[tuple[Any, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Any, *labels: str) -> Any:
+    """A metric's child for these label values, cached: `labels()` validates and locks on every
+    call, which shows on the hot path. All label values here are bounded (ops, routes, statuses)."""
+    key = (metric, labels)
+    found = _children.get(key)
+    if found is None:
+        found = _children[key] = metric.labels(*labels)
+    return found
