@@ -28,7 +28,7 @@ from services.common.logging import log_event, setup_logging
 from services.common.metrics import REQUEST_DURATION, REQUESTS, render_metrics
 from services.router.catalog import Catalog, build_catalog
 from services.router.providers import build_providers
-from services.router.routing import Router, Served
+from services.router.routing import Relay, Router, Served
 from services.router.telemetry import child
 
 SERVICE = "router"
@@ -38,6 +38,9 @@ JSON = "application/json"
 
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
     logger = setup_logging(SERVICE)
+    # the openai SDK's HTTP client logs a line per call at INFO: ours already covers each request
+    for noisy in ("httpx", "httpx2", "openai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if config is None:
         config = _load_config(logger)
     providers = build_providers(config.providers)
@@ -72,12 +75,12 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             model = body["model"]
             deadline = router.deadline()
             if body.get("stream") is True:
-                events, served = await router.stream(body, deadline)
-                return StreamingResponse(
-                    _finish_stream(events, served, started, request_id, tenant, logger),
-                    media_type="text/event-stream",
-                    headers=_served_headers(served, request_id) | {"cache-control": "no-cache"},
+                relay = await router.stream(body, deadline)
+                relay.on_close = lambda r: _done(
+                    200, started, logger, request_id, tenant, model, r.served, None, r.outcome
                 )
+                headers = _served_headers(relay.served, request_id) | {"cache-control": "no-cache"}
+                return RelayResponse(relay, headers=headers)
             completion, served = await router.complete(body, deadline)
             headers = _served_headers(served, request_id)
             headers["x-qlens-upstream-ms"] = f"{served.upstream_seconds * 1000:.3f}"
@@ -186,6 +189,7 @@ def _done(
     model: str | None,
     served: Served | None,
     error: str | None = None,
+    stream_outcome: str | None = None,
 ) -> None:
     """Metrics and the one log line of a request (never the prompt, never a key)."""
     seconds = time.perf_counter() - started
@@ -204,22 +208,23 @@ def _done(
             fields["fallback_from"] = served.requested
     if error:
         fields["error"] = error
+    if stream_outcome:
+        fields["stream"] = stream_outcome
     log_event(logger, "request", **fields)
 
 
-async def _finish_stream(
-    events,
-    served: Served,
-    started: float,
-    request_id: str,
-    tenant: str,  # type: ignore[no-untyped-def]
-    logger: logging.Logger,
-):
-    try:
-        async for chunk in events:
-            yield chunk
-    finally:
-        _done(200, started, logger, request_id, tenant, served.requested, served)
+class RelayResponse(StreamingResponse):
+    """Server-sent events from a `Relay`, whose books are settled however the response ends."""
+
+    def __init__(self, relay: Relay, headers: dict[str, str]) -> None:
+        super().__init__(relay.chunks(), media_type="text/event-stream", headers=headers)
+        self.relay = relay
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.relay.close()
 
 
 def _servable(catalog: Catalog, model: str) -> bool:

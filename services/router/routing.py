@@ -88,8 +88,8 @@ class Router:
         _count_tokens(served.model, completion.usage)
         return completion, served
 
-    async def stream(self, body: dict[str, Any], deadline: float) -> tuple[AsyncIterator[bytes], Served]:
-        """Open a stream; returns once its first chunk arrived, with the events to send."""
+    async def stream(self, body: dict[str, Any], deadline: float) -> Relay:
+        """Open a stream; returns once its first chunk arrived, with the rest to relay."""
 
         async def call(
             dep: DeploymentState, request: dict[str, Any]
@@ -108,7 +108,7 @@ class Router:
             return events, first
 
         (events, first), served = await self._route(body, deadline, call, keeps_in_flight=True)
-        return self._relay(events, first, served, deadline), served
+        return Relay(events, first, served, deadline, self.routing, self._clock)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -229,64 +229,99 @@ class Router:
         member.deployment.breaker.acquire()
         return member  # type: ignore[return-value]
 
-    # --- streams after the first chunk -----------------------------------------------------------
 
-    async def _relay(
-        self, events: AsyncIterator[StreamItem], first: StreamItem, served: Served, deadline: float
-    ) -> AsyncIterator[bytes]:
-        """Forward chunks as they come, end with [DONE]; a failure now becomes an error event."""
-        dep = served.deployment
-        usage: Usage | None = None
-        outcome = "client_gone"
+class Relay:
+    """A stream after its first chunk: forwarded as it comes, ended with [DONE].
+
+    A failure now cannot be retried (the client has bytes); it becomes an OpenAI error event.
+    `close()` settles the books (calls in flight, the upstream stream, tokens, the caller's
+    `on_close`) exactly once, whether the stream finished, failed, or the client went away,
+    even before the first chunk was pulled, when the generator's own `finally` would never run.
+    """
+
+    def __init__(
+        self,
+        events: AsyncIterator[StreamItem],
+        first: StreamItem,
+        served: Served,
+        deadline: float,
+        routing: Routing,
+        clock: Callable[[], float],
+    ) -> None:
+        self.served = served
+        self.outcome = "client_gone"
+        self.on_close: Callable[[Relay], None] | None = None
+        self._events = events
+        self._first = first
+        self._deadline = deadline
+        self._routing = routing
+        self._clock = clock
+        self._usage: Usage | None = None
+        self._closed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        dep = self.served.deployment
         try:
-            if isinstance(first, Usage):
-                usage = first
+            if isinstance(self._first, Usage):
+                self._usage = self._first
             else:
-                yield first
+                yield self._first
             while True:
-                remaining = deadline - self._clock()
+                remaining = self._deadline - self._clock()
                 if remaining <= 0:
                     raise TimeoutError
                 try:
                     async with asyncio.timeout(remaining):
-                        item = await anext(events)
+                        item = await anext(self._events)
                 except StopAsyncIteration:
                     break
                 if isinstance(item, Usage):
-                    usage = item
+                    self._usage = item
                 else:
                     yield item
-            outcome = "success"
+            self.outcome = "success"
             yield DONE
         except (ProviderError, TimeoutError) as exc:
             if isinstance(exc, ProviderError):
-                outcome, code, message = exc.kind.value, "provider_error", exc.message
+                self.outcome, code, message = exc.kind.value, "provider_error", exc.message
             else:
-                outcome, code = "timeout", "deadline_exceeded"
+                self.outcome, code = "timeout", "deadline_exceeded"
                 message = (
-                    f"the request deadline ({self.routing.deadline_seconds:g}s) passed during the stream"
+                    f"the request deadline ({self._routing.deadline_seconds:g}s) passed during the stream"
                 )
             dep.breaker.record_failure()
-            child(PROVIDER_REQUESTS, dep.provider_name, dep.label, "stream_" + outcome).inc()
+            child(PROVIDER_REQUESTS, dep.provider_name, dep.label, "stream_" + self.outcome).inc()
             log_event(
                 logger,
                 "stream failed after the first chunk",
                 logging.WARNING,
                 deployment=dep.label,
-                model=served.model,
-                outcome=outcome,
+                model=self.served.model,
+                outcome=self.outcome,
                 error=message,
             )
             yield sse_event(APIError(502, message, code=code).body())
         finally:
-            dep.in_flight -= 1
-            await events.aclose()
-            if usage is not None:
-                _count_tokens(served.model, usage)
-            if outcome == "client_gone":
-                log_event(
-                    logger, "client went away during the stream", deployment=dep.label, model=served.model
-                )
+            await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        dep = self.served.deployment
+        dep.in_flight -= 1
+        try:
+            await self._events.aclose()
+        except Exception:  # the upstream stream was already broken: nothing left to release
+            pass
+        if self._usage is not None:
+            _count_tokens(self.served.model, self._usage)
+        if self.outcome == "client_gone":
+            log_event(
+                logger, "client went away during the stream", deployment=dep.label, model=self.served.model
+            )
+        if self.on_close is not None:
+            self.on_close(self)
 
 
 # --- helpers ---------------------------------------------------------------------------------

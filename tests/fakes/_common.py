@@ -202,7 +202,10 @@ class FakeServer:
         if path.startswith("/_fake/"):
             await self._admin(scope, receive, send)
             return
-        await self.handle(scope, receive, send)
+        try:
+            await self.handle(scope, receive, send)
+        except asyncio.CancelledError:  # stopped mid-stream (server shutdown): nothing to report
+            return
 
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -53,6 +53,7 @@ CONFIG = {
         "throttled": {"deployments": [azure("throttled")]},
         "rejected": {"deployments": [azure("rejected")]},
         "stalled": {"deployments": [azure("stalled")]},
+        "abandoned": {"deployments": [azure("abandoned")]},
         "nowhere": {"deployments": [{"provider": "echo", "target": "echo"}]},
     },
     "routing": {
@@ -256,3 +257,32 @@ def test_deadline_passed_is_504(stack, fakes, client):
         client.chat.completions.create(model="stalled", messages=MESSAGES)
     assert err.value.status_code == 504 and err.value.body["code"] == "deadline_exceeded"
     assert 1 <= az.calls("stalled") <= 3
+
+
+def test_client_leaving_mid_stream_releases_the_deployment(stack, fakes):
+    router, az, _ = stack
+    az.slow(chunk_delay=0.3)
+    long_prompt = [{"role": "user", "content": " ".join(f"word{i}" for i in range(30))}]
+    with httpx.stream(
+        "POST",
+        f"{router.url}/v1/chat/completions",
+        timeout=10,
+        json={"model": "abandoned", "messages": long_prompt, "stream": True},
+    ) as r:
+        lines = r.iter_lines()  # kept: dropping the iterator would close the connection
+        first = next(lines)
+        assert first.startswith("data: ")
+        detail = httpx.get(f"{router.url}/health/ready", timeout=10).json()["checks"]["deployments"]["detail"]
+        assert detail["azureOpenAI/abandoned"].get("inFlight") == 1
+    # the client hung up after one chunk, ~9 s before the upstream would have finished
+    deadline = time.monotonic() + 5
+    while True:
+        detail = httpx.get(f"{router.url}/health/ready", timeout=10).json()["checks"]["deployments"]["detail"]
+        if "inFlight" not in detail["azureOpenAI/abandoned"]:
+            break
+        assert time.monotonic() < deadline, "the router kept the abandoned stream open"
+        time.sleep(0.1)
+    assert (
+        '"msg":"client went away during the stream","deployment":"azureOpenAI/abandoned"'
+        in open(router.log).read()
+    )

@@ -136,8 +136,22 @@ async def test_in_flight_is_counted_during_a_stream_and_released_after():
     catalog = build_catalog(cfg, build_providers(cfg.providers, {}))
     router = Router(catalog, cfg.routing)
     body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "one two three"}]}
-    events, served = await router.stream(body, router.deadline())
-    assert served.deployment.in_flight == 1
-    chunks = [c async for c in events]
+    relay = await router.stream(body, router.deadline())
+    assert relay.served.deployment.in_flight == 1
+    chunks = [c async for c in relay.chunks()]
     assert chunks[-1] == b"data: [DONE]\n\n"
-    assert served.deployment.in_flight == 0
+    assert relay.served.deployment.in_flight == 0 and relay.outcome == "success"
+
+
+async def test_a_stream_abandoned_before_its_first_pull_is_still_settled():
+    cfg = config()
+    catalog = build_catalog(cfg, build_providers(cfg.providers, {}))
+    router = Router(catalog, cfg.routing)
+    body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "one two three"}]}
+    relay = await router.stream(body, router.deadline())
+    closed = []
+    relay.on_close = closed.append
+    await relay.close()  # what the response does when the client left before any chunk was sent
+    await relay.close()  # and only once
+    assert relay.served.deployment.in_flight == 0
+    assert closed == [relay] and relay.outcome == "client_gone"
