@@ -295,7 +295,7 @@ def judge_rollout(d: Any) -> DeploymentStatus:
     elif updated < desired:
         message = f"{updated} of {desired} replicas updated"
     elif total > updated:
-        message = f"{total - updated} old replicas pending termination"
+        message = f"{total - updated} old replicas still running"  # kubectl: "pending termination"
     elif available < updated:
         message = f"{available} of {updated} updated replicas available"
     else:

@@ -167,7 +167,8 @@ def deploy(plan: DeployPlan, kube: Kube, helm: Any, *, wait: bool = True, timeou
             last)
     except (OperationError, ClusterError) as exc:
         after = history(helm, ns)
-        stuck = "; ".join(f"{s.name}: {s.ready}/{s.desired} ready, {s.message}" for s in last if not s.done)
+        stuck = "; ".join(f"{s.name}: {s.updated}/{s.desired} updated, {s.message}"
+                          for s in last if not s.done)
         result.status = "failed"
         # what the operator needs at 3 a.m.: which deployments did not come up (Helm's own
         # message lists every object it waited for)

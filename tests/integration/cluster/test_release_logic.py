@@ -98,7 +98,7 @@ def _deployment(generation=2, observed=2, replicas=3, updated=3, total=3, availa
     ({}, True, False, "rolled out"),
     ({"observed": 1}, False, False, "new spec"),
     ({"updated": 1}, False, False, "1 of 3 replicas updated"),
-    ({"total": 4}, False, False, "1 old replicas pending termination"),
+    ({"total": 4}, False, False, "1 old replicas still running"),
     ({"available": 2}, False, False, "2 of 3 updated replicas available"),
     ({"conditions": [NS(type="Progressing", reason="ProgressDeadlineExceeded")]}, False, True, "deadline"),
 ])
