@@ -163,8 +163,8 @@ def deploy(plan: DeployPlan, kube: Kube, helm: Any, *, wait: bool = True, timeou
     last: list[DeploymentStatus] = []
     try:
         _watching(kube, ns, names, on_rollout if wait else None, lambda: helm.upgrade_or_install(
-            RELEASE, render.chart_dir(), plan.values, ns, wait=wait, atomic=wait, timeout=int(timeout)),
-            last)
+            RELEASE, render.chart_dir(), plan.values, ns, wait=wait, atomic=wait, timeout=int(timeout),
+            description=f"qlensctl deploy {env.name} {plan.tag}"), last)
     except (OperationError, ClusterError) as exc:
         after = history(helm, ns)
         stuck = "; ".join(f"{s.name}: {s.updated}/{s.desired} updated, {s.message}"
