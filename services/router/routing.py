@@ -130,7 +130,7 @@ class Router:
             excluded: set[str] = set()  # misconfigured for this request: never again
             attempt = 0
             while attempt < retries.max_attempts:
-                if not self._candidates(route, tried, excluded):
+                if not self._candidates(route, excluded):
                     break
                 if attempt > 0:
                     RETRIES.inc()
@@ -215,13 +215,13 @@ class Router:
             raise _deadline_error(requested, self.routing.deadline_seconds)
         raise _exhausted_error(requested, last)
 
-    def _candidates(self, route: ModelRoute, tried: set[str], excluded: set[str]) -> list[Member]:
+    def _candidates(self, route: ModelRoute, excluded: set[str]) -> list[Member]:
         return [
             m for m in route.usable if m.deployment.label not in excluded and m.deployment.breaker.available()
         ]
 
     def _pick(self, route: ModelRoute, tried: set[str], excluded: set[str]) -> Member | None:
-        candidates = self._candidates(route, tried, excluded)
+        candidates = self._candidates(route, excluded)
         if not candidates:
             return None
         fresh = [m for m in candidates if m.deployment.label not in tried]
