@@ -136,9 +136,11 @@ def tree(collapsed: str, focus: str | None = None, depth: int = 12, min_pct: flo
         if not stack or not count.isdigit():
             continue
         n = int(count)
-        total += n
         frames = [m for m in (_FRAME.match(f) for f in stack.split(";")) if m]
         names = [_short(m) for m in frames]
+        if names and names[-1] in IDLE_LEAVES:
+            continue
+        total += n
         if focus is not None:
             idx = next((i for i, name in enumerate(names) if focus in name), None)
             if idx is None:
