@@ -55,6 +55,11 @@ def openai_error(status: int, body: bytes | str, headers: Mapping[str, str] | No
     return err
 
 
+def error_of(response: Any) -> dict[str, Any]:
+    """`openai_error` of an httpx response."""
+    return openai_error(response.status_code, response.content, response.headers)
+
+
 # --- Prometheus text ---------------------------------------------------------------------------
 
 
