@@ -72,10 +72,19 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    affinity = os.sched_getaffinity(0)
+    try:
+        return _main(args)
+    finally:  # leave the calling process as it was (the unit test runs us in pytest's process)
+        signal.signal(signal.SIGTERM, previous_handler)
+        os.sched_setaffinity(0, affinity)
+
+
+def _main(args: argparse.Namespace) -> int:
     console = Console()
     if not console.is_terminal:  # piped (nox, CI logs): wide enough for the tables
         console = Console(width=140)
-    signal.signal(signal.SIGTERM, _interrupt)
     plan = procs.plan_cores(not args.no_pin)
     if plan.loadgen is not None:
         os.sched_setaffinity(0, plan.loadgen)  # wrk and py-spy inherit it

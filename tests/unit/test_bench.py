@@ -227,10 +227,14 @@ def test_profile_summary_groups_samples_by_package_and_function() -> None:
 
 
 def test_direct_only_run_writes_json_and_plot(tmp_path) -> None:
+    import signal
+
     from bench.run import main
 
+    handler = signal.getsignal(signal.SIGTERM)
     rc = main(["--direct-only", "--quick", "--no-cli", "--no-wrk", "--no-pin", "--out", str(tmp_path)])
     assert rc == 0
+    assert signal.getsignal(signal.SIGTERM) is handler  # the caller's process is left as it was
     data = json.loads((tmp_path / "latest.json").read_text())
     assert data["sequential"]["direct"]["errors"] == 0
     assert data["sequential"]["direct"]["latency_ms"]["n"] == 2 * 40
