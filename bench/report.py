@@ -152,11 +152,16 @@ def print_report(results: dict, console: Console) -> None:
 
     cli = results.get("cli", {})
     if cli:
-        t = Table(title="qlensctl wall time (median)")
+        t = Table(title="qlensctl wall time (ms)")
         t.add_column("command")
-        t.add_column("ms", justify="right")
+        t.add_column("median", justify="right")
+        t.add_column("fastest", justify="right")
+        t.add_column("runs", justify="right")
         for name, c in cli.items():
-            t.add_row(name, _f(c.get("median_ms"), 0) if c.get("ok") else f"n/a ({c.get('error')})")
+            if c.get("ok"):
+                t.add_row(name, _f(c.get("median_ms"), 0), _f(c.get("min_ms"), 0), str(c.get("runs")))
+            else:
+                t.add_row(name, f"n/a ({c.get('error')})", "", "")
         console.print(t)
 
     t = Table(title="Targets")
