@@ -61,9 +61,11 @@ class Release:
     status: str  # deployed, superseded, failed, pending-install, pending-upgrade, uninstalled, ...
     chart: str  # name-version, e.g. qlens-0.1.0
     chart_version: str
+    # the version of QLens this revision runs: its values' image.tag (what `deploy --version` sets);
+    # the chart's appVersion only when the values name no tag (the chart then falls back to it)
     app_version: str
     updated: str  # ISO 8601, UTC
-    description: str = ""
+    description: str = ""  # "qlensctl deploy staging v2", "Rollback to 3", "Upgrade ... failed: ..."
     manifest: str = field(default="", repr=False)  # filled by status and upgrade_or_install
 
     def to_dict(self) -> dict[str, Any]:
@@ -141,7 +143,7 @@ class Helm(ABC):
 
     @abstractmethod
     def history(self, release: str, namespace: str, *, max_revisions: int | None = None) -> list[Release]:
-        """Revisions, oldest first."""
+        """Revisions, oldest first, each with its description and the image tag it runs."""
 
     @abstractmethod
     def status(self, release: str, namespace: str) -> Release:
@@ -244,7 +246,8 @@ class EmbeddedHelm(Helm):
                     out = cfg.install(loaded, release, values, create_namespace=create_namespace, **opts)
         except hp.HelmError as exc:
             raise self._translate(exc, action, release, namespace, atomic=atomic) from None
-        return _release_from_summary(out)
+        # the summary carries neither; both are what this call just stored
+        return _release_from_summary(out, description=description or "", values=values)
 
     def rollback(self, release, namespace, *, revision=None, wait=True, timeout=DEFAULT_TIMEOUT):
         hp = _helm_python()
@@ -256,19 +259,43 @@ class EmbeddedHelm(Helm):
         return self.history(release, namespace)[-1]
 
     def history(self, release, namespace, *, max_revisions=None):
+        return self._history(release, namespace, max_revisions=max_revisions, details=True)
+
+    def _history(
+        self, release: str, namespace: str, *, max_revisions: int | None, details: bool
+    ) -> list[Release]:
+        """helm_python's history summaries lack each revision's description and values, so with
+        `details` every revision is also read whole (`helm get all --revision N`, at most
+        HISTORY_MAX of them): the description says who deployed what or "Rollback to N", and the
+        values give the image tag that revision runs."""
         hp = _helm_python()
+        cfg = self._config(namespace)
         try:
-            revisions = self._config(namespace).history(release, max_revisions=max_revisions)
+            summaries = cfg.history(release, max_revisions=max_revisions)
+            out = [
+                self._detailed(cfg, release, s) if details else _release_from_summary(s) for s in summaries
+            ]
         except hp.HelmError as exc:
             raise self._translate(exc, "read the history of", release, namespace) from None
-        return sorted((_release_from_summary(r) for r in revisions), key=lambda r: r.revision)
+        return sorted(out, key=lambda r: r.revision)
+
+    @staticmethod
+    def _detailed(cfg: Any, release: str, summary: dict[str, Any]) -> Release:
+        hp = _helm_python()
+        try:
+            full = cfg.get_all(release, revision=int(summary.get("revision", 0)))
+        except hp.HelmNotFoundError:  # pruned (history-max) between the two reads
+            return _release_from_summary(summary)
+        return _release_from_summary(summary, description=_info_description(full), values=full.get("config"))
 
     def status(self, release, namespace):
         hp = _helm_python()
         try:
-            return _release_from_summary(self._config(namespace).status(release))
+            full = self._config(namespace).get_all(release)  # summary (with the manifest), info, values
         except hp.HelmError as exc:
             raise self._translate(exc, "read the status of", release, namespace) from None
+        return _release_from_summary(full.get("summary") or {}, description=_info_description(full),
+                                     values=full.get("config"))
 
     def get_values(self, release, namespace, *, revision=None, all_values=False):
         hp = _helm_python()
@@ -323,7 +350,7 @@ class EmbeddedHelm(Helm):
     def _exists(self, release: str, namespace: str) -> bool:
         """Any revision at all (a failed first install too: upgrading it is what `--install` does)."""
         try:
-            return bool(self.history(release, namespace, max_revisions=1))
+            return bool(self._history(release, namespace, max_revisions=1, details=False))
         except ReleaseNotFoundError:
             return False
 
@@ -382,7 +409,10 @@ def _render_with_capabilities(
     return files
 
 
-def _release_from_summary(summary: dict[str, Any]) -> Release:
+def _release_from_summary(
+    summary: dict[str, Any], *, description: str | None = None, values: Any = None
+) -> Release:
+    """helm_python's release summary (+ what it leaves out: the description and the values)."""
     name = str(summary.get("chart_name", ""))
     version = str(summary.get("chart_version", ""))
     return Release(
@@ -392,11 +422,22 @@ def _release_from_summary(summary: dict[str, Any]) -> Release:
         status=str(summary.get("status", "")),
         chart=f"{name}-{version}" if name else version,
         chart_version=version,
-        app_version=str(summary.get("app_version", "")),
+        app_version=image_tag(values) or str(summary.get("app_version", "")),
         updated=str(summary.get("deployed_at", "")),
-        description=str(summary.get("description", "") or ""),
+        description=str(description if description is not None else summary.get("description", "") or ""),
         manifest=str(summary.get("manifest", "") or ""),
     )
+
+
+def _info_description(full: dict[str, Any]) -> str:
+    return str((full.get("info") or {}).get("description", "") or "")
+
+
+def image_tag(values: Any) -> str:
+    """The image tag a revision's user-supplied values deploy (`image.tag`), "" when they set none."""
+    image = values.get("image") if isinstance(values, dict) else None
+    tag = image.get("tag") if isinstance(image, dict) else None
+    return str(tag) if tag not in (None, "") else ""
 
 
 # --- the helm binary through pyhelm3 ---------------------------------------------------------------
@@ -535,20 +576,28 @@ class BinaryHelm(Helm):
         out = []
         for row in rows:
             chart = str(row.get("chart", ""))
+            revision = int(row.get("revision", 0))
             out.append(
                 Release(
                     name=release,
                     namespace=namespace,
-                    revision=int(row.get("revision", 0)),
+                    revision=revision,
                     status=str(row.get("status", "")),
                     chart=chart,
                     chart_version=chart.rsplit("-", 1)[-1] if "-" in chart else "",
-                    app_version=str(row.get("app_version", "")),
+                    # `helm history` shows the chart's appVersion; the revision's values say what runs
+                    app_version=self._tag_of(release, namespace, revision) or str(row.get("app_version", "")),
                     updated=str(row.get("updated", "")),
                     description=str(row.get("description", "")),
                 )
             )
         return sorted(out, key=lambda r: r.revision)
+
+    def _tag_of(self, release: str, namespace: str, revision: int) -> str:
+        try:
+            return image_tag(self.get_values(release, namespace, revision=revision))
+        except ReleaseNotFoundError:  # pruned (history-max) since the history was read
+            return ""
 
     def status(self, release, namespace):
         cmd = self._command()
@@ -640,7 +689,7 @@ def _release_from_helm_json(data: dict[str, Any], namespace: str) -> Release:
         status=str(info.get("status", "")),
         chart=f"{name}-{version}" if name else version,
         chart_version=version,
-        app_version=str(meta.get("appVersion", "")),
+        app_version=image_tag(data.get("config")) or str(meta.get("appVersion", "")),
         updated=str(info.get("last_deployed", "")),
         description=str(info.get("description", "")),
         manifest=str(data.get("manifest", "") or ""),

@@ -1,5 +1,6 @@
 """Kubernetes access for qlensctl: kubeconfig and context, the context guard, and what deploy,
-rollback and status read or change (namespaces, deployments and their rollout, pods, events, HPAs).
+rollback and status read or change (namespaces, deployments and their rollout, pods, events, HPAs),
+plus the namespace's deploy lock (a Lease) that keeps two deploys from running at once.
 
 Every request is bounded: 5 s to connect, 30 s to read, one retry, so an unreachable cluster is
 an error within seconds, never a hang. Every failure becomes a qlensctl error with a hint:
@@ -12,13 +13,16 @@ configuration is never touched, so two clusters can be used side by side, as the
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import os
+import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from qlensctl.errors import ClusterError, ConfigError, RefusedError
+from qlensctl.errors import ClusterError, ConfigError, QlensError, RefusedError
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
@@ -484,3 +488,224 @@ class Kube:
                         int(h.status.current_replicas or 0), int(h.status.desired_replicas or 0),
                         h.spec.target_cpu_utilization_percentage, h.status.current_cpu_utilization_percentage)
                 for h in sorted(items, key=lambda h: h.metadata.name)]
+
+    # the deploy lock
+    def lock(self, namespace: str, operation: str, *, name: str | None = None,
+             seconds: int | None = None) -> NamespaceLock:
+        """The namespace's deploy lock, to hold (`with kube.lock(ns, "qlensctl deploy staging v2"):`)
+        while a command changes the release."""
+        return NamespaceLock(self, namespace, operation, name=name or DEPLOY_LOCK,
+                             seconds=seconds or LOCK_SECONDS)
+
+    def read_lock(self, namespace: str, name: str | None = None) -> LockInfo | None:
+        """Who holds the namespace's deploy lock now (None: nobody, or the Lease is gone)."""
+        from kubernetes import client
+
+        lease = self._get(f"reading Lease {namespace}/{name or DEPLOY_LOCK}",
+                          client.CoordinationV1Api(self.api).read_namespaced_lease,
+                          name or DEPLOY_LOCK, namespace)
+        return None if lease is None else _lock_info(lease)
+
+
+# -- the deploy lock -------------------------------------------------------------------------------
+#
+# Helm marks a release pending-install/pending-upgrade while it works on it, but only once it has
+# started, and a second `helm upgrade` can slip in before that (and would also redo the secrets
+# and the backup first). So deploy and rollback hold a coordination.k8s.io Lease in the namespace
+# for as long as they change anything: `create` is atomic (409 when it exists), so exactly one
+# command gets it. The holder renews it every LOCK_SECONDS / 3 and deletes it when it is done,
+# also on Ctrl-C. A holder that died (kill -9, a laptop closed) stops renewing: once the Lease is
+# LOCK_SECONDS past its last renewal it is stale and the next command takes it over (a replace
+# conditioned on the resourceVersion it read, so two takers cannot both win). Expiry is judged
+# with this machine's clock against the holder's: the margin absorbs ordinary clock skew.
+
+DEPLOY_LOCK = "qlens-deploy-lock"
+LOCK_SECONDS = 60
+_OPERATION = "qlens.io/operation"
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    """A deploy lock as stored in its Lease."""
+
+    namespace: str
+    holder: str  # user@host pid N
+    operation: str  # what it is doing, e.g. "qlensctl deploy staging v2"
+    acquired: dt.datetime
+    renewed: dt.datetime
+    seconds: int
+
+    @property
+    def expires(self) -> dt.datetime:
+        return self.renewed + dt.timedelta(seconds=self.seconds)
+
+    def expired(self, now: dt.datetime | None = None) -> bool:
+        return (now or dt.datetime.now(dt.UTC)) >= self.expires
+
+    def describe(self, now: dt.datetime | None = None) -> str:
+        """"`qlensctl deploy staging v2` by alice@laptop pid 4242, started 12s ago"."""
+        return f"`{self.operation}` by {self.holder}, started {_age(self.acquired, now)} ago"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"holder": self.holder, "operation": self.operation, "acquired": _stamp(self.acquired),
+                "renewed": _stamp(self.renewed), "expires": _stamp(self.expires)}
+
+
+class LockHeldError(RefusedError):
+    """Another command holds the namespace's deploy lock; nothing was changed."""
+
+    def __init__(self, message: str, hint: str | None, lock: LockInfo) -> None:
+        super().__init__(message, hint)
+        self.lock = lock
+
+
+def lock_identity() -> str:
+    """Who a lock names as its holder: user@host and the process id (unique while it runs)."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no user name in a bare container
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()} pid {os.getpid()}"
+
+
+def _stamp(when: dt.datetime) -> str:
+    """A Lease MicroTime: RFC 3339 with microseconds, UTC."""
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _lock_info(lease: Any) -> LockInfo:
+    spec, meta = lease.spec, lease.metadata
+    epoch = dt.datetime.fromtimestamp(0, dt.UTC)
+    renewed = spec.renew_time or spec.acquire_time or meta.creation_timestamp or epoch
+    return LockInfo(meta.namespace or "", spec.holder_identity or "(nobody)",
+                    (meta.annotations or {}).get(_OPERATION, "(unknown operation)"),
+                    spec.acquire_time or renewed, renewed, int(spec.lease_duration_seconds or LOCK_SECONDS))
+
+
+class NamespaceLock:
+    """A held (or to-be-held) deploy lock; a context manager that renews it while held.
+
+    `taken_over` is the stale lock this one replaced, if any (its holder died mid-command: the
+    release may have been left pending, which the caller checks next)."""
+
+    def __init__(self, kube: Kube, namespace: str, operation: str, *, name: str = DEPLOY_LOCK,
+                 seconds: int = LOCK_SECONDS, identity: str | None = None) -> None:
+        self.kube, self.namespace, self.operation, self.name = kube, namespace, operation, name
+        self.seconds = seconds
+        self.identity = identity or lock_identity()
+        self.taken_over: LockInfo | None = None
+        self._lease: Any = None
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    @property
+    def _api(self) -> Any:
+        from kubernetes import client
+
+        return client.CoordinationV1Api(self.kube.api)
+
+    def _body(self, acquired: dt.datetime, resource_version: str | None = None) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"name": self.name, "labels": {"app.kubernetes.io/part-of": "qlens"},
+                                    "annotations": {_OPERATION: self.operation}}
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
+                "spec": {"holderIdentity": self.identity, "leaseDurationSeconds": self.seconds,
+                         "acquireTime": _stamp(acquired), "renewTime": _stamp(dt.datetime.now(dt.UTC))}}
+
+    def _held(self, info: LockInfo) -> LockHeldError:
+        left = max(0, int((info.expires - dt.datetime.now(dt.UTC)).total_seconds()))
+        return LockHeldError(
+            f"another command is changing the release in {self.namespace}: {info.describe()}; "
+            "nothing was changed",
+            f"wait for it to finish and run this again; if that process is gone, its lock "
+            f"({self.name}) expires by itself at {info.expires:%H:%M:%S} UTC (in {left}s)",
+            info)
+
+    def acquire(self) -> NamespaceLock:
+        from kubernetes.client.rest import ApiException
+
+        what = f"taking the deploy lock in {self.namespace}"
+        now = dt.datetime.now(dt.UTC)
+        for _ in range(3):  # a lock released between our create and our read: try again
+            try:
+                self._lease = self._api.create_namespaced_lease(self.namespace, self._body(now))
+                return self
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise cluster_error(exc, what, self.kube.server) from None
+            except Exception as exc:
+                raise cluster_error(exc, what, self.kube.server) from None
+            lease = self.kube._get(what, self._api.read_namespaced_lease, self.name, self.namespace)
+            if lease is None:
+                continue
+            info = _lock_info(lease)
+            if not info.expired():
+                raise self._held(info)
+            try:  # stale: take it over, on the condition that nobody else did first
+                self._lease = self._api.replace_namespaced_lease(
+                    self.name, self.namespace, self._body(now, lease.metadata.resource_version))
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise cluster_error(exc, what, self.kube.server) from None
+                continue  # someone else took it over: read who
+            except Exception as exc:
+                raise cluster_error(exc, what, self.kube.server) from None
+            self.taken_over = info
+            return self
+        raise ClusterError(f"{what}: the Lease {self.name} kept changing", "run the command again")
+
+    def renew(self) -> bool:
+        """Push the expiry forward; False when the lock is no longer ours (it went stale and was
+        taken over: this process was stalled for longer than the lock lasts)."""
+        from kubernetes.client.rest import ApiException
+
+        if self._lease is None:
+            return False
+        body = self._body(self._lease.spec.acquire_time or dt.datetime.now(dt.UTC),
+                          self._lease.metadata.resource_version)
+        try:
+            self._lease = self._api.replace_namespaced_lease(self.name, self.namespace, body)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                self._lease = None
+                return False
+            raise cluster_error(exc, "renewing the deploy lock", self.kube.server) from None
+        except Exception as exc:
+            raise cluster_error(exc, "renewing the deploy lock", self.kube.server) from None
+        return True
+
+    def release(self) -> None:
+        """Delete the Lease if it is still ours. Never raises: a lock that cannot be deleted
+        (cluster gone) expires by itself after LOCK_SECONDS."""
+        from kubernetes import client
+
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(10)
+        if self._lease is None:
+            return
+        options = client.V1DeleteOptions(
+            preconditions=client.V1Preconditions(resource_version=self._lease.metadata.resource_version))
+        try:
+            self._api.delete_namespaced_lease(self.name, self.namespace, body=options)
+        except Exception:  # 404/409: gone or taken over; anything else: it expires by itself
+            pass
+        self._lease = None
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.seconds / 3):
+            try:
+                if not self.renew():
+                    return
+            except QlensError:  # a failed renewal is retried; the lock outlives a few
+                continue
+
+    def __enter__(self) -> NamespaceLock:
+        self.acquire()
+        self._renewer = threading.Thread(target=self._renew_loop, name="qlens-lock", daemon=True)
+        self._renewer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()

@@ -1,16 +1,22 @@
 """Deploy and roll back the `qlens` release: the orchestration behind deploy, rollback, status, history.
 
-    deploy:   validate -> context guard -> [confirm] -> namespace -> secrets -> backup values
-              -> upgrade-or-install -> wait for the rollout -> (failed: roll back) -> status
-    rollback: history -> [confirm] -> helm rollback to the previous good (or a given) revision -> wait
+    deploy:   validate -> context guard -> [confirm] -> namespace -> deploy lock -> not pending?
+              -> secrets -> backup values -> upgrade-or-install -> wait for the rollout
+              -> (failed: rolled back) -> status
+    rollback: history -> [confirm] -> deploy lock -> helm rollback to the previous good (or a
+              given) revision -> wait
     emergency rollback: scale qlens-<service> to 0, then qlens-<service>-previous up (the guide's
               manual procedure), only for services that have a -previous deployment
 
-Atomicity is ours, not Helm's: the upgrade is applied without Helm's wait, the rollout is watched
-here (so the command can show live progress per deployment and judge it as `kubectl rollout
-status` does), and a rollout that fails or times out is rolled back to the revision that was
-deployed before (a failed first install is uninstalled), then reported as failed. That is what
-`helm upgrade --atomic` does, with the progress visible.
+The upgrade is Helm's atomic one (`--atomic`: wait, and roll back a rollout that fails or times
+out; a failed first install is removed). While Helm waits, the deployments' rollout is read here
+every half second, so the command shows live progress per deployment (Helm's own wait says
+nothing until it is over) and can name the deployments that did not come up.
+
+Deploy and rollback hold the namespace's deploy lock (a Lease, see qlensctl.kube) while they
+change anything, so a second deploy is refused at once, naming the one running. A release left
+pending-install/pending-upgrade by a command that was interrupted (Ctrl-C, a crash, a lost
+connection) is refused too, with what to do: `qlensctl rollback ENV`.
 
 Nothing here prints or exits: progress goes to callbacks, results are dataclasses, failures are
 qlensctl errors. Secret values never leave qlensctl.secrets; results name keys only.
@@ -22,11 +28,11 @@ import difflib
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from qlensctl.errors import ClusterError, ConfigError, OperationError, QlensError
+from qlensctl.errors import ClusterError, ConfigError, OperationError, QlensError, RefusedError
 from qlensctl.helm import Release, ReleaseNotFoundError
 from qlensctl.kube import SERVICES, DeploymentStatus, Kube, deployment_name, previous_deployment_name
 
@@ -55,6 +61,29 @@ def history(helm: Any, namespace: str) -> list[Release]:
 
 def current(revisions: Sequence[Release]) -> Release | None:
     return revisions[-1] if revisions else None
+
+
+def check_not_pending(revisions: Sequence[Release], environment: Any) -> None:
+    """Refuse to touch a release Helm still marks as being changed (pending-install,
+    pending-upgrade, pending-rollback). Called under the deploy lock, so no qlensctl command is
+    working on it: the one that set it was interrupted (or a `helm` outside qlensctl is running)."""
+    now = current(revisions)
+    if now is None or not now.status.startswith("pending"):
+        return
+    ns = environment.namespace
+    since = f" since {now.updated}" if now.updated else ""
+    what = f" ({now.description})" if now.description else ""
+    message = (f"release {RELEASE} in {ns} is {now.status} (revision {now.revision}{what}{since}): a deploy "
+               "or rollback stopped before Helm finished (Ctrl-C, a crash, a lost connection), or a "
+               "`helm` command outside qlensctl is still running; nothing was changed")
+    good = _last_good(revisions[:-1])
+    if good is not None:
+        hint = (f"if no helm command is running on it, run `qlensctl rollback {environment.name}` (back to "
+                f"revision {good.revision}, version {good.app_version}), then deploy again")
+    else:
+        hint = (f"nothing was ever deployed successfully: remove the stuck release with "
+                f"`helm uninstall {RELEASE} -n {ns}`, then deploy again")
+    raise RefusedError(message, hint)
 
 
 # -- validation --------------------------------------------------------------------------------------
@@ -138,20 +167,42 @@ def plan_deploy(environment: Any, kube: Kube, helm: Any, version: str | None,
 
 def deploy(plan: DeployPlan, kube: Kube, helm: Any, *, wait: bool = True, timeout: float = 300,
            backup_dir: Path | str | None = Path("backup"), on_step: Step = _quiet,
-           on_rollout: RolloutProgress = _quiet) -> DeployResult:
+           on_rollout: RolloutProgress = _quiet, operation: str | None = None) -> DeployResult:
     """Apply a plan. With `wait`, the upgrade is atomic: a rollout that fails or times out is
-    rolled back by Helm (a first install is removed) and the result says ok=False."""
-    from qlensctl import render
-    from qlensctl import secrets as provider_secrets
+    rolled back by Helm (a first install is removed) and the result says ok=False.
 
+    Everything after the namespace happens under the namespace's deploy lock (`operation`, by
+    default "qlensctl deploy ENV TAG", is what the lock tells a second command is running and the
+    new revision's Helm description); a lock held by another command, or a release left pending
+    by an interrupted one, is a RefusedError before anything changes."""
     env, ns = plan.environment, plan.namespace
     result = DeployResult(env.name, ns, plan.tag, ok=False, revision=None, status="pending")
     result.namespace_created = kube.ensure_namespace(ns)
     on_step(f"namespace {ns}: {'created' if result.namespace_created else 'exists'}")
+    operation = operation or f"qlensctl deploy {env.name} {plan.tag}"
+    with kube.lock(ns, operation) as lock:
+        if lock.taken_over is not None:
+            on_step(f"took over a stale deploy lock: {lock.taken_over.describe()} (that process is gone)")
+        # the plan's history was read before the lock: another deploy may have finished since
+        plan = replace(plan, revisions=history(helm, ns))
+        check_not_pending(plan.revisions, env)
+        return _deploy_locked(plan, kube, helm, result, wait=wait, timeout=timeout, backup_dir=backup_dir,
+                              on_step=on_step, on_rollout=on_rollout, description=operation)
+
+
+def _deploy_locked(plan: DeployPlan, kube: Kube, helm: Any, result: DeployResult, *, wait: bool,
+                   timeout: float, backup_dir: Path | str | None, on_step: Step,
+                   on_rollout: RolloutProgress, description: str) -> DeployResult:
+    from qlensctl import render
+    from qlensctl import secrets as provider_secrets
+
+    env, ns = plan.environment, plan.namespace
     if plan.secrets is not None:
         sync = provider_secrets.sync_kubernetes_secret(kube.api, ns, plan.secrets, env.secrets.name)
         result.secrets = {"created": sync.created, "updated": sync.updated, "unchanged": sync.unchanged}
         on_step(f"Secret {env.secrets.name}: {_secret_summary(result.secrets)}")
+    elif env.secrets.backend == "kubernetes":  # e.g. a restore: the values change, the Secret stays
+        on_step(f"Secret {env.secrets.name}: unchanged (not synced by this command)")
     else:
         on_step(f"secrets: from Key Vault through ExternalSecret {env.secrets.name} (nothing to create)")
     if plan.is_upgrade and backup_dir is not None:
@@ -164,7 +215,7 @@ def deploy(plan: DeployPlan, kube: Kube, helm: Any, *, wait: bool = True, timeou
     try:
         _watching(kube, ns, names, on_rollout if wait else None, lambda: helm.upgrade_or_install(
             RELEASE, render.chart_dir(), plan.values, ns, wait=wait, atomic=wait, timeout=int(timeout),
-            description=f"qlensctl deploy {env.name} {plan.tag}"), last)
+            description=description), last)
     except (OperationError, ClusterError) as exc:
         after = history(helm, ns)
         stuck = "; ".join(f"{s.name}: {s.updated}/{s.desired} updated, {s.message}"
@@ -369,15 +420,24 @@ def rollback(environment: Any, kube: Kube, helm: Any, target: Release, before: l
              wait: bool = True, timeout: float = 300, on_step: Step = _quiet,
              on_rollout: RolloutProgress = _quiet) -> RollbackResult:
     ns = environment.namespace
-    on_step(f"rolling back release {RELEASE} in {ns} to revision {target.revision}")
     names = [deployment_name(s) for s in SERVICES]
     ok, message = True, ""
-    try:
-        _watching(kube, ns, names, on_rollout if wait else None,
-                  lambda: helm.rollback(RELEASE, ns, revision=target.revision, wait=wait,
-                                       timeout=int(timeout)))
-    except (OperationError, ClusterError) as exc:
-        ok, message = False, exc.message
+    with kube.lock(ns, f"qlensctl rollback {environment.name} to revision {target.revision}") as lock:
+        if lock.taken_over is not None:
+            on_step(f"took over a stale deploy lock: {lock.taken_over.describe()} (that process is gone)")
+        now = current(history(helm, ns))
+        if now is not None and before and now.revision != before[-1].revision:
+            raise RefusedError(
+                f"release {RELEASE} in {ns} changed while this command was starting (now revision "
+                f"{now.revision}, was {before[-1].revision}); nothing was changed",
+                f"look at `qlensctl history {environment.name}` and run the rollback again")
+        on_step(f"rolling back release {RELEASE} in {ns} to revision {target.revision}")
+        try:
+            _watching(kube, ns, names, on_rollout if wait else None,
+                      lambda: helm.rollback(RELEASE, ns, revision=target.revision, wait=wait,
+                                           timeout=int(timeout)))
+        except (OperationError, ClusterError) as exc:
+            ok, message = False, exc.message
     states = kube.deployments(ns, names)
     after = history(helm, ns)
     return RollbackResult(environment.name, ns, ok, before[-1].revision, target.revision,
@@ -446,18 +506,24 @@ def emergency_rollback(environment: Any, kube: Kube, steps: Sequence[EmergencySt
 
 
 def status(environment: Any, kube: Kube, helm: Any, events: int = 10) -> dict[str, Any]:
-    """Release, deployments, autoscalers, pods and recent events, as data (what `status --json` prints)."""
+    """Release, deploy lock, deployments, autoscalers, pods and recent events, as data (what
+    `status --json` prints)."""
     ns = environment.namespace
     revisions = history(helm, ns)
     if not revisions:
         raise ClusterError(f"no release {RELEASE} in namespace {ns} (context {kube.context})",
                            f"deploy it with `qlensctl deploy {environment.name}`, or check --kube-context")
     now = revisions[-1]
+    try:
+        lock = kube.read_lock(ns)
+    except QlensError:  # e.g. no permission to read Leases: the rest of the status still helps
+        lock = None
     return {
         "environment": environment.name,
         "namespace": ns,
         "context": kube.context,
         "release": now.to_dict(),
+        "lock": lock.as_dict() if lock is not None else None,  # a deploy or rollback in progress
         "deployments": [d.as_dict() for d in kube.deployments(ns)],
         "autoscalers": [h.as_dict() for h in kube.autoscalers(ns)],
         "pods": [p.as_dict() for p in kube.pods(ns)],

@@ -276,8 +276,11 @@ def status(
         return
     rel = data["release"]
     output.info(f"Release [bold]qlens[/bold] in {data['namespace']} (context {data['context']}): revision "
-                f"{rel['revision']}, {rel['status']}, chart {rel['chart']}, app {rel['app_version']}, "
+                f"{rel['revision']}, {rel['status']}, version {rel['app_version']}, chart {rel['chart']}, "
                 f"updated {rel['updated']}")
+    if data["lock"]:
+        lock = data["lock"]
+        output.warn(f"in progress: `{lock['operation']}` by {lock['holder']} (since {lock['acquired']})")
     output.table("Deployments", ["deployment", "desired", "ready", "updated", "available", "image", "state"],
                  [[d["name"], d["desired"], d["ready"], d["updated"], d["available"],
                    ", ".join(i.rsplit("/", 1)[-1] for i in d["images"]), d["message"]]

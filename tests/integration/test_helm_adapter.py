@@ -81,15 +81,22 @@ def test_lifecycle_install_upgrade_history_rollback_status_values_uninstall(
     helm: Helm, namespace: str, kube_cluster: Any
 ) -> None:
     v1 = values_for("staging", namespace, "v1.0.0")
-    first = helm.upgrade_or_install(RELEASE, chart_dir(), v1, namespace, wait=True, timeout=60)
+    first = helm.upgrade_or_install(
+        RELEASE, chart_dir(), v1, namespace, wait=True, timeout=60,
+        description="qlensctl deploy staging v1.0.0",
+    )
     assert (first.revision, first.status, first.chart) == (1, "deployed", "qlens-0.1.0")
+    assert (first.app_version, first.description) == ("v1.0.0", "qlensctl deploy staging v1.0.0")
     assert first.namespace == namespace and first.name == RELEASE
     assert deployed_images(kube_cluster, namespace) == {
         f"qlens-{s}": f"ghcr.io/quantumlayer/qlens-{s}:v1.0.0" for s in SERVICES
     }
 
     v2 = values_for("staging", namespace, "v1.1.0")
-    second = helm.upgrade_or_install(RELEASE, chart_dir(), v2, namespace, wait=True, timeout=60)
+    second = helm.upgrade_or_install(
+        RELEASE, chart_dir(), v2, namespace, wait=True, timeout=60,
+        description="qlensctl deploy staging v1.1.0",
+    )
     assert (second.revision, second.status) == (2, "deployed")
     assert "qlens-gateway:v1.1.0" in second.manifest
     assert [(r.revision, r.status) for r in helm.history(RELEASE, namespace)] == [
@@ -113,8 +120,17 @@ def test_lifecycle_install_upgrade_history_rollback_status_values_uninstall(
     assert again.revision == 4
     assert helm.get_values(RELEASE, namespace)["image"]["tag"] == "v1.1.0"
 
+    # each revision's description (ours, or Helm's "Rollback to N") and the image tag it runs as
+    # its app version (the chart's appVersion is a fixed 0.1.0)
+    assert [(r.revision, r.app_version, r.description) for r in helm.history(RELEASE, namespace)] == [
+        (1, "v1.0.0", "qlensctl deploy staging v1.0.0"),
+        (2, "v1.1.0", "qlensctl deploy staging v1.1.0"),
+        (3, "v1.0.0", "Rollback to 1"),
+        (4, "v1.1.0", "Rollback to 2"),
+    ]
     status = helm.status(RELEASE, namespace)
-    assert (status.revision, status.status, status.app_version) == (4, "deployed", "0.1.0")
+    assert (status.revision, status.status, status.app_version) == (4, "deployed", "v1.1.0")
+    assert status.description == "Rollback to 2"
     assert {o["kind"] for o in manifests(status.manifest)} >= {
         "Deployment",
         "Service",
