@@ -79,6 +79,21 @@ TARGETS: list[Target] = [
 ]
 
 
+def breakdown(results: dict) -> dict[str, float] | None:
+    """Where the miss path's p50 at concurrency 1 goes, hop by hop (medians do not add exactly;
+    this is an attribution, good to a few tenths of a millisecond)."""
+    p = {n: _get(results, "sequential", n, "latency_ms", "p50")
+         for n in ("direct", "miss", "hop-router", "hop-cache")}
+    if any(v is None for v in p.values()):
+        return None
+    router = p["hop-router"] - p["direct"]  # type: ignore[operator]
+    gateway = p["miss"] - p["hop-router"] - p["hop-cache"]  # type: ignore[operator]
+    return {"provider (direct)": p["direct"], "router + Azure adapter (openai SDK)": round(router, 3),
+            "cache GET round trip": p["hop-cache"],  # type: ignore[dict-item]
+            "gateway (own work, its HTTP in and out)": round(gateway, 3),
+            "total overhead (miss - direct)": round(p["miss"] - p["direct"], 3)}  # type: ignore[operator]
+
+
 def evaluate(results: dict) -> list[dict]:
     out = []
     for label, goal, read, limit, higher in TARGETS:
@@ -125,6 +140,22 @@ def print_report(results: dict, console: Console) -> None:
             t.add_row(name, str(lat["n"]), _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]),
                       "" if is_base else _f(o50), "" if is_base else _f(o99), str(r["errors"]),
                       " ".join(f"{k}:{v}" for k, v in r.get("x_qlens_cache", {}).items()), total)
+        console.print(t)
+
+    hops = results.get("breakdown_c1_p50_ms")
+    if hops:
+        t = Table(title="Where the miss path's time goes (concurrency 1, p50 ms; from the hop-* rows)")
+        t.add_column("part")
+        t.add_column("ms", justify="right")
+        t.add_column("CPU ms/req", justify="right")
+        cpu = {
+            "router + Azure adapter (openai SDK)": _get(seq, "hop-router", "cpu_ms_per_request", "router"),
+            "cache GET round trip": _get(seq, "hop-cache", "cpu_ms_per_request", "cache"),
+            "gateway (own work, its HTTP in and out)": _get(seq, "miss", "cpu_ms_per_request", "gateway"),
+            "total overhead (miss - direct)": _get(seq, "miss", "cpu_ms_per_request", "total"),
+        }
+        for part, ms in hops.items():
+            t.add_row(part, _f(ms), _f(cpu.get(part)) if cpu.get(part) is not None else "")
         console.print(t)
 
     w = results.get("wrk", {})

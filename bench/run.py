@@ -113,6 +113,7 @@ def _main(args: argparse.Namespace) -> int:
             pids = env.qlens_pids()
             at_rest = {name: procs.memory_mb(pid)["rss_mb"] for name, pid in pids.items()}
             chosen = scenarios.available(env)
+            loaded = [sc for sc in chosen if not sc.hop]  # the hops are split out at concurrency 1
 
             with console.status("concurrency 1: interleaved sequential rounds"):
                 seq = scenarios.run_sequential(env, chosen, rounds=args.rounds, per_round=args.requests,
@@ -125,7 +126,7 @@ def _main(args: argparse.Namespace) -> int:
                 results["sequential"][sc.name] = r.to_dict(n)
                 if sc.stream:
                     ttfb[sc.name] = r.ttfb_ms
-                else:
+                elif not sc.hop:
                     samples[sc.name] = r.latencies_ms
 
             if not args.no_wrk:
@@ -135,7 +136,7 @@ def _main(args: argparse.Namespace) -> int:
                 else:
                     status = f"{args.connections} connections: wrk, {args.duration:.0f} s per run"
                     with console.status(status):
-                        agg = scenarios.run_wrk(env, chosen, rounds=args.wrk_rounds, duration_s=args.duration,
+                        agg = scenarios.run_wrk(env, loaded, rounds=args.wrk_rounds, duration_s=args.duration,
                                                 connections=args.connections)
                     results["wrk"] = {name: a.to_dict() for name, a in agg.items()}
 
@@ -158,6 +159,7 @@ def _main(args: argparse.Namespace) -> int:
         with console.status("timing qlensctl"):
             results["cli"] = cli_timing.time_cli(args.cli_runs, plan.qlens)
 
+    results["breakdown_c1_p50_ms"] = report.breakdown(results)
     results["targets"] = report.evaluate(results)
     results["meta"]["wall_s"] = round(time.monotonic() - t_start, 1)
     report.print_report(results, console)

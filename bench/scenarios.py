@@ -6,6 +6,10 @@ miss           through QLens, every request unique: auth, budget, cache lookup (
 hit            through QLens, the same request every time: answered by the gateway from the cache
 stream-direct  the fake provider streaming (SSE), no QLens
 stream-miss    through QLens, streaming, every request unique
+hop-router     (concurrency 1 only) straight to the router, every request unique: the router's
+               and the Azure adapter's share of the miss path
+hop-cache      (concurrency 1 only) straight to the cache service, GET of a stored entry: one
+               cache round trip as the gateway makes it
 
 The sequential runs interleave the scenarios in rounds (direct, miss, hit, direct, miss, hit, ...)
 so a noisy neighbour or a slow drift hits all of them alike and the overhead (QLens percentile
@@ -14,6 +18,7 @@ minus direct percentile) compares like with like.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections import Counter
@@ -29,27 +34,43 @@ CHAT_PATH = "/v1/chat/completions"
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    via_qlens: bool
+    target: str  # "provider", "gateway", or one hop: "router", "cache"
     unique: bool
     stream: bool
     description: str
 
+    @property
+    def via_qlens(self) -> bool:
+        return self.target != "provider"
+
+    @property
+    def hop(self) -> bool:
+        """Measured at concurrency 1 only, to split the miss path's time between the services."""
+        return self.target in ("router", "cache")
+
 
 SCENARIOS = (
-    Scenario("direct", False, True, False, "fake provider, no QLens (the floor)"),
-    Scenario("miss", True, True, False, "QLens, cache miss (every request unique)"),
-    Scenario("hit", True, False, False, "QLens, cache hit (one repeated request)"),
-    Scenario("stream-direct", False, True, True, "fake provider streaming, no QLens"),
-    Scenario("stream-miss", True, True, True, "QLens streaming, cache miss"),
+    Scenario("direct", "provider", True, False, "fake provider, no QLens (the floor)"),
+    Scenario("miss", "gateway", True, False, "QLens, cache miss (every request unique)"),
+    Scenario("hit", "gateway", False, False, "QLens, cache hit (one repeated request)"),
+    Scenario("stream-direct", "provider", True, True, "fake provider streaming, no QLens"),
+    Scenario("stream-miss", "gateway", True, True, "QLens streaming, cache miss"),
+    Scenario("hop-router", "router", True, False, "router alone -> Azure adapter -> fake provider"),
+    Scenario("hop-cache", "cache", False, False, "cache service alone, GET of a stored entry"),
 )
 
+CACHE_TENANT = "bench"
+CACHE_KEY = hashlib.sha256(b"qlens bench").hexdigest()
 
-def available(env: BenchEnv) -> list[Scenario]:
-    return [s for s in SCENARIOS if not s.via_qlens or env.gateway_port]
+
+def available(env: BenchEnv, hops: bool = True) -> list[Scenario]:
+    return [s for s in SCENARIOS if (not s.via_qlens or env.gateway_port) and (hops or not s.hop)]
 
 
 def port_of(env: BenchEnv, sc: Scenario) -> int:
-    return env.gateway_port if sc.via_qlens else env.provider_port  # type: ignore[return-value]
+    if sc.target == "provider":
+        return env.provider_port
+    return env.stack.services[sc.target].port  # type: ignore[attr-defined]
 
 
 def new_run_id() -> str:
@@ -117,9 +138,16 @@ class Driver:
         conn = self.conns.get(sc.name)
         if conn is None:
             conn = self.conns[sc.name] = Connection("127.0.0.1", port_of(self.env, sc))
+            if sc.target == "cache":  # the entry every hop-cache request reads
+                conn.request("PUT", f"/v1/cache/{CACHE_TENANT}/{CACHE_KEY}?ttl=3600", workload.body("entry"))
+        if sc.target == "cache":
+            return conn.send(conn.request_bytes("GET", f"/v1/cache/{CACHE_TENANT}/{CACHE_KEY}"))
         self.counter += 1
         rid = f"{self.run_id}-{sc.name}-{self.counter}" if sc.unique else f"{self.run_id}-{sc.name}-static"
-        hdrs = self.headers if sc.via_qlens else workload.headers(None)
+        if sc.target == "router":  # what the gateway sends the router
+            hdrs = {**workload.headers(None), "x-request-id": rid, "x-qlens-tenant": CACHE_TENANT}
+        else:
+            hdrs = self.headers if sc.via_qlens else workload.headers(None)
         return conn.send(conn.request_bytes("POST", CHAT_PATH, workload.body(rid, sc.stream), hdrs))
 
     def close(self) -> None:

@@ -198,6 +198,18 @@ def test_targets_are_judged_from_the_results() -> None:
     assert met["miss req/s, c=32, no errors"] is False
 
 
+def test_the_miss_path_is_split_into_hops() -> None:
+    seq = {"direct": 0.1, "miss": 3.0, "hop-router": 1.6, "hop-cache": 0.2}
+    results = {"sequential": {k: {"latency_ms": {"p50": v}} for k, v in seq.items()}}
+    parts = report.breakdown(results)
+    assert parts is not None
+    assert parts["router + Azure adapter (openai SDK)"] == pytest.approx(1.5)
+    assert parts["gateway (own work, its HTTP in and out)"] == pytest.approx(1.2)
+    assert parts["total overhead (miss - direct)"] == pytest.approx(2.9)
+    del results["sequential"]["hop-cache"]
+    assert report.breakdown(results) is None  # no guessing without every hop
+
+
 def test_a_stream_that_arrives_all_at_once_is_reported_as_buffered() -> None:
     def results(qlens_total: float) -> dict:
         return {"sequential": {
