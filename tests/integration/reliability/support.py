@@ -187,12 +187,16 @@ _stall: ContextVar[float] = ContextVar("stall", default=0.0)
 @dataclass
 class Faults:
     """What one Azure deployment does: fail `error_fraction` of calls with `status`, stall
-    `stall_fraction` for `stall_seconds` (longer than the router's timeout: a timeout for it)."""
+    `stall_fraction` for `stall_seconds` (longer than the router's timeout: a timeout for it).
+
+    `script` overrides the fractions for the next calls, one entry each: "error" (answer `status`),
+    "stall" (wait `stall_seconds`, then answer) or "ok"."""
 
     error_fraction: float = 0.0
     stall_fraction: float = 0.0
     status: int = 500
     stall_seconds: float = 0.0
+    script: list[str] = field(default_factory=list)
     errors: int = 0
     stalls: int = 0
     calls: int = 0
@@ -229,11 +233,16 @@ class FaultyAzure(FakeAzureOpenAI):
             return super()._failure()
         with self._fault_lock:
             faults.calls += 1
-            r = self._fault_rng.random()
-            if r < faults.error_fraction:
+            if faults.script:
+                action = faults.script.pop(0)
+            else:
+                r = self._fault_rng.random()
+                action = "error" if r < faults.error_fraction else \
+                    "stall" if r < faults.error_fraction + faults.stall_fraction else "ok"
+            if action == "error":
                 faults.errors += 1
                 return faults.status
-            if r < faults.error_fraction + faults.stall_fraction:
+            if action == "stall":
                 faults.stalls += 1
                 _stall.set(faults.stall_seconds)
         return None

@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -26,6 +28,7 @@ from tests.integration.reliability.support import (
     openai_error,
     run_load,
     sample,
+    wait_for,
 )
 from tests.support.stack import running_stack
 
@@ -61,6 +64,7 @@ ENV = {
         },
         "all-down": {"deployments": [azure("down-a"), azure("down-b")], "fallbacks": ["echo"]},
         "no-fallback": {"deployments": [azure("stalled-a"), azure("stalled-b")]},
+        "race": {"deployments": [azure("race")]},
     },
     "routing": {
         "deadlineSeconds": DEADLINE,
@@ -92,6 +96,10 @@ def router_metrics(stack) -> str:
     return httpx.get(stack.url("router") + "/metrics", timeout=10).text
 
 
+def state_of_flaky(stack) -> float:
+    return sample(router_metrics(stack), "qlens_circuit_state", deployment=FLAKY)
+
+
 async def test_30_percent_faults_on_one_deployment_never_reach_a_client(faulty, capsys):
     stack, fake = faulty
     flaky = fake.set_faults("flaky", Faults(error_fraction=ERROR_FRACTION, stall_fraction=STALL_FRACTION,
@@ -109,7 +117,7 @@ async def test_30_percent_faults_on_one_deployment_never_reach_a_client(faulty, 
                 except httpx.HTTPError:
                     pass
                 try:
-                    await asyncio.wait_for(done.wait(), 0.2)
+                    await asyncio.wait_for(done.wait(), 0.1)
                 except TimeoutError:
                     pass
 
@@ -122,6 +130,11 @@ async def test_30_percent_faults_on_one_deployment_never_reach_a_client(faulty, 
         done.set()
         await watcher
     after = router_metrics(stack)
+    flaky = dataclasses.replace(flaky)  # the load's figures, before the probes below add to them
+    # with the faults still on, the circuit closes again once a half-open probe succeeds
+    closed_after = wait_for(lambda: httpx.post(stack.gateway_url + CHAT, json=chat(f"probe {run}", "gpt-4"),
+                                               headers={"cache-control": "no-store"}, timeout=30).status_code
+                            == 200 and state_of_flaky(stack) == 0, 20, 0.3)
 
     def delta(name: str, **labels: str) -> float:
         return sample(after, name, **labels) - sample(before, name, **labels)
@@ -129,6 +142,7 @@ async def test_30_percent_faults_on_one_deployment_never_reach_a_client(faulty, 
     server_errors = delta("qlens_provider_requests_total", deployment=FLAKY, outcome="server_error")
     timeouts = delta("qlens_provider_requests_total", deployment=FLAKY, outcome="timeout")
     flaky_ok = delta("qlens_provider_requests_total", deployment=FLAKY, outcome="success")
+    flaky_failed = delta("qlens_provider_requests_total", deployment=FLAKY) - flaky_ok
     steady_ok = delta("qlens_provider_requests_total", deployment=STEADY, outcome="success")
     retries = delta("qlens_retries_total")
     opened = sum(1 for (_, a), (_, b) in zip(states, states[1:], strict=False) if a != 2 and b == 2)
@@ -153,12 +167,11 @@ async def test_30_percent_faults_on_one_deployment_never_reach_a_client(faulty, 
     assert server_errors == flaky.errors
     assert timeouts >= flaky.stalls
     # every failed call was retried once, on the steady deployment, and that answered
-    assert retries == server_errors + timeouts
+    assert retries == flaky_failed
     assert flaky_ok + steady_ok == LOAD_REQUESTS
-    # the circuit opened (qlens_circuit_state 2) and later closed again (0) during the load
-    assert opened >= 1 and closed >= 1, states
-    first_open = next(t for t, s in states if s == 2)
-    assert any(s == 0 and t > first_open for t, s in states)
+    # the circuit opened (qlens_circuit_state 2) during the load and closed again (0)
+    assert opened >= 1, states
+    assert closed_after, "the flaky deployment's circuit did not close again"
     # while the circuit was open the flaky deployment got fewer calls than round-robin's half
     assert flaky.calls < (LOAD_REQUESTS + retries) / 2
 
@@ -199,3 +212,25 @@ def test_every_deployment_down_without_fallback_is_503_within_the_deadline(fault
         r = client.post(CHAT, json=chat("nowhere stream", "no-fallback", stream=True))
         assert r.status_code == 503
         assert openai_error(r.status_code, r.content)["code"] == "no_healthy_deployment"
+
+
+@pytest.mark.xfail(strict=True, reason="router bug: CircuitBreaker.record_success "
+                   "(services/router/circuit.py) closes an OPEN circuit when a call let through before "
+                   "it opened succeeds, so under concurrency a failing deployment's circuit opens and "
+                   "closes at once")
+def test_an_open_circuit_stays_open_when_an_older_call_succeeds(faulty):
+    """A call is slow but fine; meanwhile three calls fail and open the circuit. The slow call's
+    success must not close it: only a probe after the cooldown may."""
+    stack, fake = faulty
+    race = fake.set_faults("race", Faults(stall_seconds=0.6, script=["stall", "error", "error", "error"]))
+    label = "azureOpenAI/race"
+    with httpx.Client(base_url=stack.gateway_url, timeout=DEADLINE + 5) as client, \
+            ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(client.post, CHAT, json=chat("slow but fine", "race"))
+        assert wait_for(lambda: race.calls >= 1, 5)
+        failed = client.post(CHAT, json=chat("fails three times", "race"))  # 3 attempts, 3 failures
+        assert failed.status_code == 503, failed.text
+        assert sample(router_metrics(stack), "qlens_circuit_state", deployment=label) == 2
+        assert slow.result().status_code == 200
+    # cooldown is COOLDOWN: open (2) or, on a slow machine, half-open (1), but never closed (0)
+    assert sample(router_metrics(stack), "qlens_circuit_state", deployment=label) != 0
