@@ -88,10 +88,18 @@ def breakdown(results: dict) -> dict[str, float] | None:
         return None
     router = p["hop-router"] - p["direct"]  # type: ignore[operator]
     gateway = p["miss"] - p["hop-router"] - p["hop-cache"]  # type: ignore[operator]
-    return {"provider (direct)": p["direct"], "router + Azure adapter (openai SDK)": round(router, 3),
-            "cache GET round trip": p["hop-cache"],  # type: ignore[dict-item]
-            "gateway (own work, its HTTP in and out)": round(gateway, 3),
-            "total overhead (miss - direct)": round(p["miss"] - p["direct"], 3)}  # type: ignore[operator]
+    out = {"provider (direct)": p["direct"], "router + Azure adapter (openai SDK)": round(router, 3),
+           "cache GET round trip": p["hop-cache"],  # type: ignore[dict-item]
+           "gateway (own work, its HTTP in and out)": round(gateway, 3),
+           "total overhead (miss - direct)": round(p["miss"] - p["direct"], 3)}  # type: ignore[operator]
+    s = {n: _get(results, "sequential", n, "ttfb_ms", "p50")
+         for n in ("stream-direct", "stream-miss", "hop-router-stream")}
+    if all(v is not None for v in s.values()):
+        out["stream first chunk: router + Azure adapter"] = round(
+            s["hop-router-stream"] - s["stream-direct"], 3)  # type: ignore[operator]
+        out["stream first chunk: gateway (incl. cache GET)"] = round(
+            s["stream-miss"] - s["hop-router-stream"], 3)  # type: ignore[operator]
+    return out
 
 
 def evaluate(results: dict) -> list[dict]:
@@ -127,19 +135,18 @@ def print_report(results: dict, console: Console) -> None:
             t.add_column(col, justify="left" if col in ("scenario", "x-qlens-cache") else "right")
         t.caption = "streams: p50/p90/p99 are the time to the first chunk; the last column, the whole stream"
         for name, r in seq.items():
-            lat = r["latency_ms"]
-            total = _f(lat["p50"]) if name.startswith("stream") else ""
-            base = "stream-direct" if name.startswith("stream") else "direct"
-            metric = "ttfb_ms" if name.startswith("stream") else "latency_ms"
-            if name.startswith("stream"):
-                lat = r.get("ttfb_ms", lat)
-                name = f"{name} (TTFB)"
-            is_base = name.split(" ")[0] == base
-            o50 = None if is_base else overhead(results, name.split(" ")[0], base, metric, "p50")
-            o99 = None if is_base else overhead(results, name.split(" ")[0], base, metric, "p99")
-            t.add_row(name, str(lat["n"]), _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]),
+            stream = "ttfb_ms" in r  # a stream's first chunk came before its end
+            lat = r["ttfb_ms"] if stream else r["latency_ms"]
+            base = "stream-direct" if stream else "direct"
+            metric = "ttfb_ms" if stream else "latency_ms"
+            is_base = name == base
+            o50 = None if is_base else overhead(results, name, base, metric, "p50")
+            o99 = None if is_base else overhead(results, name, base, metric, "p99")
+            t.add_row(f"{name} (TTFB)" if stream else name, str(lat["n"]),
+                      _f(lat["p50"]), _f(lat["p90"]), _f(lat["p99"]),
                       "" if is_base else _f(o50), "" if is_base else _f(o99), str(r["errors"]),
-                      " ".join(f"{k}:{v}" for k, v in r.get("x_qlens_cache", {}).items()), total)
+                      " ".join(f"{k}:{v}" for k, v in r.get("x_qlens_cache", {}).items()),
+                      _f(r["latency_ms"]["p50"]) if stream else "")
         console.print(t)
 
     hops = results.get("breakdown_c1_p50_ms")
@@ -148,11 +155,16 @@ def print_report(results: dict, console: Console) -> None:
         t.add_column("part")
         t.add_column("ms", justify="right")
         t.add_column("CPU ms/req", justify="right")
+        t.caption = "CPU of a stream is the whole stream's, not just its first chunk"
         cpu = {
             "router + Azure adapter (openai SDK)": _get(seq, "hop-router", "cpu_ms_per_request", "router"),
             "cache GET round trip": _get(seq, "hop-cache", "cpu_ms_per_request", "cache"),
             "gateway (own work, its HTTP in and out)": _get(seq, "miss", "cpu_ms_per_request", "gateway"),
             "total overhead (miss - direct)": _get(seq, "miss", "cpu_ms_per_request", "total"),
+            "stream first chunk: router + Azure adapter":
+                _get(seq, "hop-router-stream", "cpu_ms_per_request", "router"),
+            "stream first chunk: gateway (incl. cache GET)":
+                _get(seq, "stream-miss", "cpu_ms_per_request", "gateway"),
         }
         for part, ms in hops.items():
             t.add_row(part, _f(ms), _f(cpu.get(part)) if cpu.get(part) is not None else "")

@@ -10,6 +10,8 @@ hop-router     (concurrency 1 only) straight to the router, every request unique
                and the Azure adapter's share of the miss path
 hop-cache      (concurrency 1 only) straight to the cache service, GET of a stored entry: one
                cache round trip as the gateway makes it
+hop-router-stream  (concurrency 1 only) straight to the router, streaming: its share of the
+               time to first chunk
 
 The sequential runs interleave the scenarios in rounds (direct, miss, hit, direct, miss, hit, ...)
 so a noisy neighbour or a slow drift hits all of them alike and the overhead (QLens percentile
@@ -57,6 +59,7 @@ SCENARIOS = (
     Scenario("stream-miss", "gateway", True, True, "QLens streaming, cache miss"),
     Scenario("hop-router", "router", True, False, "router alone -> Azure adapter -> fake provider"),
     Scenario("hop-cache", "cache", False, False, "cache service alone, GET of a stored entry"),
+    Scenario("hop-router-stream", "router", True, True, "router alone, streaming"),
 )
 
 CACHE_TENANT = "bench"
