@@ -123,6 +123,9 @@ def print_report(results: dict, console: Console) -> None:
     console.print(f"[bold]QLens benchmark[/bold]  {meta['started']}  {meta['cpu_model']} x{meta['nproc']}")
     console.print(f"pinning: {meta['pinning']}")
     console.print(f"load average at start: {meta['loadavg_start']}  ·  fake provider: {meta['provider']}")
+    if meta["loadavg_start"][0] > 0.5 * (meta["nproc"] or 1):
+        console.print("[yellow]the machine was busy when this run started: latency figures include waiting "
+                      "for a core; CPU per request is the steadier figure[/yellow]")
     if meta.get("qlens_error"):
         console.print(f"[red]QLens did not start:[/red] {meta['qlens_error']} "
                       "(only the direct scenarios ran)")
