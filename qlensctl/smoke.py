@@ -11,9 +11,12 @@ must name its router and cache checks), `GET /v1/models`, one chat completion (m
 served, else the first listed), the same request again answered from the cache
 (`x-qlens-cache: hit`, same content), and `/metrics` exposing `qlens_` samples.
 
-`targets(...)` turns the CLI's `--env` / `--url` / state folder into those URLs; cluster
-environments (ingress, port-forward) plug in by calling `run_smoke` with their own URLs.
-The API key goes only into the Authorization header: it never appears in a result.
+`targets(...)` turns the CLI's ENV / `--url` / state folder into those URLs: a local stack's three
+services, or for a cluster environment its public URL (`environment_url`: the gateway's Ingress on
+the environment's domain). `--port-forward` (qlensctl.portforward) calls `run_smoke` with the
+forwarded local URL instead. `require_key` refuses, before any request, an environment that
+requires API keys when none was given. The API key goes only into the Authorization header: it
+never appears in a result.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class Targets:
     gateway_url: str
     service_urls: dict[str, str] | None
     source: str  # how they were found, for the table's title
+    hint: str = "the detail column says why"  # what to do when checks fail
+    needs_key: bool = False  # the environment requires an API key (auth.required)
 
 
 class _Failed(Exception):
@@ -76,14 +81,15 @@ def failed(results: list[CheckResult]) -> list[CheckResult]:
 
 
 def targets(env: str | None, url: str | None, state_dir: Path) -> Targets:
-    """Resolve `--url` / `--env` (default local) to URLs.
+    """Resolve ENV / `--url` (default: local) to URLs.
 
     A detached stack recorded in `state_dir` for that environment wins (it knows its ports);
-    otherwise `local` means the ports in environments/local.yaml on 127.0.0.1.
+    otherwise `local` means the ports in environments/local.yaml on 127.0.0.1, and any other
+    environment means its cluster, reached at `environment_url` through its Ingress.
     """
     if url:
         if env:
-            raise ConfigError("--env and --url are exclusive", "pass one of them")
+            raise ConfigError("an environment (ENV or --env) and --url are exclusive", "pass one of them")
         return Targets(gateway_url=_check_url(url), service_urls=None, source=url)
 
     from qlensctl import local
@@ -92,18 +98,38 @@ def targets(env: str | None, url: str | None, state_dir: Path) -> Targets:
     env = env or "local"
     stack = local.load_state(state_dir)
     if stack is not None and stack.env == env and "gateway" in stack.services:
-        return Targets(stack.gateway_url, stack.urls(), f"{env} (detached stack in {state_dir})")
+        return Targets(stack.gateway_url, stack.urls(), f"{env} (detached stack in {state_dir})",
+                       hint=f"the detail column says why; service logs are in {state_dir / 'logs'}")
+    environment = load_environment(env)  # an unknown or invalid environment is a configuration error
     if env != "local":
-        load_environment(env)  # an unknown or invalid environment is a configuration error first
-        raise ConfigError(
-            f"no local stack of {env!r} is running and smoke-testing a cluster needs its address",
-            f"pass --url https://<the {env} gateway>, "
-            f"or start it locally with `qlensctl up --env {env} --detach`",
-        )
-    ports = load_environment(env).ports
+        public = environment_url(environment)
+        return Targets(public, None, f"{env} ({public}, the gateway's Ingress)",
+                       hint=f"the detail column says why; if {environment.domain} is not reachable from "
+                            f"here, try `qlensctl smoke-test {env} --port-forward`",
+                       needs_key=environment.auth.required)
+    ports = environment.ports
     base = f"http://{local.DEFAULT_HOST}"
     urls = {name: f"{base}:{getattr(ports, name)}" for name in SERVICES}
-    return Targets(urls["gateway"], urls, f"{env} (default ports)")
+    return Targets(urls["gateway"], urls, f"{env} (default ports)",
+                   hint=f"the detail column says why; is it running? `qlensctl up --env {env}`")
+
+
+def environment_url(environment: Any) -> str:
+    """Where a cluster environment serves clients: its domain, over https when TLS is on (the
+    chart's Ingress terminates TLS for that host exactly when `tls.enabled`)."""
+    scheme = "https" if environment.tls.enabled else "http"
+    return f"{scheme}://{environment.domain}"
+
+
+def require_key(required: bool, api_key: str | None, env: str) -> None:
+    """An environment with auth.required answers every API call 401 without a key: say so now
+    rather than after a table of failures."""
+    if required and not api_key:
+        raise ConfigError(
+            f"{env} requires an API key (auth.required is on), and none was given",
+            f"pass --api-key KEY or set QLENS_API_KEY (create one with `qlensctl keys create {env} "
+            "--tenant T --user U`)",
+        )
 
 
 def _check_url(url: str) -> str:
