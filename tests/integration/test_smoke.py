@@ -1,6 +1,7 @@
 """`qlensctl smoke-test` against real stacks: it passes on a healthy one (the README's quick start:
-`up --detach` then `smoke-test`), fails naming the check when a service is down, and uses an API
-key where the gateway requires one without ever printing it.
+`up --detach` then `smoke-test`), fails naming the check when a service is down, uses an API key
+where the gateway requires one without ever printing it, and checks a cluster environment through
+its domain (here an environment whose domain is a real local gateway's address).
 """
 
 from __future__ import annotations
@@ -8,8 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from qlensctl.local import save_state
-from tests.integration.test_local_stack import cli_env, distinct_ports, port_args, qlensctl
+from tests.integration.test_local_stack import ROOT, cli_env, distinct_ports, port_args, qlensctl
 from tests.support.stack import StackFactory
 
 ALL_CHECKS = [
@@ -126,4 +129,38 @@ def test_smoke_test_with_an_api_key_never_prints_it(make_stack: StackFactory) ->
     assert from_env.returncode == 0, from_env.stdout + from_env.stderr
     assert all(s == "pass" for s in statuses(from_env.stdout).values())
     for result in (anonymous, wrong, with_flag, from_env):
+        assert key not in result.stdout + result.stderr
+
+
+def test_a_cluster_environment_is_checked_through_its_domain_with_its_key(make_stack: StackFactory,
+                                                                         tmp_path: Path) -> None:
+    running = make_stack({"auth": {"required": True}}, keys={"ops": ("acme", "ops")})
+    key = running.keys["ops"]
+    # a copy of production (auth required) whose domain is this gateway, without TLS
+    doc = yaml.safe_load((ROOT / "environments" / "production.yaml").read_text())
+    domain = running.gateway_url.removeprefix("http://")
+    doc.update({"name": "edge", "domain": domain, "tls": {"enabled": False}})
+    envs = tmp_path / "environments"
+    envs.mkdir()
+    (envs / "edge.yaml").write_text(yaml.safe_dump(doc))
+    env = {"QLENS_ENVIRONMENTS": str(envs), "QLENS_STATE_DIR": str(tmp_path / "state")}
+
+    no_key = qlensctl("smoke-test", "edge", env=cli_env(**env))
+    assert no_key.returncode == 2
+    assert no_key.stderr.startswith("error: edge requires an API key (auth.required is on)")
+    assert no_key.stdout == ""
+
+    keyed = qlensctl("smoke-test", "edge", "--json", env=cli_env(**env, QLENS_API_KEY=key))
+    assert keyed.returncode == 0, keyed.stdout + keyed.stderr
+    report = json.loads(keyed.stdout)
+    assert report["target"] == running.gateway_url
+    assert report["source"] == f"edge ({running.gateway_url}, the gateway's Ingress)"
+    assert statuses(keyed.stdout) == dict.fromkeys(
+        ["gateway /health", "gateway /health/ready", "models", "chat completion", "cache hit",
+         "gateway /metrics"], "pass")
+    assert details(keyed.stdout)["gateway /health/ready"].startswith("ready: router, cache")
+
+    table = qlensctl("smoke-test", "edge", "--api-key", key, env=cli_env(**env))
+    assert table.returncode == 0 and "all 6 checks passed" in table.stdout
+    for result in (no_key, keyed, table):
         assert key not in result.stdout + result.stderr

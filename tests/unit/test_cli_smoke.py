@@ -1,7 +1,8 @@
-"""`qlensctl smoke-test` without a running stack: where it points, how it refuses bad input, and how
-it reports a QLens that is not there (exit 1, every failing check named, dependent checks skipped,
-the API key never shown). Passing and partial failures against real services are in
-tests/integration/test_smoke.py.
+"""`qlensctl smoke-test` without a running stack: where it points (a local stack, a cluster
+environment's URL), how it refuses bad input, and how it reports a QLens that is not there (exit 1,
+every failing check named, dependent checks skipped, the API key never shown). Passing and partial
+failures against real services are in tests/integration/test_smoke.py; `--port-forward` against
+the real control plane in tests/integration/cluster/test_smoke_cluster.py.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
-from qlensctl import smoke
+from qlensctl import portforward, smoke
 from qlensctl.errors import ConfigError
 from qlensctl.local import ServiceProcess, Stack, free_port, save_state
 from tests.unit.test_cli import ROOT, run_cli
@@ -26,10 +28,20 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("QLENS_API_KEY", raising=False)
 
 
-def test_env_and_url_are_exclusive() -> None:
-    result = run_cli("smoke-test", "--env", "local", "--url", "http://127.0.0.1:8080")
+@pytest.mark.parametrize("env", [["staging"], ["--env", "local"]])
+def test_an_environment_and_url_are_exclusive(env: list[str]) -> None:
+    result = run_cli("smoke-test", *env, "--url", "http://127.0.0.1:8080")
     assert result.code == 2
-    assert "--env and --url are exclusive" in result.err
+    assert "an environment (ENV or --env) and --url are exclusive" in result.err
+
+
+def test_env_option_is_an_alias_of_the_positional_env() -> None:
+    assert smoke.targets("staging", None, Path("/nonexistent")).gateway_url == "http://qlens-staging.local"
+    same = run_cli("smoke-test", "qa", "--env", "qa")
+    assert same.code == 2 and "unknown environment 'qa'" in same.err
+    different = run_cli("smoke-test", "staging", "--env", "production")
+    assert different.code == 2
+    assert "two environments given: 'staging' and --env 'production'" in different.err
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8080", "ftp://example.com", "http://", "http://127.0.0.1:99999"])
@@ -39,11 +51,94 @@ def test_a_url_that_is_not_http_is_a_usage_error(url: str) -> None:
     assert "is not an http(s) URL" in result.err
 
 
-def test_a_cluster_environment_needs_an_address() -> None:
-    result = run_cli("smoke-test", "--env", "staging")
-    assert result.code == 2
-    assert "no local stack of 'staging' is running" in result.err
-    assert "--url" in result.err
+def test_a_cluster_environment_is_checked_at_its_domain(tmp_path: Path) -> None:
+    staging = smoke.targets("staging", None, tmp_path)
+    assert staging.gateway_url == "http://qlens-staging.local"  # tls.enabled: false
+    assert staging.service_urls is None  # only the gateway is public: its readiness vouches for the rest
+    assert staging.needs_key is False
+    assert "--port-forward" in staging.hint and "qlens-staging.local" in staging.hint
+    production = smoke.targets("production", None, tmp_path)
+    assert production.gateway_url == "https://qlens.quantumlayer.ai"  # tls.enabled: true
+    assert production.needs_key is True  # auth.required: true
+    assert "the gateway's Ingress" in production.source
+
+
+def test_environment_url_follows_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from qlensctl.environments import load_environment
+
+    write_environment(tmp_path, "edge", domain="gw.example.test", tls={"enabled": True})
+    write_environment(tmp_path, "plain", domain="gw.example.test", tls={"enabled": False})
+    monkeypatch.setenv("QLENS_ENVIRONMENTS", str(tmp_path))
+    assert smoke.environment_url(load_environment("edge")) == "https://gw.example.test"
+    assert smoke.environment_url(load_environment("plain")) == "http://gw.example.test"
+
+
+def test_a_cluster_environment_whose_gateway_is_not_there(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # an environment whose domain points at a closed local port: the real checks, nothing answering
+    port = free_port()
+    write_environment(tmp_path / "envs", "edge", domain=f"127.0.0.1:{port}")
+    monkeypatch.setenv("QLENS_ENVIRONMENTS", str(tmp_path / "envs"))
+    result = run_cli("smoke-test", "edge", "--json", "--timeout", "5")
+    assert result.code == 1
+    report = json.loads(result.out)
+    assert report["target"] == f"http://127.0.0.1:{port}"
+    assert report["source"] == f"edge (http://127.0.0.1:{port}, the gateway's Ingress)"
+    assert [c["name"] for c in report["checks"]] == ["gateway /health", "gateway /health/ready", "models",
+                                                     "chat completion", "cache hit", "gateway /metrics"]
+    assert "cannot connect" in report["checks"][0]["detail"]
+    assert "try `qlensctl smoke-test edge --port-forward`" in result.err
+
+
+def test_an_environment_with_auth_needs_a_key_before_any_check(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    for args in (["production"], ["production", "--port-forward"], ["--env", "production", "--json"]):
+        result = run_cli("smoke-test", *args)
+        assert result.code == 2, result
+        assert result.err.startswith("error: production requires an API key (auth.required is on)")
+        assert "--api-key" in result.err and "QLENS_API_KEY" in result.err
+        assert result.out == ""  # no table, no JSON: nothing was checked
+    # an auth-on environment at a closed port: with a key the checks do run (and fail: nothing there)
+    write_environment(tmp_path / "envs", "locked", domain=f"127.0.0.1:{free_port()}", auth={"required": True})
+    monkeypatch.setenv("QLENS_ENVIRONMENTS", str(tmp_path / "envs"))
+    assert run_cli("smoke-test", "locked").code == 2
+    monkeypatch.setenv("QLENS_API_KEY", SECRET)
+    keyed = run_cli("smoke-test", "locked", "--json", "--timeout", "5")
+    assert keyed.code == 1 and json.loads(keyed.out)["checks"]
+    assert SECRET not in keyed.out + keyed.err
+
+
+def test_port_forward_usage_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with_url = run_cli("smoke-test", "--port-forward", "--url", "http://127.0.0.1:8080")
+    assert with_url.code == 2 and "--port-forward and --url are exclusive" in with_url.err
+    no_env = run_cli("smoke-test", "--port-forward")
+    assert no_env.code == 2 and "--port-forward needs an environment" in no_env.err
+    unknown = run_cli("smoke-test", "qa", "--port-forward")
+    assert unknown.code == 2 and "unknown environment 'qa'" in unknown.err
+    # no kubeconfig: a configuration error naming where it looked, before any request
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    missing = run_cli("smoke-test", "staging", "--port-forward")
+    assert missing.code == 2
+    assert f"no kubeconfig at {tmp_path / 'no-such-kubeconfig'}" in missing.err
+    assert "Traceback" not in missing.err
+
+
+def test_a_refused_forward_is_described_by_the_api_servers_status_message() -> None:
+    # what the kubernetes client raises: the websocket handshake's text, wrapped, then (client
+    # 36) an AttributeError while decoding the wrapper's missing body
+    handshake = ('Handshake status 500 Internal Server Error -+-+- {\'content-type\': \'application/json\'} '
+                 '-+-+- {"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",'
+                 '"message":"error dialing backend: dial tcp 10.0.0.7:10250: i/o \\"timeout\\"","code":500}')
+    chained = AttributeError("'NoneType' object has no attribute 'decode'")
+    chained.__context__ = RuntimeError(handshake)
+    assert portforward.describe_refusal(chained) == (
+        'HTTP 500 Internal Server Error: error dialing backend: dial tcp 10.0.0.7:10250: i/o "timeout"')
+    forbidden = RuntimeError('Handshake status 403 Forbidden -+-+- {} -+-+- {"kind":"Status","message":'
+                             '"pods \\"gw-1\\" is forbidden: cannot create resource \\"pods/portforward\\"",'
+                             '"code":403}')
+    assert portforward.describe_refusal(forbidden) == (
+        'HTTP 403 Forbidden: pods "gw-1" is forbidden: cannot create resource "pods/portforward"')
+    assert portforward.describe_refusal(ConnectionResetError("reset by peer")) == "reset by peer"
 
 
 def test_an_unknown_environment() -> None:
@@ -114,9 +209,10 @@ def test_a_detached_stack_of_that_environment_is_found_in_the_state_folder(tmp_p
         "gateway /health", "gateway /health/ready", "models", "chat completion", "cache hit",
         "cache /metrics", "router /metrics", "gateway /metrics",
     ]
-    # a stack of another environment is not mistaken for this one
+    # a stack of another environment is not mistaken for this one: staging means its cluster
+    assert smoke.targets("staging", None, tmp_path).gateway_url == "http://qlens-staging.local"
     with pytest.raises(ConfigError):
-        smoke.targets("staging", None, tmp_path)
+        smoke.targets("qa", None, tmp_path)
 
 
 def test_run_smoke_is_a_reusable_layer_returning_results() -> None:
@@ -129,3 +225,13 @@ def test_run_smoke_is_a_reusable_layer_returning_results() -> None:
     assert [r.name for r in smoke.failed(results)] == ["gateway /health", "gateway /health/ready", "models",
                                                         "gateway /metrics"]
     assert all(SECRET not in json.dumps(r.to_dict()) for r in results)
+
+
+def write_environment(directory: Path, name: str, **changes: object) -> Path:
+    """A copy of environments/staging.yaml named `name`, with `changes` on top."""
+    directory.mkdir(parents=True, exist_ok=True)
+    doc = yaml.safe_load((ROOT / "environments" / "staging.yaml").read_text())
+    doc.update({"name": name, **changes})
+    path = directory / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
