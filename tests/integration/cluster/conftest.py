@@ -4,13 +4,18 @@ Each test gets its own staging/production environment files (copies of environme
 a namespace unique to the test), a kubeconfig with the contexts `local` and `qlens-production`
 (both pointing at the test cluster, `local` current), the fake kubelet serving those namespaces,
 and fake provider credentials in the process environment. `qlensctl` runs in-process through
-`qlensctl.main.run`, so exit codes and messages are exactly what a user sees.
+`qlensctl.main.run`, so exit codes and messages are exactly what a user sees (or as a real
+process with `Target.spawn`, for tests that run two commands at once or interrupt one).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +47,24 @@ class Result:
         return self.out + self.err
 
 
+SERVICES = ("qlens-cache", "qlens-gateway", "qlens-router")
+
+
+def assert_ok(result: Result, what: str = "command") -> None:
+    assert result.code == 0, f"{what} failed ({result.code}):\n{result.text}"
+    assert "Traceback" not in result.text
+
+
+def assert_refused(result: Result, code: int, *words: str) -> None:
+    """A refusal as the user sees it: the exit code, no traceback, an error and a hint line, and
+    the words that say what happened and what to do."""
+    assert result.code == code, result.text
+    assert "Traceback" not in result.text
+    assert "error:" in result.err and "hint:" in result.err, result.err
+    for word in words:
+        assert word in result.err, f"{word!r} not in:\n{result.err}"
+
+
 @dataclass
 class Target:
     """What a test deploys to."""
@@ -65,6 +88,46 @@ class Target:
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         return Result(code, out.getvalue(), err.getvalue())
+
+    def spawn(self, *args: str, name: str = "qlensctl") -> subprocess.Popen[bytes]:
+        """Start `qlensctl ARGS` as a process (this test's environment and folder); its output goes
+        to NAME.out / NAME.err beside the backups. The test waits for it or stops it."""
+        work = self.backups.parent
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "COLUMNS": "200"}
+        with open(work / f"{name}.out", "wb") as out, open(work / f"{name}.err", "wb") as err:
+            return subprocess.Popen([sys.executable, "-m", "qlensctl.main", *args], cwd=work, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+
+    def run_process(self, *args: str, timeout: float = 180) -> Result:
+        """`qlensctl ARGS` as a real process, waited for: for commands whose Helm adapter is not
+        handed the kubeconfig explicitly (the embedded Helm SDK reads $KUBECONFIG once, when it
+        loads, so in-process it would still see an earlier test's kubeconfig)."""
+        proc = self.spawn(*args, name="run")
+        try:
+            code = proc.wait(timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        work = self.backups.parent
+        return Result(code, (work / "run.out").read_text(), (work / "run.err").read_text())
+
+    def spawned_output(self, name: str = "qlensctl") -> str:
+        work = self.backups.parent
+        return (work / f"{name}.out").read_text() + (work / f"{name}.err").read_text()
+
+    def wait_for(self, what: str, condition: Any, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not after {timeout} s")
+            time.sleep(0.1)
+
+    def release_secrets(self, ns: str, status: str | None = None) -> list[str]:
+        """Helm's release records (one Secret per revision), optionally only those in `status`."""
+        selector = "owner=helm,name=qlens" + (f",status={status}" if status else "")
+        items = self.core.list_namespaced_secret(ns, label_selector=selector).items
+        return sorted(s.metadata.name for s in items)
 
     def use_context(self, name: str) -> None:
         doc = yaml.safe_load(self.kubeconfig.read_text())
@@ -91,15 +154,12 @@ class Target:
     def tags(self, ns: str) -> set[str]:
         return {image.rsplit(":", 1)[1] for name, image in self.images(ns).items() if "-previous" not in name}
 
-    def snapshot(self, ns: str) -> dict[str, Any]:
-        """Every object the deploy commands could touch in `ns`, with its resourceVersion (which
-        changes on any write), plus whether the namespace exists at all."""
+    def _lists(self) -> dict[str, Any]:
+        """kind -> its namespaced list call, for the kinds the chart and qlensctl write."""
         from kubernetes import client
 
         api = self.cluster.api
-        if not any(n.metadata.name == ns for n in self.core.list_namespace().items):
-            return {"namespace": False}
-        lists = {
+        return {
             "Deployment": client.AppsV1Api(api).list_namespaced_deployment,
             "Service": self.core.list_namespaced_service,
             "ConfigMap": self.core.list_namespaced_config_map,
@@ -109,9 +169,37 @@ class Target:
             "Ingress": client.NetworkingV1Api(api).list_namespaced_ingress,
             "Role": client.RbacAuthorizationV1Api(api).list_namespaced_role,
             "RoleBinding": client.RbacAuthorizationV1Api(api).list_namespaced_role_binding,
+            "Lease": client.CoordinationV1Api(api).list_namespaced_lease,  # qlensctl's deploy lock
         }
+
+    def contents(self, ns: str, kinds: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+        """What the objects of `kinds` in `ns` say: labels, annotations and spec (or data), without
+        what the API server and controllers write (resourceVersion, generation, status, ...).
+        Equal before and after when an object was changed and changed back (a rollback)."""
+        serialize = self.cluster.api.sanitize_for_serialization
+        lists = self._lists()
+        out: dict[str, dict[str, Any]] = {}
+        for kind in kinds:
+            for obj in lists[kind](ns).items:
+                doc = serialize(obj)
+                meta = doc.get("metadata", {})
+                notes = {k: v for k, v in (meta.get("annotations") or {}).items()
+                         if k != "deployment.kubernetes.io/revision"}  # counts rollouts
+                out[f"{kind}/{meta['name']}"] = {"labels": meta.get("labels"), "annotations": notes,
+                                                 **{k: v for k, v in doc.items()
+                                                    if k not in ("metadata", "status", "apiVersion", "kind")}}
+        return out
+
+    def snapshot(self, ns: str) -> dict[str, Any]:
+        """Every object the deploy commands could touch in `ns`, with its resourceVersion (which
+        changes on any write), plus whether the namespace exists at all."""
+        from kubernetes import client
+
+        api = self.cluster.api
+        if not any(n.metadata.name == ns for n in self.core.list_namespace().items):
+            return {"namespace": False}
         snap: dict[str, Any] = {"namespace": True}
-        for kind, fn in lists.items():
+        for kind, fn in self._lists().items():
             snap[kind] = sorted((o.metadata.name, o.metadata.resource_version) for o in fn(ns).items)
         # the HPA controller rewrites status on its own schedule: compare what we write, the spec
         hpas = client.AutoscalingV1Api(api).list_namespaced_horizontal_pod_autoscaler(ns).items
@@ -130,7 +218,6 @@ class Target:
             snap[plural] = sorted((o["metadata"]["name"], o["metadata"]["resourceVersion"]) for o in items)
         return snap
 
-
     def settled_snapshot(self, ns: str, timeout: float = 20) -> dict[str, Any]:
         """A snapshot once the controllers have stopped writing (two equal reads a second apart):
         the baseline a refused command must leave untouched."""
@@ -145,6 +232,28 @@ class Target:
                 return now
             previous = now
         raise AssertionError(f"objects in {ns} kept changing for {timeout} s")
+
+
+def assert_no_secrets(text: str) -> None:
+    for name, value in SECRET_VARS.items():
+        if name != "AWS_REGION":  # a region is not secret (and "us-east-1" is also in the values)
+            assert value not in text, f"{name}'s value was printed"
+
+
+def revisions(target: Target, env: str = "staging") -> list[dict[str, Any]]:
+    """`qlensctl history ENV --json`: what the operator sees."""
+    import json
+
+    result = target.qlensctl("history", env, "--json")
+    assert_ok(result, "history")
+    revs: list[dict[str, Any]] = json.loads(result.out)["revisions"]
+    return revs
+
+
+def deploy_staging(target: Target, version: str, *extra: str) -> Result:
+    result = target.qlensctl("deploy", "staging", "--version", version, "--timeout", "60", *extra)
+    assert_ok(result, f"deploy staging {version}")
+    return result
 
 
 def _environment_file(source: Path, dest: Path, namespace: str) -> None:

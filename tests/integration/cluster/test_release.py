@@ -13,34 +13,18 @@ import subprocess
 
 import pytest
 
-from tests.integration.cluster.conftest import ROOT, SECRET_VARS, Target
+from tests.integration.cluster.conftest import (
+    ROOT,
+    SECRET_VARS,
+    SERVICES,
+    Target,
+    assert_no_secrets,
+    assert_ok,
+    deploy_staging,
+    revisions,
+)
 
 pytestmark = pytest.mark.cluster
-
-SERVICES = ("qlens-cache", "qlens-gateway", "qlens-router")
-
-
-def assert_ok(result, what: str = "command") -> None:
-    assert result.code == 0, f"{what} failed ({result.code}):\n{result.text}"
-    assert "Traceback" not in result.text
-
-
-def assert_no_secrets(text: str) -> None:
-    for name, value in SECRET_VARS.items():
-        if name != "AWS_REGION":  # a region is not secret (and "us-east-1" is also in the values)
-            assert value not in text, f"{name}'s value was printed"
-
-
-def revisions(target: Target, env: str = "staging") -> list[dict]:
-    result = target.qlensctl("history", env, "--json")
-    assert_ok(result, "history")
-    return json.loads(result.out)["revisions"]
-
-
-def deploy_staging(target: Target, version: str, *extra: str):
-    result = target.qlensctl("deploy", "staging", "--version", version, "--timeout", "60", *extra)
-    assert_ok(result, f"deploy staging {version}")
-    return result
 
 
 # -- deploy, status, history -----------------------------------------------------------------------
@@ -98,7 +82,10 @@ def test_deploy_staging_then_status_and_history_match_the_cluster(target: Target
 
 def test_upgrade_backs_up_values_and_a_rollout_that_never_gets_ready_is_rolled_back(target: Target) -> None:
     ns = target.staging_ns
+    chart_kinds = ("Deployment", "Service", "ConfigMap", "ServiceAccount", "NetworkPolicy", "Ingress",
+                   "Role", "RoleBinding")
     deploy_staging(target, "v1")
+    at_v1 = target.contents(ns, chart_kinds)
     upgraded = deploy_staging(target, "v2")
     assert "release qlens revision 2 (deployed)" in upgraded.out
     assert target.tags(ns) == {"v2"}
@@ -108,6 +95,11 @@ def test_upgrade_backs_up_values_and_a_rollout_that_never_gets_ready_is_rolled_b
     assert "# revision: 1" in saved and "v1" in saved
     assert_no_secrets(saved)
 
+    before = target.settled_snapshot(ns)
+    contents = target.contents(ns, chart_kinds)
+    assert contents != at_v1, "contents() sees a version change"
+    images = target.images(ns)
+    records = target.release_secrets(ns)
     failed = target.qlensctl("deploy", "staging", "--version", "unready", "--timeout", "8")
     assert failed.code == 1, failed.text
     assert "Traceback" not in failed.text
@@ -117,7 +109,25 @@ def test_upgrade_backs_up_values_and_a_rollout_that_never_gets_ready_is_rolled_b
     for name in SERVICES:
         d = target.apps.read_namespaced_deployment(name, ns)
         assert d.status.ready_replicas == 1 and d.status.updated_replicas == 1
-    assert [r["status"] for r in revisions(target)] == ["superseded", "superseded", "failed", "deployed"]
+    history = revisions(target)
+    assert [r["status"] for r in history] == ["superseded", "superseded", "failed", "deployed"]
+    assert [r["app_version"] for r in history] == ["v1", "v2", "unready", "v2"]
+    assert history[-1]["description"] == "Rollback to 2"
+    # the atomic rollback restored what served before: the same deployments with the same
+    # images, and every object the chart owns says again what it said (the upgrade relabelled
+    # them all with the new version, so they were written twice); Helm kept the two records it
+    # had and added the failed revision and the rollback; qlens-secrets was not rewritten; no
+    # deploy lock is left behind
+    after = target.settled_snapshot(ns)
+    assert target.images(ns) == images
+    assert target.contents(ns, chart_kinds) == contents
+    for kind in chart_kinds:
+        assert [n for n, _ in after[kind]] == [n for n, _ in before[kind]], kind
+    now = target.release_secrets(ns)
+    assert set(records) < set(now) and len(now) == len(records) + 2
+    other = {s for s in before["Secret"] if s[0] not in records}
+    assert other <= set(after["Secret"]), "qlens-secrets and the token secrets are untouched"
+    assert after["Lease"] == before["Lease"] == []
 
 
 def test_rollback_to_previous_and_to_a_given_revision(target: Target) -> None:

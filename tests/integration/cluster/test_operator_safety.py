@@ -1,0 +1,204 @@
+"""Operator safety against the real control plane: every way qlensctl refuses leaves the cluster
+as it was, and two commands never change one release at once.
+
+"As it was" is `Target.snapshot`: every object deploy could touch in the namespace with its
+resourceVersion (which changes on any write), Helm's release records (Secrets) and the deploy
+lock (Lease) included. Refusals covered here: an invalid environment file, corrupt backups given
+to `restore`, a deploy while another runs (the deploy lock), a release left pending-upgrade by
+an interrupted deploy, a live and a stale lock. Also refused without a change, in
+test_release.py: the wrong kube context, missing secrets, bad rollback revisions; and there a
+failed upgrade is rolled back to the same deployments and images.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.cluster.conftest import (
+    Target,
+    assert_no_secrets,
+    assert_ok,
+    assert_refused,
+    deploy_staging,
+    revisions,
+)
+
+pytestmark = pytest.mark.cluster
+
+LOCK = "qlens-deploy-lock"
+
+
+def lease(target: Target, ns: str) -> Any:
+    from kubernetes import client
+
+    items = client.CoordinationV1Api(target.cluster.api).list_namespaced_lease(ns).items
+    return next((item for item in items if item.metadata.name == LOCK), None)
+
+
+def plant_lease(target: Target, ns: str, holder: str, operation: str, renewed_ago: float) -> None:
+    """A deploy lock as another qlensctl would hold it, last renewed `renewed_ago` seconds ago."""
+    from kubernetes import client
+
+    renewed = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=renewed_ago)
+    stamp = renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    client.CoordinationV1Api(target.cluster.api).create_namespaced_lease(ns, {
+        "metadata": {"name": LOCK, "annotations": {"qlens.io/operation": operation}},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 60, "acquireTime": stamp,
+                 "renewTime": stamp}})
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+def test_an_invalid_environment_file_changes_nothing(target: Target, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    ns = target.staging_ns
+    deploy_staging(target, "v1")
+    before = target.settled_snapshot(ns)
+    broken = tmp_path / "broken-environments"
+    shutil.copytree(target.envdir, broken)
+    monkeypatch.setenv("QLENS_ENVIRONMENTS", str(broken))
+    good = (target.envdir / "staging.yaml").read_text()
+    doc = yaml.safe_load(good)
+    doc["replicas"]["gateway"] = "three"
+    for text, words in ((good.replace("replicas:", "replicas: [", 1), "YAML"),  # a syntax error
+                        (yaml.safe_dump(doc, sort_keys=False), "replicas")):  # a wrong type
+        (broken / "staging.yaml").write_text(text)
+        for args in (["deploy", "staging", "--version", "v2"], ["rollback", "staging", "--yes"]):
+            result = target.qlensctl(*args)
+            assert_refused(result, 2, "staging.yaml", words)
+    assert target.snapshot(ns) == before
+    assert not target.backups.exists()
+
+
+def test_corrupt_backups_given_to_restore_change_nothing(target: Target, tmp_path: Path) -> None:
+    ns = target.staging_ns
+    from qlensctl.backup import backup_values
+    from qlensctl.environments import load_environment
+    from qlensctl.helm import select_helm
+
+    deploy_staging(target, "v1")
+    helm = select_helm("embedded", kubeconfig=target.kubeconfig)
+    good = backup_values(helm, load_environment("staging"), tmp_path / "saved").read_text()
+    header = "".join(line + "\n" for line in good.splitlines() if line.startswith("#"))
+    values = yaml.safe_load(good)
+    bad_type = dict(values, replicas={**values["replicas"], "gateway": "three"})
+    cases = {
+        "garbage": (b"\x00\x9f\xff" * 100, "cannot read"),
+        "broken-yaml": (header + "image: {tag: [v1\n", "not valid YAML"),
+        "no-header": (good.split("\n", 1)[0] + "\n" + yaml.safe_dump(values), "not a QLens values backup"),
+        "other-environment": (good.replace("# environment: staging", "# environment: production"),
+                              "backup of environment 'production'"),
+        "other-namespace": (header + yaml.safe_dump(dict(values, namespace="qlens-elsewhere")),
+                            "values for namespace 'qlens-elsewhere'"),
+        # well-formed, for this environment, and refused by the chart's schema: the last line of
+        # defence, after the lock was taken and the current values were backed up
+        "values-the-chart-refuses": (header + yaml.safe_dump(bad_type), "values.schema.json"),
+    }
+    reaches_helm = {"values-the-chart-refuses"}
+    before = target.settled_snapshot(ns)
+    for name, (content, words) in cases.items():
+        path = tmp_path / f"values-{name}.yaml"
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
+        args = ("restore", "staging", str(path), "--timeout", "30")
+        # `restore` hands Helm no explicit kubeconfig (qlensctl/commands/ops.py): a real process
+        result = target.run_process(*args) if name in reaches_helm else target.qlensctl(*args)
+        assert_refused(result, 2, words)
+        assert target.snapshot(ns) == before, f"restore of {name} changed the cluster"
+    assert [r["revision"] for r in revisions(target)] == [1]
+
+
+# -- one command at a time -------------------------------------------------------------------------
+
+
+def test_a_second_deploy_is_refused_while_the_first_runs(target: Target) -> None:
+    ns = target.staging_ns
+    deploy_staging(target, "v1")
+    # the first deploy's pods never get Ready: it holds the lock for its whole --timeout
+    first = target.spawn("deploy", "staging", "--version", "unready", "--timeout", "15", name="first")
+    try:
+        target.wait_for("the first deploy's lock", lambda: lease(target, ns) is not None)
+        second = target.qlensctl("deploy", "staging", "--version", "v2", "--backup-dir", "second-backup")
+        assert first.poll() is None, "the first deploy was still running when the second was refused"
+        assert_refused(second, 2, "another command is changing the release",
+                       "`qlensctl deploy staging unready`", f"pid {first.pid}", "nothing was changed",
+                       "wait for it to finish")
+        assert not (target.backups.parent / "second-backup").exists(), "the refused deploy backed nothing up"
+        assert first.wait(timeout=120) == 1, target.spawned_output("first")
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert "rolled back to revision 1" in target.spawned_output("first")
+    # Helm's history holds the first deploy only; the lock went with it
+    assert [(r["app_version"], r["status"]) for r in revisions(target)] == [
+        ("v1", "superseded"), ("unready", "failed"), ("v1", "deployed")]
+    assert lease(target, ns) is None
+    again = deploy_staging(target, "v2")
+    assert "release qlens revision 4 (deployed)" in again.out
+    assert_no_secrets(target.spawned_output("first") + second.text + again.text)
+
+
+def test_an_interrupted_deploy_is_refused_with_the_way_out(target: Target) -> None:
+    ns = target.staging_ns
+    deploy_staging(target, "v1")
+    first = target.spawn("deploy", "staging", "--version", "unready", "--timeout", "120", name="interrupted")
+    try:
+        target.wait_for("the upgrade to be pending",
+                        lambda: target.release_secrets(ns, status="pending-upgrade") != [])
+        first.send_signal(signal.SIGINT)  # Ctrl-C while Helm waits for the rollout
+        assert first.wait(timeout=60) != 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert "Traceback" not in target.spawned_output("interrupted")
+    assert lease(target, ns) is None, "Ctrl-C released the deploy lock"
+    # Helm never finished: revision 2 stays pending-upgrade, and no later deploy may go on top of it
+    before = target.settled_snapshot(ns)
+    refused = target.qlensctl("deploy", "staging", "--version", "v2")
+    assert_refused(refused, 2, "is pending-upgrade (revision 2, version unready",
+                   "`qlensctl rollback staging` (back to revision 1, version v1)")
+    assert target.snapshot(ns) == before
+    status = target.qlensctl("status", "staging", "--json")
+    assert_ok(status, "status")
+    assert json.loads(status.out)["release"]["status"] == "pending-upgrade"
+
+    # the way out the message gave
+    back = target.qlensctl("rollback", "staging", "--timeout", "60")
+    assert_ok(back, "rollback")
+    assert target.tags(ns) == {"v1"}
+    assert_ok(target.qlensctl("deploy", "staging", "--version", "v2", "--timeout", "60"), "deploy v2")
+    assert target.tags(ns) == {"v2"}
+    assert revisions(target)[-1]["status"] == "deployed"
+
+
+def test_a_stale_lock_is_taken_over_and_a_live_one_refuses(target: Target) -> None:
+    ns = target.staging_ns
+    target.core.create_namespace({"metadata": {"name": ns}})
+    target.cluster.wait_for_default_service_account(ns)
+    # a deploy that died (kill -9, a closed laptop) ten minutes ago: its lock is stale
+    plant_lease(target, ns, "ghost@gone pid 1", "qlensctl deploy staging v0", renewed_ago=600)
+    first = deploy_staging(target, "v1")
+    assert "took over a stale deploy lock: `qlensctl deploy staging v0` by ghost@gone pid 1" in first.out
+    assert lease(target, ns) is None
+    deploy_staging(target, "v2")  # a revision to roll back to
+
+    # a live lock: refused, and the lock is not stolen
+    plant_lease(target, ns, "alice@laptop pid 42", "qlensctl rollback staging to revision 1", renewed_ago=5)
+    before = target.settled_snapshot(ns)
+    for args in (["deploy", "staging", "--version", "v3"], ["rollback", "staging", "--yes"]):
+        assert_refused(target.qlensctl(*args), 2, "`qlensctl rollback staging to revision 1` by alice@laptop",
+                       "expires by itself at")
+    assert target.snapshot(ns) == before
+    status = target.qlensctl("status", "staging")
+    assert_ok(status, "status")
+    assert "in progress: `qlensctl rollback staging to revision 1` by alice@laptop pid 42" in status.text
