@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,7 @@ def test_a_second_deploy_is_refused_while_the_first_runs(target: Target) -> None
     ns = target.staging_ns
     deploy_staging(target, "v1")
     # the first deploy's pods never get Ready: it holds the lock for its whole --timeout
-    first = target.spawn("deploy", "staging", "--version", "unready", "--timeout", "15", name="first")
+    first = target.spawn("deploy", "staging", "--version", "unready", "--timeout", "10", name="first")
     try:
         target.wait_for("the first deploy's lock", lambda: lease(target, ns) is not None)
         second = target.qlensctl("deploy", "staging", "--version", "v2", "--backup-dir", "second-backup")
@@ -202,3 +203,32 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_refuses(target: Target) -> No
     status = target.qlensctl("status", "staging")
     assert_ok(status, "status")
     assert "in progress: `qlensctl rollback staging to revision 1` by alice@laptop pid 42" in status.text
+
+
+def test_the_lock_is_renewed_while_held_and_only_its_holder_releases_it(target: Target) -> None:
+    """The lock layer itself, with a lock that lasts 3 s without renewals (deploys use 60 s)."""
+    from qlensctl.kube import Kube, LockHeldError, NamespaceLock
+
+    ns = target.cluster.new_namespace("lock")
+    kube = Kube.connect(kubeconfig=str(target.kubeconfig))
+    with kube.lock(ns, "qlensctl deploy staging v1", seconds=3) as held:
+        first = lease(target, ns).spec.renew_time
+        target.wait_for("a renewal", lambda: lease(target, ns).spec.renew_time > first, timeout=10)
+        time.sleep(3.5)  # longer than the lock lasts unless renewed
+        with pytest.raises(LockHeldError) as err:
+            kube.lock(ns, "qlensctl deploy staging v2").acquire()
+        assert err.value.lock.holder == held.identity
+        assert err.value.lock.operation == "qlensctl deploy staging v1"
+    assert lease(target, ns) is None, "released on leaving the block"
+
+    # a holder that stalled past its lock's expiry (no renewals here) was taken over: its release
+    # must not delete the new holder's lock
+    stalled = NamespaceLock(kube, ns, "qlensctl deploy staging v3", seconds=1).acquire()
+    time.sleep(1.2)
+    new = NamespaceLock(kube, ns, "qlensctl deploy staging v4", identity="bob@elsewhere pid 7").acquire()
+    assert new.taken_over is not None and new.taken_over.holder == stalled.identity
+    stalled.release()
+    assert lease(target, ns).spec.holder_identity == "bob@elsewhere pid 7"
+    new.release()
+    assert lease(target, ns) is None
+    kube.close()
