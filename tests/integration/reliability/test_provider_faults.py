@@ -163,9 +163,10 @@ async def test_30_percent_faults_on_one_deployment_never_reach_a_client(faulty, 
     # faults were really injected, at about the rate asked for (the circuit keeps some calls away)
     assert flaky.errors > 0 and flaky.stalls > 0
     assert 0.2 < flaky.injected / flaky.calls < 0.4
-    # the router saw each of them: every 500 as a server error, every stall as a timeout
-    assert server_errors == flaky.errors
-    assert timeouts >= flaky.stalls
+    # the router saw each of them as a failed call (a 500 as a server error, unless the machine was
+    # so slow that it arrived after the 1 s provider timeout; every stall as a timeout)
+    assert flaky_failed >= flaky.injected
+    assert 0 < server_errors <= flaky.errors and timeouts >= flaky.stalls
     # every failed call was retried once, on the steady deployment, and that answered
     assert retries == flaky_failed
     assert flaky_ok + steady_ok == LOAD_REQUESTS
