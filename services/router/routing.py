@@ -32,6 +32,7 @@ from services.common.errors import APIError
 from services.common.logging import log_event
 from services.common.metrics import FALLBACKS, PROVIDER_LATENCY, PROVIDER_REQUESTS, RETRIES, TOKENS
 from services.router.catalog import Catalog, DeploymentState, Member, ModelRoute
+from services.router.circuit import Permit
 from services.router.providers.base import Completion, ProviderError, StreamItem, Usage, sse_event
 from services.router.retry import FailureKind, backoff_seconds
 from services.router.telemetry import child
@@ -50,6 +51,7 @@ class Served:
     deployment: DeploymentState
     attempts: int
     upstream_seconds: float
+    permit: Permit | None = None  # the circuit's permit of the call that answered
 
     @property
     def fallback(self) -> bool:
@@ -141,9 +143,10 @@ class Router:
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise _deadline_error(requested, self.routing.deadline_seconds)
-                member = self._pick(route, tried, excluded)
-                if member is None:
+                picked = self._pick(route, tried, excluded)
+                if picked is None:
                     break
+                member, permit = picked
                 dep = member.deployment
                 assert dep.provider is not None
                 tried.add(dep.label)
@@ -168,12 +171,12 @@ class Router:
                     )
                     _observe(dep, err.kind.value, elapsed)
                     if err.kind is FailureKind.CLIENT:
-                        dep.breaker.release()
+                        dep.breaker.release(permit)
                         raise _client_error(err) from None
                     if err.kind is FailureKind.TIMEOUT and budget < dep.provider.timeouts.total:
-                        dep.breaker.release()  # our deadline cut it short: says nothing about its health
+                        dep.breaker.release(permit)  # our deadline cut it short: says nothing of its health
                     else:
-                        dep.breaker.record_failure()
+                        dep.breaker.record_failure(permit)
                     if err.kind is FailureKind.DEPLOYMENT:
                         excluded.add(dep.label)
                     log_event(
@@ -190,16 +193,16 @@ class Router:
                     continue
                 except BaseException:  # cancelled (client gone) or a bug: leave the books straight
                     dep.in_flight -= 1
-                    dep.breaker.release()
+                    dep.breaker.release(permit)
                     raise
                 elapsed = self._clock() - started
                 upstream += elapsed
                 if not keeps_in_flight:
                     dep.in_flight -= 1
-                dep.breaker.record_success()
+                dep.breaker.record_success(permit)
                 dep.observe_latency(elapsed)
                 _observe(dep, "success", elapsed)
-                served = Served(requested, route.name, dep, total_attempts, upstream)
+                served = Served(requested, route.name, dep, total_attempts, upstream, permit)
                 if served.fallback:
                     FALLBACKS.inc()
                     log_event(
@@ -220,14 +223,15 @@ class Router:
             m for m in route.usable if m.deployment.label not in excluded and m.deployment.breaker.available()
         ]
 
-    def _pick(self, route: ModelRoute, tried: set[str], excluded: set[str]) -> Member | None:
+    def _pick(self, route: ModelRoute, tried: set[str], excluded: set[str]) -> tuple[Member, Permit] | None:
+        """A member to call and its circuit's permit (among candidates, so the permit is granted)."""
         candidates = self._candidates(route, excluded)
         if not candidates:
             return None
         fresh = [m for m in candidates if m.deployment.label not in tried]
         member = route.strategy.choose(fresh or candidates)
-        member.deployment.breaker.acquire()
-        return member  # type: ignore[return-value]
+        permit = member.deployment.breaker.acquire()
+        return None if permit is None else (member, permit)
 
 
 class Relay:
@@ -289,7 +293,7 @@ class Relay:
                 message = (
                     f"the request deadline ({self._routing.deadline_seconds:g}s) passed during the stream"
                 )
-            dep.breaker.record_failure()
+            dep.breaker.record_failure(self.served.permit)
             child(PROVIDER_REQUESTS, dep.provider_name, dep.label, "stream_" + self.outcome).inc()
             log_event(
                 logger,

@@ -84,3 +84,28 @@ def test_released_probe_frees_the_slot():
 def test_state_values_match_the_metric():
     assert [int(State.CLOSED), int(State.HALF_OPEN), int(State.OPEN)] == [0, 1, 2]
     assert State.HALF_OPEN.label == "half-open"
+
+
+def test_an_older_call_succeeding_does_not_close_an_open_circuit():
+    """A slow call let through while closed finishes after failures opened the circuit: its success
+    is stale. Only the half-open probe's outcome may close the circuit (or reopen it)."""
+    clock, changes = Clock(), []
+    b = breaker(clock, changes, threshold=2)
+    slow = b.acquire()
+    assert slow is not None and not slow.probe
+    for _ in range(2):
+        b.record_failure(b.acquire())
+    assert b.state is State.OPEN
+    b.record_success(slow)
+    assert b.state is State.OPEN and not b.available()
+    clock.now += 10
+    probe = b.acquire()
+    assert probe is not None and probe.probe
+    older = b.acquire()
+    assert older is None  # one probe at a time
+    b.record_success(slow)  # still not the probe: nothing changes
+    b.record_failure(slow)
+    assert b.state is State.HALF_OPEN and not b.available()
+    b.record_success(probe)
+    assert b.state is State.CLOSED
+    assert changes == [State.OPEN, State.HALF_OPEN, State.CLOSED]

@@ -215,10 +215,6 @@ def test_every_deployment_down_without_fallback_is_503_within_the_deadline(fault
         assert openai_error(r.status_code, r.content)["code"] == "no_healthy_deployment"
 
 
-@pytest.mark.xfail(strict=True, reason="router bug: CircuitBreaker.record_success "
-                   "(services/router/circuit.py) closes an OPEN circuit when a call let through before "
-                   "it opened succeeds, so under concurrency a failing deployment's circuit opens and "
-                   "closes at once")
 def test_an_open_circuit_stays_open_when_an_older_call_succeeds(faulty):
     """A call is slow but fine; meanwhile three calls fail and open the circuit. The slow call's
     success must not close it: only a probe after the cooldown may."""
