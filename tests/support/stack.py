@@ -129,9 +129,13 @@ def running_stack(
     env = deep_merge(BASE_ENV, env_overrides or {})
     config = directory / "environment.yaml"
     config.write_text(yaml.safe_dump(env, sort_keys=False))
-    # the test's own shell must not leak into the stack (a developer's keys file, cloud credentials)
+    # the test's own shell must not leak into the stack (a developer's keys file, cloud credentials):
+    # blank the variables that turn providers on, and give boto3 empty AWS config and credentials
+    # files instead of ~/.aws (an empty AWS_PROFILE would be a profile named "" to botocore)
+    aws_config = directory / "aws-config"
+    aws_config.touch()
     proc_env = {"QLENS_API_KEYS_FILE": "", "AZURE_OPENAI_ENDPOINT": "", "AWS_ACCESS_KEY_ID": "",
-                "AWS_PROFILE": ""}
+                "AWS_CONFIG_FILE": str(aws_config), "AWS_SHARED_CREDENTIALS_FILE": str(aws_config)}
     generated: dict[str, str] = {}
     if keys:
         keys_file = directory / "keys.json"

@@ -207,6 +207,10 @@ class BedrockProvider:
         from botocore.config import Config
 
         self.timeouts = config.timeouts
+        # `AWS_PROFILE=` (as `export AWS_PROFILE=` or an env file leaves it) means no profile, but
+        # botocore reads it as a profile named "" and fails with ProfileNotFound: treat it as unset
+        if os.environ.get("AWS_PROFILE") == "":
+            del os.environ["AWS_PROFILE"]
         self.client = boto3.session.Session().client(
             "bedrock-runtime",
             region_name=os.environ.get("AWS_REGION") or config.region,

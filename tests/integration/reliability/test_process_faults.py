@@ -172,9 +172,6 @@ async def test_sigterm_lets_in_flight_requests_finish_and_refuses_new_ones(make_
     assert log.count('"status":200') >= in_flight  # each drained request was logged as served
 
 
-@pytest.mark.xfail(strict=True, reason="router bug: boto3 reads AWS_PROFILE='' as a profile named '' "
-                   "(ProfileNotFound traceback at start-up); services/router/providers/bedrock.py should "
-                   "treat an empty AWS_PROFILE as unset")
 def test_the_router_starts_with_an_empty_aws_profile(make_stack, tmp_path):
     """`AWS_PROFILE=` (empty, as `export AWS_PROFILE=` or an env file leaves it; the stack harness
     sets it so) with Bedrock credentials in the environment: the router must start and serve."""
