@@ -38,6 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--delay-ms", type=float, default=0.0, help="fake provider: wait before answering")
     p.add_argument("--stream-gap-ms", type=float, default=1.0,
                    help="fake provider: pause between streamed chunks")
+    p.add_argument("--stream-chunks", type=int, default=4, help="fake provider: content chunks per stream")
     p.add_argument("--cli-runs", type=int, default=7, help="runs of each timed qlensctl command")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     p.add_argument("--no-auth", action="store_true", help="run the gateway without API keys")
@@ -96,14 +97,16 @@ def _main(args: argparse.Namespace) -> int:
         "python": platform.python_version(),
         "pinning": plan.note,
         "loadavg_start": [round(x, 2) for x in procs.load_average()],
-        "provider": f"delay {args.delay_ms} ms, stream gap {args.stream_gap_ms} ms",
+        "provider": f"delay {args.delay_ms} ms, stream gap {args.stream_gap_ms} ms, "
+                    f"{args.stream_chunks} content chunks",
         "connections": args.connections,
         "auth": not args.no_auth,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
     }}
     samples: dict[str, list[float]] = {}
     ttfb: dict[str, list[float]] = {}
-    provider_args = ["--stream-gap-ms", str(args.stream_gap_ms), "--delay-ms", str(args.delay_ms)]
+    provider_args = ["--stream-gap-ms", str(args.stream_gap_ms), "--delay-ms", str(args.delay_ms),
+                     "--stream-chunks", str(args.stream_chunks)]
     try:
         with BenchEnv(plan, provider_args, qlens=not args.direct_only, auth=not args.no_auth,
                       keep=args.keep) as env:
