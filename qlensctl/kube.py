@@ -548,7 +548,7 @@ class LockInfo:
 
     def as_dict(self) -> dict[str, Any]:
         return {"holder": self.holder, "operation": self.operation, "acquired": _stamp(self.acquired),
-                "renewed": _stamp(self.renewed), "expires": _stamp(self.expires)}
+                "renewed": _stamp(self.renewed), "expires": _stamp(self.expires), "stale": self.expired()}
 
 
 class LockHeldError(RefusedError):

@@ -278,8 +278,11 @@ def status(
     output.info(f"Release [bold]qlens[/bold] in {data['namespace']} (context {data['context']}): revision "
                 f"{rel['revision']}, {rel['status']}, version {rel['app_version']}, chart {rel['chart']}, "
                 f"updated {rel['updated']}")
-    if data["lock"]:
-        lock = data["lock"]
+    lock = data["lock"]
+    if lock and lock["stale"]:
+        output.warn(f"stale deploy lock: `{lock['operation']}` by {lock['holder']} stopped renewing it at "
+                    f"{lock['renewed']}; the next deploy or rollback takes it over")
+    elif lock:
         output.warn(f"in progress: `{lock['operation']}` by {lock['holder']} (since {lock['acquired']})")
     output.table("Deployments", ["deployment", "desired", "ready", "updated", "available", "image", "state"],
                  [[d["name"], d["desired"], d["ready"], d["updated"], d["available"],

@@ -252,6 +252,13 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_refuses(target: Target) -> No
     status = target.qlensctl("status", "staging")
     assert_ok(status, "status")
     assert "in progress: `qlensctl rollback staging to revision 1` by alice@laptop pid 42" in status.text
+    from kubernetes import client
+
+    client.CoordinationV1Api(target.cluster.api).delete_namespaced_lease(LOCK, ns)
+    plant_lease(target, ns, "alice@laptop pid 42", "qlensctl deploy staging v3", renewed_ago=120)
+    stale = target.qlensctl("status", "staging")
+    assert_ok(stale, "status")
+    assert "stale deploy lock: `qlensctl deploy staging v3` by alice@laptop pid 42" in stale.text
 
 
 def test_the_lock_is_renewed_while_held_and_only_its_holder_releases_it(target: Target) -> None:
