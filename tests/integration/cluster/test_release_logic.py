@@ -12,7 +12,7 @@ from qlensctl.environments import load_environment
 from qlensctl.errors import ClusterError, ConfigError, OperationError, RefusedError
 from qlensctl.helm import Release
 from qlensctl.kube import check_context, judge_rollout
-from qlensctl.release import check_version, diff_manifests, rollback_target
+from qlensctl.release import check_not_pending, check_version, diff_manifests, rollback_target
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -85,6 +85,19 @@ def test_rollback_target_skips_failed_revisions_and_checks_the_one_asked_for(sta
         rollback_target([_rev(1, "failed"), _rev(2, "deployed")], None, staging)
     with pytest.raises(ClusterError, match="no release qlens"):
         rollback_target([], None, staging)
+
+
+def test_a_pending_release_is_refused_with_the_way_out(staging) -> None:
+    check_not_pending([], staging)
+    check_not_pending([_rev(1, "superseded"), _rev(2, "failed"), _rev(3, "deployed")], staging)
+    with pytest.raises(RefusedError) as err:
+        check_not_pending([_rev(1, "superseded"), _rev(2, "deployed"), _rev(3, "pending-upgrade")], staging)
+    assert "is pending-upgrade (revision 3" in err.value.message
+    assert "nothing was changed" in err.value.message
+    assert "`qlensctl rollback staging` (back to revision 2" in err.value.hint
+    with pytest.raises(RefusedError) as err:  # a first install that never finished: nothing to go back to
+        check_not_pending([_rev(1, "pending-install")], staging)
+    assert "helm uninstall qlens -n qlens-staging" in err.value.hint
 
 
 def _deployment(generation=2, observed=2, replicas=3, updated=3, total=3, available=3, conditions=()):
