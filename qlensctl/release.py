@@ -71,11 +71,11 @@ def check_not_pending(revisions: Sequence[Release], environment: Any) -> None:
     if now is None or not now.status.startswith("pending"):
         return
     ns = environment.namespace
-    since = f" since {now.updated}" if now.updated else ""
-    what = f" ({now.description})" if now.description else ""
-    message = (f"release {RELEASE} in {ns} is {now.status} (revision {now.revision}{what}{since}): a deploy "
-               "or rollback stopped before Helm finished (Ctrl-C, a crash, a lost connection), or a "
-               "`helm` command outside qlensctl is still running; nothing was changed")
+    since = f", since {now.updated}" if now.updated else ""
+    message = (f"release {RELEASE} in {ns} is {now.status} (revision {now.revision}, version "
+               f"{now.app_version}{since}): a deploy or rollback stopped before Helm finished (Ctrl-C, a "
+               "crash, a lost connection), or a `helm` command outside qlensctl is still running; "
+               "nothing was changed")
     good = _last_good(revisions[:-1])
     if good is not None:
         hint = (f"if no helm command is running on it, run `qlensctl rollback {environment.name}` (back to "
