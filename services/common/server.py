@@ -3,6 +3,10 @@
 Host and port come from QLENS_HOST / QLENS_PORT (defaults: 0.0.0.0 in a container, ports from
 DESIGN.md). uvloop and httptools are used when installed: they are most of uvicorn's speed.
 SIGTERM lets in-flight requests finish (uvicorn's graceful shutdown) within the pod's grace.
+
+The HTTP protocol is uvicorn's httptools one with time and size limits on reading a request
+(services/common/http_limits.py): a slow or oversized request cannot hold a connection forever.
+No service speaks WebSocket, so upgrades are off.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ DEFAULT_PORTS = {"gateway": 8080, "router": 8081, "cache": 8082}
 def serve(service: str, factory: str) -> None:
     import uvicorn
 
+    from services.common.http_limits import BoundedHttpToolsProtocol
+
     host = os.environ.get("QLENS_HOST", "0.0.0.0")
     port = int(os.environ.get("QLENS_PORT", DEFAULT_PORTS[service]))
     uvicorn.run(
@@ -23,7 +29,8 @@ def serve(service: str, factory: str) -> None:
         host=host,
         port=port,
         loop="auto",
-        http="auto",
+        http=BoundedHttpToolsProtocol,
+        ws="none",
         access_log=False,
         log_config=None,
         timeout_graceful_shutdown=int(os.environ.get("QLENS_GRACEFUL_SECONDS", "25")),
