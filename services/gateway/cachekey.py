@@ -26,9 +26,14 @@ EXCLUDED_PARAMS = frozenset({"stream", "stream_options", "user"})
 OPT_OUT_DIRECTIVES = frozenset({"no-cache", "no-store"})
 
 
+# integral floats below this are exact integers; above it (up to 1e308) they stay floats, because
+# orjson cannot write integers past 64 bits
+_EXACT_INT = 2**53
+
+
 def _canonical_scalar(value: Any) -> Any:
     # 1 and 1.0 are the same temperature; bool is an int subclass and must stay a bool
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and -_EXACT_INT < value < _EXACT_INT:
         return int(value)
     return value
 
