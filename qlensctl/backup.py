@@ -7,6 +7,13 @@ Helm): release, namespace, environment, revision, chart version and time, which 
 before it changes anything. A second backup the same day gets a `-HHMMSS` suffix; nothing is
 ever overwritten (files are created with O_EXCL).
 
+The header's last line is `# sha256: <hex>` of the body (everything after the header). A backup
+cut short at a line boundary (a full disk, an interrupted copy) is still valid YAML with a good
+header, and restoring it would deploy what is left with the chart's defaults standing in for the
+lost keys; the checksum is how `restore` tells, and it refuses such a file (and one edited by
+hand) before anything changes. There is deliberately no way around it: whoever wants to deploy
+values they edited can take a fresh backup of what they deploy, or run `helm upgrade --values`.
+
 Values should never hold secrets (credentials live in Secrets / Key Vault); as a second line of
 defence any string under a secret-looking key is dropped and credentials in URLs are masked, and
 the header names what was dropped.
@@ -18,6 +25,7 @@ Redis DUMP payloads with their absolute expiry, so a restore gives each key the 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -165,6 +173,20 @@ def _release_facts(helm: HelmValues, namespace: str) -> tuple[int | None, str]:
     return (int(revision) if revision is not None else None), str(chart)
 
 
+def body_checksum(body: str) -> str:
+    """sha256 hex of a backup's body (the text after its header), as the `# sha256:` line holds it."""
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def split_backup(text: str) -> tuple[str, str]:
+    """A backup's header (its leading `#` lines) and its body (the rest, verbatim)."""
+    lines = text.splitlines(keepends=True)
+    n = 0
+    while n < len(lines) and lines[n].startswith("#"):
+        n += 1
+    return "".join(lines[:n]), "".join(lines[n:])
+
+
 def render_backup(values: dict[str, Any], *, namespace: str, environment: str, revision: int | None,
                   chart: str, taken: datetime, redacted: list[str]) -> str:
     header = [
@@ -180,6 +202,7 @@ def render_backup(values: dict[str, Any], *, namespace: str, environment: str, r
         f"# redacted: {', '.join(redacted) if redacted else 'none'}",
     ]
     body = yaml.safe_dump(values, sort_keys=True, default_flow_style=False) if values else "{}\n"
+    header.append(f"# sha256: {body_checksum(body)}")  # last: a cut inside the header loses it too
     return "\n".join(header) + "\n" + body
 
 
@@ -202,7 +225,9 @@ def backup_values(helm: HelmValues, environment: Any, directory: Path | str,
 
 
 _USE_BACKUP = "pass a file written by `qlensctl backup`"
-_HEADER_LINE = re.compile(r"^#\s*([a-z][a-z-]*):\s*(.*?)\s*$")
+_INTACT_BACKUP = ("use an intact copy of it, or another backup (`ls backup/`); to deploy edited values, "
+                  "deploy them and take a fresh backup with `qlensctl backup ENV`")
+_HEADER_LINE = re.compile(r"^#\s*([a-z][a-z0-9-]*):\s*(.*?)\s*$")
 
 
 def read_backup(path: Path | str) -> Backup:
@@ -215,22 +240,26 @@ def read_backup(path: Path | str) -> Backup:
     except (OSError, UnicodeDecodeError) as exc:
         reason = getattr(exc, "strerror", None) or "not a text file"
         raise ConfigError(f"{path}: cannot read: {reason}", "pass a values-YYYYMMDD.yaml backup") from None
+    head, body = split_backup(text)
     header: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.startswith("#"):
-            break
+    for line in head.splitlines():
         m = _HEADER_LINE.match(line)
         if m:
             header.setdefault(m.group(1), m.group(2))
+    ours = header.get("format") == FORMAT
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
+        if ours and header.get("sha256", "").lower() != body_checksum(body):  # cut mid-line: say why
+            raise ConfigError(f"{path}: not valid YAML{where}: the backup is truncated or was edited "
+                              "(checksum mismatch)", _INTACT_BACKUP) from None
         raise ConfigError(f"{path}: not valid YAML{where}", _USE_BACKUP) from None
-    if header.get("format") != FORMAT:
+    if not ours:
         raise ConfigError(f"{path}: not a QLens values backup (no '# format: {FORMAT}' header)",
                           _USE_BACKUP)
+    _verify_checksum(path, header.get("sha256"), body)
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -244,6 +273,15 @@ def read_backup(path: Path | str) -> Backup:
     return Backup(path=path, values=values, release=header["release"], namespace=header["namespace"],
                   environment=header["environment"], revision=int(rev) if rev.isdigit() else None,
                   chart=header.get("chart", ""), taken=header.get("taken", ""), redacted=redacted)
+
+
+def _verify_checksum(path: Path, recorded: str | None, body: str) -> None:
+    """The body must be exactly what `backup` wrote: not cut short, not edited."""
+    if not recorded:
+        raise ConfigError(f"{path}: backup is truncated or was edited: it has no '# sha256:' checksum line "
+                          "(cut short inside its header, or written by an older qlensctl)", _INTACT_BACKUP)
+    if recorded.lower() != body_checksum(body):
+        raise ConfigError(f"{path}: backup is truncated or was edited: checksum mismatch", _INTACT_BACKUP)
 
 
 def check_backup_for(backup: Backup, environment: Any) -> None:

@@ -13,6 +13,7 @@ import yaml
 from qlensctl.backup import (
     FORMAT,
     _create_exclusive,
+    body_checksum,
     check_backup_for,
     is_secret_key,
     mask_url_credentials,
@@ -103,6 +104,51 @@ def test_not_yaml_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "values-20260314.yaml"
     path.write_text(f"# format: {FORMAT}\nkey: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
+        read_backup(path)
+
+
+def test_the_header_carries_the_bodys_checksum(tmp_path: Path) -> None:
+    text = _write(tmp_path, VALUES).read_text()
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    body = text.split(header[-1] + "\n", 1)[1]
+    assert header[-1] == f"# sha256: {body_checksum(body)}"
+    assert body == yaml.safe_dump(VALUES, sort_keys=True, default_flow_style=False)
+
+
+def test_a_backup_cut_at_a_line_boundary_is_refused(tmp_path: Path) -> None:
+    """What is left is valid YAML with a good header: only the checksum tells it is not whole."""
+    path = _write(tmp_path, VALUES)
+    lines = path.read_text().splitlines(True)
+    for keep in (len(lines) - 1, len(lines) - 3, sum(1 for line in lines if line.startswith("#"))):
+        cut = tmp_path / f"values-cut-{keep}.yaml"
+        cut.write_text("".join(lines[:keep]))
+        assert isinstance(yaml.safe_load(cut.read_text()), dict | None)
+        with pytest.raises(ConfigError, match="backup is truncated or was edited: checksum mismatch") as err:
+            read_backup(cut)
+        assert str(cut) in err.value.message and "intact copy" in (err.value.hint or "")
+
+
+def test_a_backup_cut_mid_line_says_it_is_truncated(tmp_path: Path) -> None:
+    text = _write(tmp_path, {**VALUES, "note": "[a, b]"}).read_text()
+    cut = tmp_path / "values-cut.yaml"
+    cut.write_text(text[: text.index("note: '[a,") + len("note: '[a,")])  # an unclosed quote
+    with pytest.raises(ConfigError, match="not valid YAML.*truncated or was edited"):
+        read_backup(cut)
+
+
+def test_an_edited_body_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, VALUES)
+    path.write_text(path.read_text().replace("gateway: 1", "gateway: 5"))
+    with pytest.raises(ConfigError, match="checksum mismatch"):
+        read_backup(path)
+
+
+def test_a_backup_without_a_checksum_is_refused(tmp_path: Path) -> None:
+    """An older backup, or one cut inside its header: refused, never restored unchecked."""
+    path = _write(tmp_path, VALUES)
+    path.write_text("".join(line for line in path.read_text().splitlines(True)
+                            if not line.startswith("# sha256:")))
+    with pytest.raises(ConfigError, match="truncated or was edited: it has no '# sha256:' checksum line"):
         read_backup(path)
 
 

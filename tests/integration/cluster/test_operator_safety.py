@@ -144,10 +144,6 @@ def test_a_restore_leaves_the_staging_secret_alone_and_says_so(target: Target, t
     assert revisions(target)[-1]["description"] == f"qlensctl restore staging {saved.path.name}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a backup cut short at a line boundary is still valid YAML with a good header, and "
-    "qlensctl/backup.py has no checksum or end marker to tell: restore deploys what is left, the "
-    "chart's defaults standing in for the lost keys (reported for backup.py's owner)"))
 def test_a_truncated_backup_is_refused(target: Target, tmp_path: Path) -> None:
     from qlensctl.backup import backup_values
     from qlensctl.environments import load_environment

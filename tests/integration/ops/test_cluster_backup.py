@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from qlensctl.backup import FORMAT
+from qlensctl.backup import FORMAT, body_checksum
 from qlensctl.release import history
 from tests.integration.ops.cluster import OpsCluster, make_ops_cluster
 from tests.integration.ops.conftest import Cli, assert_no_secrets
@@ -88,10 +88,14 @@ def _snapshot(ops: OpsCluster, env: str) -> tuple:
     return _revision(ops, env), _values(ops, env), ops.replicas(env)
 
 
+A_LIST = "- a list\n"
+
+
 @pytest.mark.parametrize("content,message", [
     ("key: [unclosed\n", "not valid YAML"),
     ("replicas: {gateway: 9}\n", "not a QLens values backup"),
-    (f"# format: {FORMAT}\n- a list\n", "must be a YAML mapping"),
+    (f"# format: {FORMAT}\n# sha256: {body_checksum(A_LIST)}\n{A_LIST}", "must be a YAML mapping"),
+    (f"# format: {FORMAT}\nreplicas: {{gateway: 9}}\n", "no '# sha256:' checksum line"),
 ])
 def test_bad_backup_files_are_refused_and_the_cluster_is_unchanged(staging: OpsCluster, cli: Cli,
                                                                    tmp_path: Path, content: str,
