@@ -47,9 +47,12 @@ def _kube(environment: Any, kube_context: str | None) -> Any:
 
 
 def _helm(kube: Any, helm_kind: str) -> Any:
+    """Helm on the cluster `kube` talks to: the same kubeconfig file and context, passed explicitly
+    (the embedded Helm SDK reads $KUBECONFIG only once, when it loads, so left to itself an
+    in-process caller that changed $KUBECONFIG would reach an earlier cluster)."""
     from qlensctl import helm as helm_adapter
 
-    return helm_adapter.select_helm(helm_kind, kube_context=kube.context)
+    return helm_adapter.select_helm(helm_kind, kubeconfig=kube.kubeconfig_file, kube_context=kube.context)
 
 
 # -- scale ---------------------------------------------------------------------------------------
