@@ -90,3 +90,28 @@ def pin(pid: int, cores: frozenset[int] | None) -> None:
 
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
+
+
+def reference_loop_ms(cores: frozenset[int] | None, repeats: int = 5) -> float:
+    """Fastest of `repeats` runs of a fixed pure-Python loop on `cores` (the QLens core).
+
+    On a shared or SMT machine a busy neighbour slows every instruction, so CPU time per request
+    rises with it; this figure, taken before and after the runs, says how fast the core was. Runs
+    compare fairly only when their reference loops agree.
+    """
+    import time
+
+    mine = os.sched_getaffinity(0)
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+    try:
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            x = 0
+            for i in range(200_000):
+                x += i * i
+            best = min(best, time.perf_counter() - t0)
+        return round(best * 1000, 2)
+    finally:
+        os.sched_setaffinity(0, mine)

@@ -123,6 +123,10 @@ def print_report(results: dict, console: Console) -> None:
     console.print(f"[bold]QLens benchmark[/bold]  {meta['started']}  {meta['cpu_model']} x{meta['nproc']}")
     console.print(f"pinning: {meta['pinning']}")
     console.print(f"load average at start: {meta['loadavg_start']}  ·  fake provider: {meta['provider']}")
+    if "reference_loop_ms_start" in meta:
+        console.print(f"reference loop on the QLens core: {meta['reference_loop_ms_start']} ms at start, "
+                      f"{meta.get('reference_loop_ms_end')} ms at the end (lower = faster core; compare runs "
+                      "whose figures agree)")
     if meta["loadavg_start"][0] > 0.5 * (meta["nproc"] or 1):
         console.print("[yellow]the machine was busy when this run started: latency figures include waiting "
                       "for a core; CPU per request is the steadier figure[/yellow]")

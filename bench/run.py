@@ -97,6 +97,7 @@ def _main(args: argparse.Namespace) -> int:
         "python": platform.python_version(),
         "pinning": plan.note,
         "loadavg_start": [round(x, 2) for x in procs.load_average()],
+        "reference_loop_ms_start": procs.reference_loop_ms(plan.qlens),
         "provider": f"delay {args.delay_ms} ms, stream gap {args.stream_gap_ms} ms, "
                     f"{args.stream_chunks} content chunks",
         "connections": args.connections,
@@ -162,6 +163,7 @@ def _main(args: argparse.Namespace) -> int:
         with console.status("timing qlensctl"):
             results["cli"] = cli_timing.time_cli(args.cli_runs, plan.qlens)
 
+    results["meta"]["reference_loop_ms_end"] = procs.reference_loop_ms(plan.qlens)
     results["breakdown_c1_p50_ms"] = report.breakdown(results)
     results["targets"] = report.evaluate(results)
     results["meta"]["wall_s"] = round(time.monotonic() - t_start, 1)
