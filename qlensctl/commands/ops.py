@@ -197,13 +197,15 @@ def restore(
     image = saved.values.get("image")
     tag = str(image.get("tag")) if isinstance(image, dict) and image.get("tag") else "from backup"
     plan = release.DeployPlan(environment, environment.namespace, tag, saved.values, None, revisions)
+    # what the deploy lock tells a second command is running, and Helm's description of the revision
+    operation = f"qlensctl restore {environment.name} {saved.path.name}"
     with output.spinner(f"restoring {environment.name} from {saved.path}") as status:
         def step(message: str) -> None:
             if status is not None:
                 status.update(message)
 
         result = release.deploy(plan, kube, helm, wait=wait, timeout=timeout, backup_dir=directory,
-                                on_step=step)
+                                on_step=step, operation=operation)
     if not result.ok:
         note = f"; rolled back to revision {result.rolled_back_to}" if result.rolled_back_to else ""
         raise OperationError(f"restore of {environment.name} failed: {result.message}{note}",

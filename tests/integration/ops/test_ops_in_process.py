@@ -53,3 +53,5 @@ def test_backup_and_restore_in_process_use_the_current_kubeconfig(
     assert_ok(restored, "restore")
     assert json.loads(restored.out)["revision"] == 2
     assert [r["revision"] for r in revisions(target)] == [1, 2]
+    # Helm's history (and, while it ran, the deploy lock) says it was a restore, from which file
+    assert revisions(target)[-1]["description"] == f"qlensctl restore staging {path.name}"
