@@ -34,6 +34,7 @@ from services.gateway.chat import ROUTE as CHAT
 from services.gateway.chat import SERVICE, ChatCompletions, router_error, unknown_model, upstream_error
 from services.gateway.http11 import PeerError
 from services.gateway.peers import Cache, Router, peer_urls
+from services.gateway.schema import add_chat_completions
 
 REDIS_URL_ENV = "QLENS_REDIS_URL"
 MODELS, USAGE = "/v1/models", "/v1/usage"
@@ -163,9 +164,17 @@ class Gateway:
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, except that POST /v1/chat/completions goes straight to its ASGI handler."""
+    """FastAPI, except that POST /v1/chat/completions goes straight to its ASGI handler.
+
+    FastAPI never sees that route, so its OpenAPI document gets it added (services/gateway/schema.py).
+    """
 
     chat: ChatCompletions
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = add_chat_completions(super().openapi(), self.chat.catalog.names())
+        return self.openapi_schema
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"] == CHAT and scope["method"] == "POST":

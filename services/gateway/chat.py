@@ -43,7 +43,7 @@ from services.gateway.cachekey import cache_key, cacheable
 from services.gateway.catalog import Catalog
 from services.gateway.http11 import PeerBroken, PeerError, PeerTimeout, PeerUnavailable, StreamReply
 from services.gateway.peers import Cache, Router
-from services.gateway.schema import ChatCompletionRequest, validate_request
+from services.gateway.schema import ChatCompletionRequest, json_error, validate_request
 from services.gateway.streams import (
     SSESplitter,
     StreamRelay,
@@ -162,10 +162,8 @@ class ChatCompletions:
         raw = await self._read_body(headers, receive)
         try:
             data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise APIError(400, "We could not parse the JSON body of your request: it must be a JSON object "
-                                "(see https://platform.openai.com/docs/api-reference).",
-                           code="invalid_json") from None
+        except orjson.JSONDecodeError as exc:
+            raise json_error(exc, raw) from None
         req = validate_request(data)
         caller = self.auth.caller_for(entry, req.user)
         ex.tenant, ex.user, ex.model, ex.stream = caller.tenant, caller.user, req.model, bool(req.stream)

@@ -43,9 +43,6 @@ def live_schema(gateway_url: str) -> dict:
     return r.json()
 
 
-@pytest.mark.xfail(strict=True, reason="gateway: POST /v1/chat/completions is served by GatewayApp.__call__ "
-                   "and absent from /openapi.json (services/gateway/app.py); the fuzz test below adds it "
-                   "from services/gateway/schema.py until the gateway publishes it")
 def test_the_openapi_schema_describes_chat_completions(shared_stack):
     operation = live_schema(shared_stack.gateway_url)["paths"].get(CHAT, {}).get("post")
     assert operation is not None, "POST /v1/chat/completions is not in /openapi.json"
