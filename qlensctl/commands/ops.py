@@ -3,11 +3,19 @@
 Each command validates its input before it touches the cluster, shows what it will change,
 asks before changing production (unless --yes) and prints what it did. The work is done by the
 layers: qlensctl.scaling (replica counts, HPAs, readiness), qlensctl.backup (values and Redis
-state files) and the Helm adapter.
+state files), qlensctl.smoke and qlensctl.portforward (the smoke test that ends maintenance) and
+the Helm adapter.
+
+Whatever changes replicas holds the namespace's deploy lock (qlensctl.kube, the Lease deploy and
+rollback hold) while it does, so a scale never lands in the middle of a deploy's rollout (Helm's
+atomic upgrade would fight it, or roll it away) and a deploy never starts between maintenance
+end's checks and its scale-back. `restore` is a deploy and takes the lock through release.deploy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +52,16 @@ def _kube(environment: Any, kube_context: str | None) -> Any:
     kube = Kube.for_environment(environment, kube_context)
     kube.ping()
     return kube
+
+
+@contextmanager
+def _locked(kube: Any, namespace: str, operation: str) -> Iterator[None]:
+    """Hold the namespace's deploy lock; another command holding it is a refusal (exit 2, nothing
+    changed) naming that command."""
+    with kube.lock(namespace, operation) as lock:
+        if lock.taken_over is not None:
+            output.warn(f"took over a stale deploy lock: {lock.taken_over.describe()} (that process is gone)")
+        yield
 
 
 def _helm(kube: Any, helm_kind: str) -> Any:
@@ -85,7 +103,8 @@ def scale(
     if environment.is_production and change.before != change.after:
         output.confirm(f"Scale {change.deployment} in {environment.namespace} from {change.before} to "
                        f"{change.after} replicas?", yes)
-    done = scaling.apply(kube, environment.namespace, change)
+    with _locked(kube, environment.namespace, f"qlensctl scale {environment.name} {service} {count}"):
+        done = scaling.apply(kube, environment.namespace, change)
     _print_changes([done], environment, as_json, title=f"Scaled ({environment.name})")
 
 
@@ -258,8 +277,9 @@ def maintenance_start(
         plans.append(scaling.plan(kube, ns, service, target))
     if environment.is_production:
         output.confirm(f"Start maintenance on {ns}: back up the values, then scale {_summary(plans)}?", yes)
-    path = backups.backup_values(helm, environment, directory)
-    done = [scaling.apply(kube, ns, p) for p in plans]
+    with _locked(kube, ns, f"qlensctl maintenance start {environment.name}"):
+        path = backups.backup_values(helm, environment, directory)
+        done = [scaling.apply(kube, ns, p) for p in plans]
     for c in done:
         if c.autoscaler and not c.autoscaler.min_replicas <= c.after <= c.autoscaler.max_replicas:
             output.warn(f"{c.deployment}: {c.autoscaler.verdict(c.after)}")
@@ -276,7 +296,10 @@ def maintenance_start(
 def maintenance_end(
     env: str = typer.Argument(..., help="Environment."),
     url: str = typer.Option(None, "--url", show_default=False,
-                            help="Gateway URL to smoke-test (e.g. after `kubectl port-forward`)."),
+                            help="Smoke-test the gateway at this URL [default: the environment's URL]."),
+    port_forward: bool = typer.Option(False, "--port-forward",
+                                      help="Smoke-test through a port-forward to svc/qlens-gateway (through "
+                                           "the API server, like `kubectl port-forward`)."),
     api_key: str = typer.Option(None, "--api-key", envvar="QLENS_API_KEY", show_default=False,
                                 help="API key for the smoke test (never printed)."),
     timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds to wait for every deployment."),
@@ -284,56 +307,84 @@ def maintenance_end(
     yes: bool = _YES,
     as_json: bool = _JSON,
 ) -> None:
-    """Check health (and smoke-test with --url), then scale back to the environment's replicas.
+    """Check health, smoke-test the gateway, then scale back to the environment's replicas.
 
-    If anything is unhealthy the extra replicas stay and the command fails: scaling down a sick
-    deployment would only make it worse.
+    The smoke test goes to the environment's URL (its Ingress domain), or with --port-forward to
+    svc/qlens-gateway, or to --url. If anything is unhealthy or a check fails the extra replicas
+    stay and the command fails: scaling down a sick deployment would only make it worse. The
+    deploy lock is held from the health check to the scale-back, so no deploy slips in between.
     """
-    from qlensctl import scaling
+    from qlensctl import scaling, smoke
     from qlensctl.environments import load_environment
-    from qlensctl.errors import OperationError
+    from qlensctl.errors import ConfigError, OperationError
 
+    if url and port_forward:
+        raise ConfigError("--port-forward and --url are exclusive",
+                          "--port-forward reaches the gateway of ENV; --url is for any other address")
     environment = load_environment(env)
+    smoke_url = smoke.targets(None, url, Path()).gateway_url if url else None  # a bad --url: exit 2 now
+    smoke.require_key(environment.auth.required, api_key, environment.name)  # before the cluster is asked
     kube = _kube(environment, kube_context)
     ns = environment.namespace
-    with output.spinner("waiting for every deployment to be ready"):
-        try:
-            states = scaling.wait_healthy(kube, ns, timeout)
-        except OperationError as exc:
-            raise OperationError(f"{exc.message}; replicas left as they are", exc.hint) from None
-    smoke_results = None
-    if url:
-        from qlensctl import smoke
-
-        with output.spinner(f"smoke-testing {url}"):
-            smoke_results = smoke.run_smoke(url, None, api_key)
+    with _locked(kube, ns, f"qlensctl maintenance end {environment.name}"):
+        with output.spinner("waiting for every deployment to be ready"):
+            try:
+                states = scaling.wait_healthy(kube, ns, timeout)
+            except OperationError as exc:
+                raise OperationError(f"{exc.message}; replicas left as they are", exc.hint) from None
+        where, smoke_results = _smoke(environment, kube, smoke_url, port_forward, api_key)
         bad = smoke.failed(smoke_results)
         if bad:
+            hint = f"fix it and run `qlensctl maintenance end {environment.name}` again"
+            if not (port_forward or url):
+                hint += "; if its URL is not reachable from here, add --port-forward"
             raise OperationError(
-                f"smoke test of {url} failed ({'; '.join(r.name + ': ' + r.detail for r in bad)}); "
-                "replicas left as they are",
-                f"fix it and run `qlensctl maintenance end {environment.name}` again",
-            )
-    elif not as_json:
-        output.warn("no --url: smoke test skipped (port-forward svc/qlens-gateway and pass --url to run it)")
-    targets = {"gateway": environment.replicas.gateway, "router": environment.replicas.router,
-               "cache": environment.replicas.cache}
-    plans = [scaling.plan(kube, ns, s, targets[s]) for s in scaling.SERVICES]
-    if environment.is_production and any(p.before != p.after for p in plans):
-        output.confirm(f"End maintenance on {ns}: scale {_summary(plans)}?", yes)
-    done = [scaling.apply(kube, ns, p) for p in plans]
+                f"smoke test of {where} failed ({'; '.join(r.name + ': ' + r.detail for r in bad)}); "
+                "replicas left as they are", hint)
+        targets = {"gateway": environment.replicas.gateway, "router": environment.replicas.router,
+                   "cache": environment.replicas.cache}
+        plans = [scaling.plan(kube, ns, s, targets[s]) for s in scaling.SERVICES]
+        if environment.is_production and any(p.before != p.after for p in plans):
+            output.confirm(f"End maintenance on {ns}: scale {_summary(plans)}?", yes)
+        done = [scaling.apply(kube, ns, p) for p in plans]
     if as_json:
         output.emit_json({
             "environment": environment.name,
             "health": [{"deployment": s.name, "ready": s.ready, "desired": s.desired} for s in states],
-            "smoke": [r.to_dict() for r in smoke_results] if smoke_results is not None else None,
+            "smoke": {"target": where, "checks": [r.to_dict() for r in smoke_results]},
             "changes": [{"service": c.service, "before": c.before, "after": c.after} for c in done]})
         return
     output.table("Health", ["deployment", "ready", "result"],
                  [[s.name, f"{s.ready}/{s.desired}", output.status_mark(s.done)] for s in states])
-    if smoke_results is not None:
-        output.info(f"Smoke test of {url}: all {len(smoke_results)} checks passed")
+    output.info(f"Smoke test of {where}: all {len(smoke_results)} checks passed")
     _print_changes(done, environment, False, title=f"Maintenance ended ({environment.name})")
+
+
+GATEWAY_SERVICE = "qlens-gateway"
+
+
+def _smoke(environment: Any, kube: Any, url: str | None, port_forward: bool,
+           api_key: str | None) -> tuple[str, list[Any]]:
+    """The smoke checks against --url, a port-forward to svc/qlens-gateway, or the environment's
+    URL; returns where they ran (for messages) and the results. Problems of the forward's streams
+    during the checks are warnings: they explain failed checks."""
+    from qlensctl import portforward, smoke
+
+    if not port_forward:
+        where = url or smoke.environment_url(environment)
+        with output.spinner(f"smoke-testing {where}"):
+            return where, smoke.run_smoke(where, None, api_key)
+    port = environment.ports.gateway
+    with output.spinner(f"port-forwarding svc/{GATEWAY_SERVICE} {port} in {environment.namespace}"):
+        forward = portforward.forward_service(kube, environment.namespace, GATEWAY_SERVICE, port)
+    with forward:
+        pod = f"pod/{forward.pod}:{forward.remote_port}"
+        where = f"svc/{GATEWAY_SERVICE} (port-forward {forward.url} -> {pod})"
+        with output.spinner(f"smoke-testing {where}"):
+            results = smoke.run_smoke(forward.url, None, api_key)
+    for note in dict.fromkeys(forward.errors):
+        output.warn(f"port-forward: {note}")
+    return where, results
 
 
 def _summary(plans: list[Any]) -> str:

@@ -121,7 +121,15 @@ def test_another_environments_backup_is_refused(staging: OpsCluster, cli: Cli) -
     assert history(staging.helm(), staging.namespaces["production"]) == []
 
 
-def test_maintenance_round_trip(staging: OpsCluster, cli: Cli) -> None:
+def _point_domain_at(ops: OpsCluster, env: str, address: str) -> None:
+    """The environment's domain (where `maintenance end` smoke-tests by default) := host:port."""
+    path = ops.envdir / f"{env}.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc.update({"domain": address, "tls": {**doc.get("tls", {}), "enabled": False}})
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_maintenance_round_trip(staging: OpsCluster, cli: Cli, shared_stack) -> None:
     start = cli("maintenance", "start", "staging", "--json")
     assert start.code == 0, start
     started = json.loads(start.out)
@@ -130,16 +138,51 @@ def test_maintenance_round_trip(staging: OpsCluster, cli: Cli) -> None:
     assert {(c["service"], c["before"], c["after"]) for c in started["changes"]} == {
         ("gateway", 1, 2), ("router", 1, 2), ("cache", 1, 2)}
 
+    # the smoke test goes to the environment's URL (here its domain is a real local gateway)
+    _point_domain_at(staging, "staging", shared_stack.gateway_url.removeprefix("http://"))
     end = cli("maintenance", "end", "staging", "--timeout", "60")
     assert end.code == 0, end
     assert "PASS" in end.out and "Maintenance ended" in end.out
-    assert "smoke test skipped" in end.err
+    assert f"Smoke test of {shared_stack.gateway_url}: all 6 checks passed" in end.out
     assert staging.replicas("staging") == {"gateway": 1, "router": 1, "cache": 1}
 
     to_n = cli("maintenance", "start", "staging", "--replicas", "3")
     assert to_n.code == 0, to_n
     assert staging.replicas("staging") == {"gateway": 3, "router": 3, "cache": 3}
     assert "Backed up the values" in to_n.out
+    # --url: any gateway, here the same one
+    by_url = cli("maintenance", "end", "staging", "--url", shared_stack.gateway_url, "--json")
+    assert by_url.code == 0, by_url
+    report = json.loads(by_url.out)
+    assert report["smoke"]["target"] == shared_stack.gateway_url
+    assert {c["status"] for c in report["smoke"]["checks"]} == {"pass"}
+    assert staging.replicas("staging") == {"gateway": 1, "router": 1, "cache": 1}
+
+
+def test_maintenance_end_keeps_replicas_when_the_smoke_test_fails(staging: OpsCluster, cli: Cli) -> None:
+    from qlensctl.local import free_port
+
+    assert cli("maintenance", "start", "staging").code == 0
+    closed = f"127.0.0.1:{free_port()}"
+    _point_domain_at(staging, "staging", closed)
+    end = cli("maintenance", "end", "staging", "--timeout", "30")
+    assert end.code == 1, end
+    assert "Traceback" not in end.text
+    assert f"smoke test of http://{closed} failed (gateway /health: " in end.err
+    assert "replicas left as they are" in end.err and "add --port-forward" in end.err
+    assert staging.replicas("staging") == {"gateway": 2, "router": 2, "cache": 2}
+
+
+def test_maintenance_end_usage_errors_change_nothing(staging: OpsCluster, cli: Cli) -> None:
+    assert cli("maintenance", "start", "staging").code == 0
+    for args, words in ((["--url", "http://127.0.0.1:1", "--port-forward"], "are exclusive"),
+                        (["--url", "ftp://gateway"], "is not an http(s) URL")):
+        run = cli("maintenance", "end", "staging", *args)
+        assert run.code == 2 and words in run.err and "hint:" in run.err, run
+    # production needs a key for its smoke test: said before the cluster is even asked
+    no_key = cli("maintenance", "end", "production", "--yes")
+    assert no_key.code == 2 and "requires an API key" in no_key.err, no_key
+    assert staging.replicas("staging") == {"gateway": 2, "router": 2, "cache": 2}
 
 
 def test_maintenance_end_keeps_replicas_when_unhealthy(staging: OpsCluster, cli: Cli) -> None:

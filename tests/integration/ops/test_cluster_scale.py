@@ -202,3 +202,35 @@ def test_a_gateway_reading_the_secret_accepts_then_refuses(ops: OpsCluster, cli:
     while status() != 401 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert status() == 401
+
+
+def test_scale_and_maintenance_wait_for_the_deploy_lock(deployed: OpsCluster, cli: Cli) -> None:
+    """A deploy holds the namespace's lock: replica changes are refused (exit 2, nothing changed,
+    no backup written) naming it, and go through once it is gone; they leave no lock behind."""
+    from kubernetes import client
+
+    from tests.integration.cluster.test_operator_safety import LOCK, lease, plant_lease
+
+    ns = deployed.namespaces["staging"]
+    plant_lease(deployed, ns, "alice@laptop pid 42", "qlensctl deploy staging v9", renewed_ago=5)
+    for args in (["scale", "staging", "gateway", "3"], ["maintenance", "start", "staging"],
+                 ["maintenance", "end", "staging", "--url", "http://127.0.0.1:1"]):
+        run = cli(*args)
+        assert run.code == 2, run
+        assert "another command is changing the release" in run.err, run
+        assert "`qlensctl deploy staging v9` by alice@laptop pid 42" in run.err and "hint:" in run.err
+    assert deployed.replicas("staging") == {"gateway": 1, "router": 1, "cache": 1}
+    assert not (cli.cwd / "backup").exists()
+
+    client.CoordinationV1Api(deployed.api).delete_namespaced_lease(LOCK, ns)
+    run = cli("scale", "staging", "gateway", "3")
+    assert run.code == 0, run
+    assert deployed.replicas("staging")["gateway"] == 3
+    assert lease(deployed, ns) is None
+
+    # a lock whose holder died is taken over, and said so
+    plant_lease(deployed, ns, "ghost@gone pid 1", "qlensctl deploy staging v0", renewed_ago=600)
+    run = cli("scale", "staging", "gateway", "2")
+    assert run.code == 0, run
+    assert "took over a stale deploy lock: `qlensctl deploy staging v0` by ghost@gone pid 1" in run.err
+    assert lease(deployed, ns) is None
