@@ -57,7 +57,8 @@ def parse_keys(text: str) -> dict[str, KeyEntry]:
 
 
 def dump_keys(keys: dict[str, KeyEntry]) -> str:
-    return json.dumps({"keys": {d: asdict(e) for d, e in sorted(keys.items())}}, indent=2, sort_keys=True) + "\n"
+    entries = {d: asdict(e) for d, e in sorted(keys.items())}
+    return json.dumps({"keys": entries}, indent=2, sort_keys=True) + "\n"
 
 
 def load_keys_file(path: str | Path) -> dict[str, KeyEntry]:

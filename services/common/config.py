@@ -154,7 +154,8 @@ class CostControls(Model):
     enabled: bool = True
     # USD per day, reset at 00:00 UTC; None = no limit for that scope
     daily_limits: DailyLimits = DailyLimits()
-    store: Literal["memory", "redis"] = Field("memory", description="where counters live; redis = shared by replicas")
+    store: Literal["memory", "redis"] = Field(
+        "memory", description="where counters live; redis = shared by replicas")
     on_store_failure: Literal["failClosed", "failOpen"] = "failClosed"
 
 

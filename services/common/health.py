@@ -7,7 +7,7 @@ checks and answers 200 only when all pass, naming each check in the body.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 Check = Callable[[], Awaitable[Any]]
@@ -19,9 +19,9 @@ def liveness(service: str) -> dict[str, Any]:
 
 async def readiness(
     service: str,
-    checks: dict[str, Check],
+    checks: Mapping[str, Check],
     timeout: float = 2.0,
-    optional: dict[str, Check] | None = None,
+    optional: Mapping[str, Check] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """(status, body). `optional` checks are reported (with `"optional": true`) but do not make the
     service unready: e.g. a store the service can run without under its configured policy."""

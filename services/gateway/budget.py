@@ -419,8 +419,8 @@ class MemoryBudget(Budget):
         _check_name("user", user)
         day = utc_day(self.clock())
         state = self._days.get(day) or _Day()
-        counts = [tuple(state.counts.get((s, i), (0, 0))) for s, i in zip(SCOPES, _scope_ids(tenant, user),
-                                                                          strict=True)]
+        keys = zip(SCOPES, _scope_ids(tenant, user), strict=True)
+        counts = [(spent, reserved) for spent, reserved in (state.counts.get(k) or (0, 0) for k in keys)]
         return self._usage_body(day, counts, self.store)
 
 
@@ -473,7 +473,7 @@ class RedisBudget(Budget):
         res = self._new_reservation(tenant, user, usd, "redis")
         now = self.clock()
         keys = self._keys(res.day, tenant, user)
-        limits = [-1 if self.limits.of(s) is None else self.limits.of(s) for s in SCOPES]
+        limits = [-1 if (limit := self.limits.of(s)) is None else limit for s in SCOPES]
         try:
             out = await self._reserve(keys=keys, args=[
                 res.micros, *limits, _expire_at(res.day), int(now * 1000),

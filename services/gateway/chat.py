@@ -19,7 +19,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from typing import Any, Literal
 from urllib.parse import quote
 
 import orjson
@@ -68,6 +69,15 @@ log = logging.getLogger("qlens.gateway")
 
 INTERNAL_ERROR = APIError(500, "The server had an error while processing your request.",
                           code="internal_error")
+
+
+class Answered(Enum):
+    """The cache lookup answered the request itself (a hit)."""
+
+    ANSWERED = "answered"
+
+
+ANSWERED = Answered.ANSWERED
 
 
 class ClientGone(Exception):
@@ -171,7 +181,7 @@ class ChatCompletions:
             raise unknown_model(req.model)
 
         key = await self._lookup(send, ex, req, data, headers, caller)
-        if key is True:
+        if key is ANSWERED:
             return  # answered from the cache
         reservation, body = await self._reserve(req, data, raw, caller)
         rheaders = {"content-type": "application/json", "x-request-id": ex.rid,
@@ -208,8 +218,8 @@ class ChatCompletions:
                              "(gateway.maxBodyBytes).", code="request_too_large")
 
     async def _lookup(self, send: Send, ex: Exchange, req: ChatCompletionRequest, data: dict[str, Any],
-                      headers: dict[str, str], caller: Caller) -> str | None | bool:
-        """The cache key to store under after a miss (None: do not store); True: answered (hit)."""
+                      headers: dict[str, str], caller: Caller) -> str | None | Literal[Answered.ANSWERED]:
+        """The cache key to store under after a miss (None: do not store), or ANSWERED (a hit)."""
         if not (self.cache_on and cacheable(data, headers, self.config.cache)):
             self._cache_metric["bypass"].inc()
             return None
@@ -233,7 +243,7 @@ class ChatCompletions:
             await self._answer(send, ex, 200, b"".join(events), extra + _SSE_HEADERS, _SSE)
         else:
             await self._answer(send, ex, 200, body, extra)
-        return True
+        return ANSWERED
 
     async def _reserve(self, req: ChatCompletionRequest, data: dict[str, Any], raw: bytes,
                        caller: Caller) -> tuple[Reservation, bytes]:

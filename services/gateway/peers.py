@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Mapping
+from typing import Literal
 
 from services.common.logging import log_event
 from services.gateway.http11 import PeerError, Pool, Reply, StreamReply
@@ -71,7 +72,7 @@ class Cache:
             await asyncio.wait(self._tasks, timeout=2)
         await self.pool.close()
 
-    async def get(self, tenant: str, key: str) -> bytes | None | bool:
+    async def get(self, tenant: str, key: str) -> bytes | Literal[False] | None:
         """The entry's bytes; False for a miss; None when the cache cannot be reached (bypass)."""
         try:
             reply = await self.pool.request("GET", f"/v1/cache/{tenant}/{key}", timeout=CACHE_GET_TIMEOUT)

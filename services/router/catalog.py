@@ -143,7 +143,7 @@ def build_catalog(
                     cb.failure_threshold,
                     cb.cooldown_seconds,
                     clock=clock,
-                    on_change=lambda s, g=gauge: g.set(int(s)),
+                    on_change=gauge.set,  # State is an IntEnum: its value is the metric's
                 ),
             )
         return deployments[label]

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,7 +95,7 @@ class Router:
 
         async def call(
             dep: DeploymentState, request: dict[str, Any]
-        ) -> tuple[AsyncIterator[StreamItem], Any]:
+        ) -> tuple[AsyncGenerator[StreamItem, None], Any]:
             assert dep.provider is not None
             events = dep.provider.stream(dep.target, request)
             try:
@@ -245,7 +245,7 @@ class Relay:
 
     def __init__(
         self,
-        events: AsyncIterator[StreamItem],
+        events: AsyncGenerator[StreamItem, None],
         first: StreamItem,
         served: Served,
         deadline: float,

@@ -10,20 +10,32 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 
 class Balanced(Protocol):
-    """What a strategy reads from a deployment (see `catalog.Slot`)."""
+    """What a strategy reads from a deployment (see `catalog.Member`); read-only."""
 
-    index: int  # position in the model's deployment list
-    weight: float
-    in_flight: int
-    ewma: float | None  # seconds; None until the first successful call
+    @property
+    def index(self) -> int: ...  # position in the model's deployment list
+
+    @property
+    def weight(self) -> float: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def ewma(self) -> float | None: ...  # seconds; None until the first successful call
+
+
+B = TypeVar("B", bound=Balanced)
 
 
 class Strategy(Protocol):
-    def choose(self, candidates: Sequence[Balanced]) -> Balanced: ...
+    """Picks one of `candidates` and returns it (the caller's own object, whatever its type)."""
+
+    def choose(self, candidates: Sequence[B]) -> B: ...
 
 
 class RoundRobin:
@@ -33,7 +45,7 @@ class RoundRobin:
         self._size = max(size, 1)
         self._next = 0
 
-    def choose(self, candidates: Sequence[Balanced]) -> Balanced:
+    def choose(self, candidates: Sequence[B]) -> B:
         chosen = min(candidates, key=lambda c: (c.index - self._next) % self._size)
         self._next = (chosen.index + 1) % self._size
         return chosen
@@ -45,7 +57,7 @@ class Weighted:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
-    def choose(self, candidates: Sequence[Balanced]) -> Balanced:
+    def choose(self, candidates: Sequence[B]) -> B:
         point = self._rng.random() * sum(c.weight for c in candidates)
         for c in candidates:
             point -= c.weight
@@ -60,7 +72,7 @@ class LeastInFlight:
     def __init__(self, size: int) -> None:
         self._tie = RoundRobin(size)
 
-    def choose(self, candidates: Sequence[Balanced]) -> Balanced:
+    def choose(self, candidates: Sequence[B]) -> B:
         fewest = min(c.in_flight for c in candidates)
         return self._tie.choose([c for c in candidates if c.in_flight == fewest])
 
@@ -77,7 +89,7 @@ class LatencyAware:
         self._explore = explore
         self._tie = RoundRobin(size)
 
-    def choose(self, candidates: Sequence[Balanced]) -> Balanced:
+    def choose(self, candidates: Sequence[B]) -> B:
         unmeasured = [c for c in candidates if c.ewma is None]
         if unmeasured:
             return self._tie.choose(unmeasured)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -55,7 +55,8 @@ class RedisBackend(Backend):
             raise BackendUnavailable(f"redis: {type(exc).__name__}") from exc
 
     async def get(self, tenant: str, key: str) -> bytes | None:
-        return await self._call(self._redis.get(self._key(tenant, key)))
+        # redis-py types a reply as bytes | str; this client never decodes replies, so it is bytes
+        return cast(bytes | None, await self._call(self._redis.get(self._key(tenant, key))))
 
     async def put(self, tenant: str, key: str, value: bytes, ttl: float) -> None:
         await self._call(self._redis.set(self._key(tenant, key), value, px=max(int(ttl * 1000), 1)))

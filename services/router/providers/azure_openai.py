@@ -16,7 +16,7 @@ token metrics) and drop that chunk again when the client did not ask for it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -77,11 +77,13 @@ class AzureOpenAIProvider:
             raise ProviderError(FailureKind.DEPLOYMENT, "Azure OpenAI answered with malformed JSON") from None
         return Completion(content, usage or Usage(0, 0))
 
-    async def stream(self, target: str, body: dict[str, Any]) -> AsyncIterator[StreamItem]:
+    async def stream(self, target: str, body: dict[str, Any]) -> AsyncGenerator[StreamItem, None]:
         import httpx2
 
         client_wants_usage = wants_usage(body)
-        options = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+        options = body.get("stream_options")
+        if not isinstance(options, dict):
+            options = {}
         payload = {
             **body,
             "model": target,

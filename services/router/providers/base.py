@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -64,7 +64,7 @@ class Provider(Protocol):
 
     async def complete(self, target: str, body: dict[str, Any]) -> Completion: ...
 
-    def stream(self, target: str, body: dict[str, Any]) -> AsyncIterator[StreamItem]: ...
+    def stream(self, target: str, body: dict[str, Any]) -> AsyncGenerator[StreamItem, None]: ...
 
     async def aclose(self) -> None: ...
 

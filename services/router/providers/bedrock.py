@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -234,7 +234,7 @@ class BedrockProvider:
             raise provider_error(exc) from None
         return from_converse(response, str(body.get("model") or target))
 
-    async def stream(self, target: str, body: dict[str, Any]) -> AsyncIterator[StreamItem]:
+    async def stream(self, target: str, body: dict[str, Any]) -> AsyncGenerator[StreamItem, None]:
         request = to_converse(target, body)
         out = ChunkWriter(str(body.get("model") or target), wants_usage(body))
         loop = asyncio.get_running_loop()

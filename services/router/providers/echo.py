@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from services.common.config import EchoProvider as EchoConfig
@@ -103,7 +103,7 @@ class EchoProvider:
             usage,
         )
 
-    async def stream(self, target: str, body: dict[str, Any]) -> AsyncIterator[StreamItem]:
+    async def stream(self, target: str, body: dict[str, Any]) -> AsyncGenerator[StreamItem, None]:
         if self.delay:
             await asyncio.sleep(self.delay)
         text, finish = echo_answer(body)
