@@ -28,9 +28,8 @@ KEYS = {"alice": ("acme", "alice"), "bob": ("globex", "bob"), "carol": ("acme", 
 def aws_isolation(directory: Path) -> dict[str, str]:
     """AWS settings that keep the developer's ~/.aws out of a stack with Bedrock enabled.
 
-    running_stack blanks AWS_PROFILE, and the router cannot start with an empty one (reported:
-    test_process_faults.py::test_the_router_starts_with_an_empty_aws_profile): name a profile that
-    exists and holds no credentials, so those from the environment (if any) are used.
+    Names a profile that exists and holds no credentials, so only the credentials these tests put
+    in the environment (if any) are used.
     """
     config = directory / "aws-config"
     config.write_text("[default]\nregion = us-east-1\n")

@@ -267,7 +267,9 @@ def service_env(stack: RunningStack, extra_env: Mapping[str, str] | None = None)
         "QLENS_API_KEYS_FILE": str(keys_file) if stack.keys else "",
         "AZURE_OPENAI_ENDPOINT": "",
         "AWS_ACCESS_KEY_ID": "",
-        "AWS_PROFILE": "",
+        # as running_stack does: boto3 reads an empty config instead of the developer's ~/.aws
+        "AWS_CONFIG_FILE": str(stack.directory / "aws-empty"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(stack.directory / "aws-empty"),
     }
     env.update(extra_env or {})
     return env

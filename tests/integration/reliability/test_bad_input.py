@@ -149,9 +149,9 @@ BAD_BODIES = [
     (j(model=""), "model"),
     (j(model="m" * 300), "model"),
     (j(max_tokens=2**64), "max_tokens"),
-    # a valid JSON number past 64 bits: refused by the JSON parser (the message says the JSON is invalid)
+    # a valid JSON number past 64 bits: a 400 naming the field
     (b'{"model": "echo", "messages": [{"role": "user", "content": "x"}], "max_tokens": 1' + b"0" * 400 + b"}",
-     None),
+     "max_tokens"),
 ]
 
 
