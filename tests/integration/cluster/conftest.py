@@ -98,20 +98,6 @@ class Target:
             return subprocess.Popen([sys.executable, "-m", "qlensctl.main", *args], cwd=work, env=env,
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 
-    def run_process(self, *args: str, timeout: float = 180) -> Result:
-        """`qlensctl ARGS` as a real process, waited for: for commands whose Helm adapter is not
-        handed the kubeconfig explicitly (the embedded Helm SDK reads $KUBECONFIG once, when it
-        loads, so in-process it would still see an earlier test's kubeconfig)."""
-        proc = self.spawn(*args, name="run")
-        try:
-            code = proc.wait(timeout=timeout)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        work = self.backups.parent
-        return Result(code, (work / "run.out").read_text(), (work / "run.err").read_text())
-
     def spawned_output(self, name: str = "qlensctl") -> str:
         work = self.backups.parent
         return (work / f"{name}.out").read_text() + (work / f"{name}.err").read_text()

@@ -82,7 +82,7 @@ def test_an_invalid_environment_file_changes_nothing(target: Target, tmp_path: P
 
 def test_corrupt_backups_given_to_restore_change_nothing(target: Target, tmp_path: Path) -> None:
     ns = target.staging_ns
-    from qlensctl.backup import backup_values
+    from qlensctl.backup import backup_values, body_checksum
     from qlensctl.environments import load_environment
     from qlensctl.helm import select_helm
 
@@ -91,6 +91,14 @@ def test_corrupt_backups_given_to_restore_change_nothing(target: Target, tmp_pat
     good = backup_values(helm, load_environment("staging"), tmp_path / "saved").read_text()
     header = "".join(line + "\n" for line in good.splitlines() if line.startswith("#"))
     values = yaml.safe_load(good)
+
+    def sealed(body_values: dict) -> str:
+        """Other values under the good header with a checksum that matches them: well-formed backups."""
+        body = yaml.safe_dump(body_values)
+        head = "".join(line + "\n" for line in good.splitlines()
+                       if line.startswith("#") and not line.startswith("# sha256:"))
+        return head + f"# sha256: {body_checksum(body)}\n" + body
+
     bad_type = dict(values, replicas={**values["replicas"], "gateway": "three"})
     cases = {
         "garbage": (b"\x00\x9f\xff" * 100, "cannot read"),
@@ -98,20 +106,18 @@ def test_corrupt_backups_given_to_restore_change_nothing(target: Target, tmp_pat
         "no-header": (good.split("\n", 1)[0] + "\n" + yaml.safe_dump(values), "not a QLens values backup"),
         "other-environment": (good.replace("# environment: staging", "# environment: production"),
                               "backup of environment 'production'"),
-        "other-namespace": (header + yaml.safe_dump(dict(values, namespace="qlens-elsewhere")),
+        "other-namespace": (sealed(dict(values, namespace="qlens-elsewhere")),
                             "values for namespace 'qlens-elsewhere'"),
         # well-formed, for this environment, and refused by the chart's schema: the last line of
         # defence, after the lock was taken and the current values were backed up
-        "values-the-chart-refuses": (header + yaml.safe_dump(bad_type), "values.schema.json"),
+        "values-the-chart-refuses": (sealed(bad_type), "values.schema.json"),
     }
-    reaches_helm = {"values-the-chart-refuses"}
     before = target.settled_snapshot(ns)
     for name, (content, words) in cases.items():
         path = tmp_path / f"values-{name}.yaml"
         path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
         args = ("restore", "staging", str(path), "--timeout", "30")
-        # `restore` hands Helm no explicit kubeconfig (qlensctl/commands/ops.py): a real process
-        result = target.run_process(*args) if name in reaches_helm else target.qlensctl(*args)
+        result = target.qlensctl(*args)
         assert_refused(result, 2, words)
         assert target.snapshot(ns) == before, f"restore of {name} changed the cluster"
     assert [r["revision"] for r in revisions(target)] == [1]
@@ -157,7 +163,7 @@ def test_a_truncated_backup_is_refused(target: Target, tmp_path: Path) -> None:
     cut = tmp_path / "values-cut.yaml"
     cut.write_text("".join(lines[:last_key]))  # a disk that filled up, a copy that stopped
     before = target.settled_snapshot(ns)
-    result = target.run_process("restore", "staging", str(cut), "--timeout", "30")
+    result = target.qlensctl("restore", "staging", str(cut), "--timeout", "30")
     assert_refused(result, 2, "values-cut.yaml")
     assert target.snapshot(ns) == before
 
