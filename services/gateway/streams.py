@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from services.common.sse import SSESplitter as SSESplitter  # re-exported: the relay's splitter
+
 DONE = b"data: [DONE]\n\n"
 _DATA = b"data: "
 
@@ -27,27 +29,6 @@ def sse(payload: bytes) -> bytes:
 def error_event(body: bytes) -> bytes:
     """An error after the stream started: the openai SDK raises on a `data:` event with `error`."""
     return sse(body)
-
-
-class SSESplitter:
-    """Bytes in, complete events out (each without its blank-line terminator)."""
-
-    __slots__ = ("_buf",)
-
-    def __init__(self) -> None:
-        self._buf = b""
-
-    def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf + data if self._buf else data
-        if b"\r\n" in buf:
-            buf = buf.replace(b"\r\n", b"\n")
-        parts = buf.split(b"\n\n")
-        self._buf = parts.pop()
-        return [p for p in parts if p]
-
-    @property
-    def rest(self) -> bytes:
-        return self._buf
 
 
 class StreamRelay:

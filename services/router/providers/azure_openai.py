@@ -16,12 +16,13 @@ token metrics) and drop that chunk again when the client did not ask for it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import orjson
 
 from services.common.config import AzureOpenAIProvider as AzureConfig
+from services.common.sse import SSESplitter
 from services.router.providers.base import Completion, ProviderError, StreamItem, Usage, wants_usage
 from services.router.retry import FailureKind, kind_for_status
 
@@ -94,35 +95,67 @@ class AzureOpenAIProvider:
             response = await self.client.post(
                 "/chat/completions", body=payload, cast_to=httpx2.Response, stream=True
             )
-        usage = Usage(0, 0)
+        events = _Events(client_wants_usage)
         try:
             async with _translate_errors():
-                async for line in response.aiter_lines():
-                    if not line.startswith("data:"):
-                        continue  # blank separators, comments, event: lines
-                    data = line[5:].strip()
-                    if data == "[DONE]":
+                async for data in response.aiter_bytes():
+                    for event in events.feed(data):
+                        yield event
+                    if events.finished:
                         break
-                    raw = data.encode()
-                    if (b'"usage"' in raw and b'"usage":null' not in raw) or b'"error"' in raw:
-                        chunk = orjson.loads(raw)
-                        if isinstance(chunk.get("error"), dict):
-                            message = str(chunk["error"].get("message") or "stream error")
-                            raise ProviderError(FailureKind.SERVER, f"Azure OpenAI stream failed: {message}")
-                        found = _usage(chunk.get("usage"))
-                        if found is not None:
-                            usage = found
-                            if not chunk.get("choices") and not client_wants_usage:
-                                continue  # the usage-only chunk the client did not ask for
-                    yield b"data: " + raw + b"\n\n"
+                else:  # ended without [DONE]: a last event may lack its blank line
+                    for event in events.feed(b"\n\n"):
+                        yield event
         finally:
             await response.aclose()
-        yield usage
+        yield events.usage
 
     async def aclose(self) -> None:
         await self.client.close()
         if self._credential is not None:
             await self._credential.close()
+
+
+class _Events:
+    """Azure's SSE bytes -> the events to forward: split on bytes, never decoded to text.
+
+    Only a chunk that carries usage or an error is parsed: usage is read out (and the usage-only
+    chunk dropped when the client did not ask for it), an error event raises.
+    """
+
+    __slots__ = ("_splitter", "_wants_usage", "usage", "finished")
+
+    def __init__(self, wants_usage: bool) -> None:
+        self._splitter = SSESplitter()
+        self._wants_usage = wants_usage
+        self.usage = Usage(0, 0)
+        self.finished = False  # [DONE] seen
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The events to forward, in order (a generator, so those before an error still go out)."""
+        for event in self._splitter.feed(data):
+            for payload in _data_lines(event):
+                if payload == b"[DONE]":
+                    self.finished = True
+                    return
+                if (b'"usage"' in payload and b'"usage":null' not in payload) or b'"error"' in payload:
+                    chunk = orjson.loads(payload)
+                    if isinstance(chunk.get("error"), dict):
+                        message = str(chunk["error"].get("message") or "stream error")
+                        raise ProviderError(FailureKind.SERVER, f"Azure OpenAI stream failed: {message}")
+                    found = _usage(chunk.get("usage"))
+                    if found is not None:
+                        self.usage = found
+                        if not chunk.get("choices") and not self._wants_usage:
+                            continue  # the usage-only chunk the client did not ask for
+                yield b"data: " + payload + b"\n\n"
+
+
+def _data_lines(event: bytes) -> list[bytes]:
+    """The `data:` payloads of one event (comments, `event:` and `id:` lines skipped)."""
+    if b"\n" not in event:
+        return [event[5:].strip()] if event.startswith(b"data:") else []
+    return [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
 
 
 def _usage(usage: Any) -> Usage | None:
