@@ -1,38 +1,31 @@
 """The router service's HTTP layer: thin, and quick on the hot path.
 
-Routes (contract: docs/internals.md, "Gateway -> router"): POST /v1/chat/completions, GET
-/v1/models, /health, /health/ready (every deployment's circuit state), /metrics.
-
-The gateway has validated the request; the router only checks what it needs (a JSON object with a
-`model` and `messages`), so a malformed body is still a 400 and never a 500. Bodies are parsed with
-orjson and answers are sent as the bytes the provider produced; no middleware wraps the app,
-metrics and the log line are written by the handler itself.
+Routes (contract: docs/internals.md, "Gateway -> router"): POST /v1/chat/completions (the hot
+path, plain ASGI in services/router/chat.py: FastAPI never sees it), GET /v1/models, /health,
+/health/ready (every deployment's circuit state), /metrics.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.config import ServiceConfig, load_service_config
 from services.common.errors import APIError
 from services.common.health import liveness, readiness
 from services.common.logging import log_event, setup_logging
-from services.common.metrics import REQUEST_DURATION, REQUESTS, render_metrics
+from services.common.metrics import render_metrics
 from services.router.catalog import Catalog, build_catalog
+from services.router.chat import CHAT_ROUTE, SERVICE, ChatCompletions
 from services.router.providers import build_providers
-from services.router.routing import Relay, Router, Served
-from services.router.telemetry import child
+from services.router.routing import Router
 
-SERVICE = "router"
-CHAT_ROUTE = "/v1/chat/completions"
 JSON = "application/json"
 
 
@@ -62,33 +55,9 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         yield
         await providers.aclose()
 
-    app = FastAPI(title="QLens router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = RouterApp(title="QLens router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.router = router
-
-    async def chat_completions(request: Request) -> Response:
-        started = time.perf_counter()
-        request_id = request.headers.get("x-request-id", "")
-        tenant = request.headers.get("x-qlens-tenant", "")
-        model = None
-        try:
-            body = _parse_body(await request.body())
-            model = body["model"]
-            deadline = router.deadline()
-            if body.get("stream") is True:
-                relay = await router.stream(body, deadline)
-                relay.on_close = lambda r: _done(
-                    200, started, logger, request_id, tenant, model, r.served, None, r.outcome
-                )
-                headers = _served_headers(relay.served, request_id) | {"cache-control": "no-cache"}
-                return RelayResponse(relay, headers=headers)
-            completion, served = await router.complete(body, deadline)
-            headers = _served_headers(served, request_id)
-            headers["x-qlens-upstream-ms"] = f"{served.upstream_seconds * 1000:.3f}"
-            _done(200, started, logger, request_id, tenant, model, served)
-            return Response(completion.body, media_type=JSON, headers=headers)
-        except APIError as exc:
-            _done(exc.status, started, logger, request_id, tenant, model, None, exc.code)
-            return _error_response(exc, request_id)
+    app.chat = ChatCompletions(router, logger)
 
     async def list_models(request: Request) -> Response:
         return Response(models_body, media_type=JSON)
@@ -110,9 +79,13 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         payload, content_type = render_metrics()
         return Response(payload, media_type=content_type)
 
+    async def chat_wrong_method(request: Request) -> Response:  # POST is served by RouterApp.__call__
+        raise StarletteHTTPException(405)
+
     # plain Starlette routes: the handlers take the Request and return bytes, so FastAPI's
-    # dependency solving and response serialization would only cost time on the hot path
-    app.add_route(CHAT_ROUTE, chat_completions, methods=["POST"])
+    # dependency solving and response serialization would only cost time
+
+    app.add_route(CHAT_ROUTE, chat_wrong_method, methods=["GET", "PUT", "DELETE", "PATCH"])
     app.add_route("/v1/models", list_models, methods=["GET"])
     app.add_route("/health", health, methods=["GET"])
     app.add_route("/health/ready", ready, methods=["GET"])
@@ -147,30 +120,16 @@ def _load_config(logger: logging.Logger) -> ServiceConfig:
         raise SystemExit(2) from None
 
 
-# --- request and response helpers --------------------------------------------------------------
+class RouterApp(FastAPI):
+    """FastAPI, except that POST /v1/chat/completions goes straight to its ASGI handler."""
 
+    chat: ChatCompletions
 
-def _parse_body(raw: bytes) -> dict[str, Any]:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise APIError(400, "the request body is not valid JSON", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "the request body must be a JSON object", code="invalid_request")
-    if not isinstance(body.get("model"), str) or not body["model"]:
-        raise APIError(400, "`model` is required and must be a string", code="invalid_request", param="model")
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        raise APIError(400, "`messages` must be a non-empty array", code="invalid_request", param="messages")
-    return body
-
-
-def _served_headers(served: Served, request_id: str) -> dict[str, str]:
-    headers = {"x-qlens-provider": served.deployment.label, "x-qlens-model": served.model}
-    if served.fallback:
-        headers["x-qlens-fallback"] = served.requested
-    if request_id:
-        headers["x-request-id"] = request_id
-    return headers
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == CHAT_ROUTE and scope["method"] == "POST":
+            await self.chat(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def _error_response(exc: APIError, request_id: str) -> Response:
@@ -178,53 +137,6 @@ def _error_response(exc: APIError, request_id: str) -> Response:
     if request_id:
         headers["x-request-id"] = request_id
     return Response(exc.to_bytes(), status_code=exc.status, media_type=JSON, headers=headers)
-
-
-def _done(
-    status: int,
-    started: float,
-    logger: logging.Logger,
-    request_id: str,
-    tenant: str,
-    model: str | None,
-    served: Served | None,
-    error: str | None = None,
-    stream_outcome: str | None = None,
-) -> None:
-    """Metrics and the one log line of a request (never the prompt, never a key)."""
-    seconds = time.perf_counter() - started
-    child(REQUESTS, SERVICE, CHAT_ROUTE, str(status)).inc()
-    child(REQUEST_DURATION, SERVICE, CHAT_ROUTE).observe(seconds)
-    fields: dict[str, Any] = {
-        "request_id": request_id,
-        "tenant": tenant,
-        "model": model,
-        "status": status,
-        "latency_ms": round(seconds * 1000, 3),
-    }
-    if served is not None:
-        fields.update(provider=served.deployment.label, served_model=served.model, attempts=served.attempts)
-        if served.fallback:
-            fields["fallback_from"] = served.requested
-    if error:
-        fields["error"] = error
-    if stream_outcome:
-        fields["stream"] = stream_outcome
-    log_event(logger, "request", **fields)
-
-
-class RelayResponse(StreamingResponse):
-    """Server-sent events from a `Relay`, whose books are settled however the response ends."""
-
-    def __init__(self, relay: Relay, headers: dict[str, str]) -> None:
-        super().__init__(relay.chunks(), media_type="text/event-stream", headers=headers)
-        self.relay = relay
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.relay.close()
 
 
 def _servable(catalog: Catalog, model: str) -> bool:

@@ -262,30 +262,34 @@ class Relay:
         self._clock = clock
         self._usage: Usage | None = None
         self._closed = False
+        self._timeout: asyncio.Timeout | None = None  # the stream's deadline, while pumping
+        self._client_left = False
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def pump(self, send: Callable[[bytes], Awaitable[Any]]) -> None:
+        """Pass every event to `send` as it arrives, then [DONE] (or an error event); settle.
+
+        One timeout for the whole stream, around the sends too: a timeout per chunk costs a timer
+        per event, and a timeout around a generator's `yield` would fire in its consumer instead.
+        """
         dep = self.served.deployment
         try:
-            if isinstance(self._first, Usage):
-                self._usage = self._first
-            else:
-                yield self._first
-            while True:
-                remaining = self._deadline - self._clock()
-                if remaining <= 0:
-                    raise TimeoutError
-                try:
-                    async with asyncio.timeout(remaining):
-                        item = await anext(self._events)
-                except StopAsyncIteration:
-                    break
-                if isinstance(item, Usage):
-                    self._usage = item
+            async with asyncio.timeout(self._deadline - self._clock()) as self._timeout:
+                if isinstance(self._first, Usage):
+                    self._usage = self._first
                 else:
-                    yield item
+                    await send(self._first)
+                async for item in self._events:
+                    if isinstance(item, Usage):
+                        self._usage = item
+                    else:
+                        await send(item)
+            self._timeout = None
             self.outcome = "success"
-            yield DONE
+            await send(DONE)
         except (ProviderError, TimeoutError) as exc:
+            self._timeout = None
+            if self._client_left and isinstance(exc, TimeoutError):
+                return  # `abort` ended the wait: nobody to tell, the provider did nothing wrong
             if isinstance(exc, ProviderError):
                 self.outcome, code, message = exc.kind.value, "provider_error", exc.message
             else:
@@ -304,9 +308,30 @@ class Relay:
                 outcome=self.outcome,
                 error=message,
             )
-            yield sse_event(APIError(502, message, code=code).body())
+            await send(sse_event(APIError(502, message, code=code).body()))
         finally:
             await self.close()
+
+    def abort(self) -> None:
+        """The client went away (called from another task): stop waiting for the provider now.
+
+        Expiring the stream's own timeout cancels the pump where it waits, and the timeout turns
+        that into a TimeoutError inside `pump` itself, never a stray cancellation of the task.
+        """
+        self._client_left = True
+        if self._timeout is not None and not self._timeout.expired():
+            self._timeout.reschedule(-1.0)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The whole stream, collected by `pump` and then yielded (for tests: the app pumps)."""
+        collected: list[bytes] = []
+
+        async def keep(chunk: bytes) -> None:
+            collected.append(chunk)
+
+        await self.pump(keep)
+        for chunk in collected:
+            yield chunk
 
     async def close(self) -> None:
         if self._closed:
