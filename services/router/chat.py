@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from services.common.errors import APIError
-from services.common.logging import log_event
+from services.common.logging import log_line
 from services.common.metrics import REQUEST_DURATION, REQUESTS
 from services.router.routing import Relay, Router, Served
 from services.router.telemetry import child
@@ -120,7 +120,7 @@ class ChatCompletions:
             fields["error"] = error
         if stream_outcome:
             fields["stream"] = stream_outcome
-        log_event(self.logger, "request", **fields)
+        log_line(self.logger, "request", **fields)  # one write(2), not the logging machinery
 
 
 async def _relay(relay: Relay, receive: Receive, send: Send) -> None:
