@@ -7,6 +7,10 @@ SIGTERM lets in-flight requests finish (uvicorn's graceful shutdown) within the 
 The HTTP protocol is uvicorn's httptools one with time and size limits on reading a request
 (services/common/http_limits.py): a slow or oversized request cannot hold a connection forever.
 No service speaks WebSocket, so upgrades are off.
+
+Per-request extras are off where nobody reads them: the `server: uvicorn` header everywhere, and
+for the internal services (router, cache: only the gateway calls them, never through a proxy)
+X-Forwarded-* parsing and the `date` header. The public gateway keeps both.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import os
 
 DEFAULT_PORTS = {"gateway": 8080, "router": 8081, "cache": 8082}
+INTERNAL = frozenset({"router", "cache"})
 
 
 def serve(service: str, factory: str) -> None:
@@ -23,6 +28,7 @@ def serve(service: str, factory: str) -> None:
 
     host = os.environ.get("QLENS_HOST", "0.0.0.0")
     port = int(os.environ.get("QLENS_PORT", DEFAULT_PORTS[service]))
+    public = service not in INTERNAL
     uvicorn.run(
         factory,
         factory=True,
@@ -32,6 +38,9 @@ def serve(service: str, factory: str) -> None:
         http=BoundedHttpToolsProtocol,
         ws="none",
         access_log=False,
+        proxy_headers=public,
+        server_header=False,
+        date_header=public,
         log_config=None,
         timeout_graceful_shutdown=int(os.environ.get("QLENS_GRACEFUL_SECONDS", "25")),
         timeout_keep_alive=30,
