@@ -26,11 +26,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import yaml
 
 from qlensctl.errors import ClusterError, ConfigError, OperationError, QlensError
+
+if TYPE_CHECKING:
+    from qlensctl.kube import Kube
 
 RELEASE = "qlens"
 DEFAULT_TIMEOUT = 300  # seconds, for waits on rollouts
@@ -100,6 +103,18 @@ class LintReport:
         return not self.errors and not self.warnings
 
 
+@dataclass(frozen=True)
+class UpgradeOptions:
+    """How `upgrade_or_install` runs; the flags of `helm upgrade --install` with these names."""
+
+    atomic: bool
+    wait: bool
+    timeout: int  # seconds
+    create_namespace: bool
+    dry_run: bool
+    description: str | None
+
+
 class Helm(ABC):
     """The operations qlensctl needs from Helm. `namespace` is always explicit."""
 
@@ -110,7 +125,6 @@ class Helm(ABC):
         self.kubeconfig = str(kubeconfig) if kubeconfig else None
         self.kube_context = kube_context
 
-    @abstractmethod
     def upgrade_or_install(
         self,
         release: str,
@@ -128,6 +142,14 @@ class Helm(ABC):
         """Install the release, or upgrade it when it exists. atomic: a failed install or upgrade
         is rolled back (and raised as OperationError). wait: until every object is ready, at most
         `timeout` seconds. dry_run: render and check against the API server, change nothing."""
+        options = UpgradeOptions(atomic, wait, int(timeout), create_namespace, dry_run, description)
+        return self._upgrade_or_install(release, str(chart), values, namespace, options)
+
+    @abstractmethod
+    def _upgrade_or_install(
+        self, release: str, chart: str, values: dict[str, Any], namespace: str, options: UpgradeOptions
+    ) -> Release:
+        """The engine's `helm upgrade --install` with those options."""
 
     @abstractmethod
     def rollback(
@@ -212,44 +234,35 @@ class EmbeddedHelm(Helm):
             cfg.close()
         self._configs.clear()
 
-    def upgrade_or_install(
-        self,
-        release,
-        chart,
-        values,
-        namespace,
-        *,
-        atomic=True,
-        wait=True,
-        timeout=DEFAULT_TIMEOUT,
-        create_namespace=False,
-        dry_run=False,
-        description=None,
-    ):
+    def _upgrade_or_install(
+        self, release: str, chart: str, values: dict[str, Any], namespace: str, options: UpgradeOptions
+    ) -> Release:
         hp = _helm_python()
         cfg = self._config(namespace)
         exists = self._exists(release, namespace)
         action = "upgrade" if exists else "install"
         opts: dict[str, Any] = {
             "namespace": namespace,
-            "timeout": int(timeout),
-            "wait": "watcher" if wait else None,
-            "rollback_on_failure": atomic,
-            "dry_run": "server" if dry_run else None,
-            "description": description,
+            "timeout": options.timeout,
+            "wait": "watcher" if options.wait else None,
+            "rollback_on_failure": options.atomic,
+            "dry_run": "server" if options.dry_run else None,
+            "description": options.description,
         }
         try:
-            with hp.Chart.load(str(chart)) as loaded:
+            with hp.Chart.load(chart) as loaded:
                 if exists:
                     out = cfg.upgrade(loaded, release, values, max_history=HISTORY_MAX, **opts)
                 else:
-                    out = cfg.install(loaded, release, values, create_namespace=create_namespace, **opts)
+                    out = cfg.install(loaded, release, values, create_namespace=options.create_namespace,
+                                      **opts)
         except hp.HelmError as exc:
-            raise self._translate(exc, action, release, namespace, atomic=atomic) from None
+            raise self._translate(exc, action, release, namespace, atomic=options.atomic) from None
         # the summary carries neither; both are what this call just stored
-        return _release_from_summary(out, description=description or "", values=values)
+        return _release_from_summary(out, description=options.description or "", values=values)
 
-    def rollback(self, release, namespace, *, revision=None, wait=True, timeout=DEFAULT_TIMEOUT):
+    def rollback(self, release: str, namespace: str, *, revision: int | None = None, wait: bool = True,
+                 timeout: int = DEFAULT_TIMEOUT) -> Release:
         hp = _helm_python()
         cfg = self._config(namespace)
         try:
@@ -258,7 +271,7 @@ class EmbeddedHelm(Helm):
             raise self._translate(exc, "roll back", release, namespace) from None
         return self.history(release, namespace)[-1]
 
-    def history(self, release, namespace, *, max_revisions=None):
+    def history(self, release: str, namespace: str, *, max_revisions: int | None = None) -> list[Release]:
         return self._history(release, namespace, max_revisions=max_revisions, details=True)
 
     def _history(
@@ -288,7 +301,7 @@ class EmbeddedHelm(Helm):
             return _release_from_summary(summary)
         return _release_from_summary(summary, description=_info_description(full), values=full.get("config"))
 
-    def status(self, release, namespace):
+    def status(self, release: str, namespace: str) -> Release:
         hp = _helm_python()
         try:
             full = self._config(namespace).get_all(release)  # summary (with the manifest), info, values
@@ -297,7 +310,8 @@ class EmbeddedHelm(Helm):
         return _release_from_summary(full.get("summary") or {}, description=_info_description(full),
                                      values=full.get("config"))
 
-    def get_values(self, release, namespace, *, revision=None, all_values=False):
+    def get_values(self, release: str, namespace: str, *, revision: int | None = None,
+                   all_values: bool = False) -> dict[str, Any]:
         hp = _helm_python()
         try:
             values = self._config(namespace).get_values(release, all_values=all_values, revision=revision)
@@ -305,7 +319,8 @@ class EmbeddedHelm(Helm):
             raise self._translate(exc, "read the values of", release, namespace) from None
         return dict(values or {})
 
-    def template(self, chart, values, namespace, *, release=RELEASE, kube_version=None, api_versions=()):
+    def template(self, chart: str | Path, values: dict[str, Any], namespace: str, *, release: str = RELEASE,
+                 kube_version: str | None = None, api_versions: Sequence[str] = ()) -> str:
         hp = _helm_python()
         try:
             with hp.Chart.load(str(chart)) as loaded:
@@ -316,7 +331,8 @@ class EmbeddedHelm(Helm):
             raise self._translate(exc, "render", release, namespace) from None
         return join_manifests(files)
 
-    def lint(self, chart, values, namespace, *, kube_version=None):
+    def lint(self, chart: str | Path, values: dict[str, Any], namespace: str, *,
+             kube_version: str | None = None) -> LintReport:
         hp = _helm_python()
         try:
             report = hp.lint(
@@ -340,7 +356,8 @@ class EmbeddedHelm(Helm):
             )
         )
 
-    def uninstall(self, release, namespace, *, wait=False, timeout=DEFAULT_TIMEOUT):
+    def uninstall(self, release: str, namespace: str, *, wait: bool = False,
+                  timeout: int = DEFAULT_TIMEOUT) -> None:
         hp = _helm_python()
         try:
             self._config(namespace).uninstall(release, timeout=int(timeout), wait="watcher" if wait else None)
@@ -506,24 +523,13 @@ class BinaryHelm(Helm):
                 timed_out="context deadline exceeded" in detail,
             ) from None
 
-    def upgrade_or_install(
-        self,
-        release,
-        chart,
-        values,
-        namespace,
-        *,
-        atomic=True,
-        wait=True,
-        timeout=DEFAULT_TIMEOUT,
-        create_namespace=False,
-        dry_run=False,
-        description=None,
-    ):
+    def _upgrade_or_install(
+        self, release: str, chart: str, values: dict[str, Any], namespace: str, options: UpgradeOptions
+    ) -> Release:
         args: list[Any] = [
             "upgrade",
             release,
-            str(chart),
+            chart,
             "--install",
             "--namespace",
             namespace,
@@ -532,28 +538,30 @@ class BinaryHelm(Helm):
             "--values",
             "-",
             "--timeout",
-            f"{int(timeout)}s",
+            f"{options.timeout}s",
             "--history-max",
             HISTORY_MAX,
         ]
-        if atomic:
+        if options.atomic:
             args.append("--atomic" if self.version[0] == 3 else "--rollback-on-failure")
-        if wait:
+        if options.wait:
             args.append("--wait")
-        if create_namespace:
+        if options.create_namespace:
             args.append("--create-namespace")
-        if dry_run:
+        if options.dry_run:
             args.append("--dry-run=server")
-        if description:
-            args += ["--description", description]
-        cmd = self._command(timeout)
+        if options.description:
+            args += ["--description", options.description]
+        cmd = self._command(options.timeout)
         raw = self._run(
-            "upgrade", release, namespace, lambda: cmd.run(args, json.dumps(values).encode()), atomic=atomic
+            "upgrade", release, namespace, lambda: cmd.run(args, json.dumps(values).encode()),
+            atomic=options.atomic,
         )
         text = raw.decode()
         return _release_from_helm_json(json.loads(text[text.index("{") :]), namespace)
 
-    def rollback(self, release, namespace, *, revision=None, wait=True, timeout=DEFAULT_TIMEOUT):
+    def rollback(self, release: str, namespace: str, *, revision: int | None = None, wait: bool = True,
+                 timeout: int = DEFAULT_TIMEOUT) -> Release:
         cmd = self._command(timeout)
         self._run(
             "roll back",
@@ -565,7 +573,7 @@ class BinaryHelm(Helm):
         )
         return self.history(release, namespace)[-1]
 
-    def history(self, release, namespace, *, max_revisions=None):
+    def history(self, release: str, namespace: str, *, max_revisions: int | None = None) -> list[Release]:
         cmd = self._command()
         rows = self._run(
             "read the history of",
@@ -599,14 +607,15 @@ class BinaryHelm(Helm):
         except ReleaseNotFoundError:  # pruned (history-max) since the history was read
             return ""
 
-    def status(self, release, namespace):
+    def status(self, release: str, namespace: str) -> Release:
         cmd = self._command()
         data = self._run(
             "read the status of", release, namespace, lambda: cmd.status(release, namespace=namespace)
         )
         return _release_from_helm_json(data, namespace)
 
-    def get_values(self, release, namespace, *, revision=None, all_values=False):
+    def get_values(self, release: str, namespace: str, *, revision: int | None = None,
+                   all_values: bool = False) -> dict[str, Any]:
         cmd = self._command()
         values = self._run(
             "read the values of",
@@ -616,7 +625,8 @@ class BinaryHelm(Helm):
         )
         return dict(values or {})
 
-    def template(self, chart, values, namespace, *, release=RELEASE, kube_version=None, api_versions=()):
+    def template(self, chart: str | Path, values: dict[str, Any], namespace: str, *, release: str = RELEASE,
+                 kube_version: str | None = None, api_versions: Sequence[str] = ()) -> str:
         args: list[Any] = ["template", release, str(chart), "--namespace", namespace, "--values", "-"]
         if kube_version:
             args += ["--kube-version", _v(kube_version)]
@@ -627,7 +637,8 @@ class BinaryHelm(Helm):
             "render", release, namespace, lambda: cmd.run(args, json.dumps(values).encode())
         ).decode()
 
-    def lint(self, chart, values, namespace, *, kube_version=None):
+    def lint(self, chart: str | Path, values: dict[str, Any], namespace: str, *,
+             kube_version: str | None = None) -> LintReport:
         import asyncio
 
         from pyhelm3 import errors as perr
@@ -642,7 +653,8 @@ class BinaryHelm(Helm):
             out = (exc.stdout or b"").decode() + (exc.stderr or b"").decode()
         return _parse_lint_text(out)
 
-    def uninstall(self, release, namespace, *, wait=False, timeout=DEFAULT_TIMEOUT):
+    def uninstall(self, release: str, namespace: str, *, wait: bool = False,
+                  timeout: int = DEFAULT_TIMEOUT) -> None:
         cmd = self._command(timeout)
         self._run(
             "uninstall",
@@ -854,3 +866,10 @@ def select_helm(
     if mode == "binary" or (mode == "auto" and (binary_version() or (0,))[0] >= 3):
         return BinaryHelm(kubeconfig=kubeconfig, kube_context=kube_context)
     return EmbeddedHelm(kubeconfig=kubeconfig, kube_context=kube_context)
+
+
+def helm_for(kube: Kube, mode: str = "auto") -> Helm:
+    """Helm on the cluster `kube` talks to: the same kubeconfig file and context, passed explicitly
+    (the embedded Helm SDK reads $KUBECONFIG only once, when it loads, so left to itself an
+    in-process caller that changed $KUBECONFIG would reach an earlier cluster)."""
+    return select_helm(mode, kubeconfig=kube.kubeconfig_file, kube_context=kube.context)
