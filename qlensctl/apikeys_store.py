@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from qlensctl.errors import ClusterError, ConfigError, OperationError
+from qlensctl.kube import is_transport_error
+from qlensctl.secrets import MANAGED_BY
 from services.common.apikeys import (
     NAME_RE,
     KeyEntry,
@@ -172,11 +174,11 @@ class SecretKeyStore:
             secret, keys = self._fetch()
             keys = change(keys)
             data = {SECRET_KEY: base64.b64encode(dump_keys(keys).encode()).decode()}
-            labels = {"app.kubernetes.io/managed-by": "qlensctl", "app.kubernetes.io/part-of": "qlens"}
             try:
                 if secret is None:
                     body = client.V1Secret(
-                        metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace, labels=labels),
+                        metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace,
+                                                     labels=dict(MANAGED_BY)),
                         type="Opaque", data=data)
                     self._core().create_namespaced_secret(self.namespace, body)
                 else:
@@ -201,9 +203,8 @@ def _cluster_error(exc: Any, what: str) -> ClusterError:
 
 
 def _unreachable(exc: Exception, where: str) -> Exception:
-    if isinstance(exc, (OSError, ConfigError, OperationError)) or type(exc).__module__.startswith("urllib3"):
-        if isinstance(exc, (ConfigError, OperationError)):
-            return exc
+    """A connection problem as a ClusterError; anything else (a bug) as it is."""
+    if is_transport_error(exc):
         return ClusterError(f"cannot reach the cluster for {where} ({type(exc).__name__})",
                             "check your kubeconfig and kube context")
     return exc

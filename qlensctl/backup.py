@@ -39,9 +39,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
-from qlensctl.errors import ConfigError, OperationError
+from qlensctl.errors import ConfigError, OperationError, first_line
+from qlensctl.helm import RELEASE
 
-RELEASE = "qlens"
 FORMAT = "qlens-values-backup/1"
 STATE_FORMAT = "qlens-state-backup/1"
 STATE_PATTERN = "qlens:*"
@@ -320,11 +320,6 @@ def redis_location(url: str) -> str:
         return "(unparseable Redis URL)"
 
 
-def _first(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
-
-
 def _redis(url: str) -> Any:
     import redis
 
@@ -437,7 +432,7 @@ def restore_state(redis_url: str, state_file: Path | str) -> tuple[int, int]:
             restored += 1
         pipe.execute()
     except redis.ResponseError as exc:  # e.g. a DUMP payload from an incompatible Redis version
-        raise OperationError(f"Redis at {redis_location(redis_url)} refused a saved key ({_first(exc)})",
+        raise OperationError(f"Redis at {redis_location(redis_url)} refused a saved key ({first_line(exc)})",
                              "restore into a Redis of the same or a newer version") from None
     except redis.RedisError as exc:
         raise OperationError(f"writing Redis at {redis_location(redis_url)} failed ({type(exc).__name__})",

@@ -19,7 +19,6 @@ from pydantic.alias_generators import to_camel
 from qlensctl.errors import ConfigError
 from services.common.config import Model, ServiceConfig
 
-SERVICES = ("gateway", "router", "cache")
 ENV_DIR_VAR = "QLENS_ENVIRONMENTS"
 
 

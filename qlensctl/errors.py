@@ -38,3 +38,10 @@ class RefusedError(QlensError):
     """A safety guard refused the operation before anything changed (wrong context, missing secrets)."""
 
     exit_code = 2
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message cut to one line of at most 200 characters (its type when empty):
+    what a foreign library raised, fit for the one-line error message."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__

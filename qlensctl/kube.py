@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from qlensctl.errors import ClusterError, ConfigError, QlensError, RefusedError
+from qlensctl.errors import ClusterError, ConfigError, QlensError, RefusedError, first_line
 
 CONNECT_TIMEOUT = 5.0
 READ_TIMEOUT = 30.0
@@ -64,10 +64,10 @@ def _contexts(kubeconfig: str | None) -> tuple[list[str], str | None]:
         if "current-context" in str(exc):  # contexts exist but none is selected
             contexts, active = _contexts_without_current(kubeconfig), None
         else:
-            raise ConfigError(f"kubeconfig {location} is not usable: {_first_line(exc)}",
+            raise ConfigError(f"kubeconfig {location} is not usable: {first_line(exc)}",
                               "check the file with `kubectl config view`") from None
     except Exception as exc:  # unreadable or not YAML
-        raise ConfigError(f"kubeconfig {location} is not usable: {_first_line(exc)}",
+        raise ConfigError(f"kubeconfig {location} is not usable: {first_line(exc)}",
                           "check the file with `kubectl config view`") from None
     names = [c["name"] for c in contexts or []]
     return names, (active or {}).get("name")
@@ -128,11 +128,6 @@ def check_context(environment: Any, requested: str | None, kubeconfig: str | Non
 
 
 # -- errors ----------------------------------------------------------------------------------------
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
 
 
 def _unreachable_reason(exc: BaseException) -> str:
@@ -204,19 +199,14 @@ def new_api_client(context: str, kubeconfig: str | None = None) -> Any:
         config.load_kube_config(config_file=kubeconfig or kubeconfig_location(), context=context,
                                 client_configuration=configuration, persist_config=False)
     except config.ConfigException as exc:
-        raise ConfigError(f"kube context {context!r}: {_first_line(exc)}",
+        raise ConfigError(f"kube context {context!r}: {first_line(exc)}",
                           "check it with `kubectl config view --minify --context " + context + "`") from None
     except Exception as exc:  # e.g. an exec credential plugin that is not installed
-        raise ConfigError(f"kube context {context!r} cannot be loaded: {_first_line(exc)}",
+        raise ConfigError(f"kube context {context!r} cannot be loaded: {first_line(exc)}",
                           "check the context's user (credential plugins such as kubelogin must be on "
                           "PATH)") from None
     configuration.retries = RETRIES
     return _bounded(client.ApiClient(configuration))
-
-
-def api_client_for(environment: Any, kube_context: str | None = None) -> Any:
-    """An ApiClient for `environment`, through the context guard (what other commands use)."""
-    return Kube.for_environment(environment, kube_context).api
 
 
 # -- what the commands read ------------------------------------------------------------------------
@@ -329,16 +319,26 @@ class Kube:
 
     @classmethod
     def connect(cls, context: str | None = None, kubeconfig: str | None = None) -> Kube:
-        chosen = resolve_context(context, kubeconfig)
-        api = new_api_client(chosen, kubeconfig)
-        return cls(api, chosen, api.configuration.host or "the cluster", kubeconfig or kubeconfig_location())
+        """A client for `context` (default: the current one); no request is made yet."""
+        return cls._open(resolve_context(context, kubeconfig), kubeconfig)
 
     @classmethod
     def for_environment(cls, environment: Any, kube_context: str | None = None,
                         kubeconfig: str | None = None) -> Kube:
-        chosen = check_context(environment, kube_context, kubeconfig)
-        api = new_api_client(chosen, kubeconfig)
-        return cls(api, chosen, api.configuration.host or "the cluster", kubeconfig or kubeconfig_location())
+        """What commands use: the environment's cluster through the context guard, asked for its
+        version at once, so an unreachable cluster fails here in seconds, before anything else."""
+        kube = cls._open(check_context(environment, kube_context, kubeconfig), kubeconfig)
+        try:
+            kube.ping()
+        except BaseException:
+            kube.close()
+            raise
+        return kube
+
+    @classmethod
+    def _open(cls, context: str, kubeconfig: str | None) -> Kube:
+        api = new_api_client(context, kubeconfig)
+        return cls(api, context, api.configuration.host or "the cluster", kubeconfig or kubeconfig_location())
 
     @property
     def kubeconfig_file(self) -> str | None:
@@ -386,7 +386,7 @@ class Kube:
         info = self._call("asking for its version", client.VersionApi(self.api).get_code)
         return str(info.git_version)
 
-    # namespaces and secrets
+    # namespaces
     def namespace_exists(self, namespace: str) -> bool:
         return self._get(f"reading namespace {namespace}", self.core.read_namespace, namespace) is not None
 
@@ -406,12 +406,6 @@ class Kube:
         except Exception as exc:
             raise cluster_error(exc, f"creating namespace {namespace}", self.server) from None
         return True
-
-    def secret_keys(self, namespace: str, name: str) -> list[str] | None:
-        """The keys a Secret holds (never the values), or None when it does not exist."""
-        secret = self._get(f"reading Secret {namespace}/{name}", self.core.read_namespaced_secret,
-                           name, namespace)
-        return None if secret is None else sorted((secret.data or {}).keys())
 
     # deployments
     def deployment(self, namespace: str, name: str) -> Any | None:

@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from qlensctl.errors import ClusterError, ConfigError, OperationError, QlensError, RefusedError
-from qlensctl.helm import Release, ReleaseNotFoundError
+from qlensctl.helm import RELEASE, Release, ReleaseNotFoundError
 from qlensctl.kube import SERVICES, DeploymentStatus, Kube, deployment_name, previous_deployment_name
 
-RELEASE = "qlens"
 VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+$")
 GOOD_STATUSES = ("deployed", "superseded")
 
@@ -489,14 +488,14 @@ def emergency_rollback(environment: Any, kube: Kube, steps: Sequence[EmergencySt
                        on_rollout: RolloutProgress = _quiet) -> tuple[bool, list[DeploymentStatus]]:
     """The guide's order: scale the current version down, then the previous one up."""
     ns = environment.namespace
-    active = [s for s in steps if s.previous]
-    for s in active:
+    active = [(s, s.previous) for s in steps if s.previous is not None]
+    for s, _ in active:
         on_step(f"scaling {s.current} from {s.current_replicas} to 0")
         kube.scale(ns, s.current, 0)
-    for s in active:
-        on_step(f"scaling {s.previous} from {s.previous_replicas} to {s.target_replicas}")
-        kube.scale(ns, s.previous, s.target_replicas)
-    names = [s.previous for s in active if s.previous]
+    for s, previous in active:
+        on_step(f"scaling {previous} from {s.previous_replicas} to {s.target_replicas}")
+        kube.scale(ns, previous, s.target_replicas)
+    names = [previous for _, previous in active]
     if not wait:
         return True, kube.deployments(ns, names)
     return kube.wait_rollout(ns, names, timeout, on_rollout)

@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from qlensctl.errors import ClusterError, ConfigError, OperationError, RefusedError
+from qlensctl.errors import ClusterError, ConfigError, OperationError, RefusedError, first_line
+from qlensctl.kube import is_transport_error
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,8 @@ def sync_kubernetes_secret(api_client: Any, namespace: str, values: Mapping[str,
             core.replace_namespaced_secret(name, namespace, current)
     except ApiException as exc:
         raise _api_error(exc, f"writing Secret {namespace}/{name}") from None
-    except Exception as exc:  # urllib3 connection errors: the cluster is unreachable
-        if type(exc).__module__.startswith(("urllib3", "socket", "ssl")) or isinstance(exc, OSError):
+    except Exception as exc:
+        if is_transport_error(exc):  # the cluster is unreachable
             raise ClusterError(f"cannot reach the cluster to write Secret {namespace}/{name} "
                                f"({type(exc).__name__})", "check your kubeconfig and kube context") from None
         raise
@@ -206,7 +207,7 @@ def push_key_vault(vault_url: str, values: Mapping[str, str], *, credential: Any
             (result.created if current is None else result.updated).append(name)
     except ClientAuthenticationError as exc:
         raise OperationError(
-            f"Azure authentication for {vault_url} failed ({_first_line(exc)})",
+            f"Azure authentication for {vault_url} failed ({first_line(exc)})",
             "sign in (`az login`), or set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, "
             "or run with a managed identity",
         ) from None
@@ -218,14 +219,9 @@ def push_key_vault(vault_url: str, values: Mapping[str, str], *, credential: Any
                              f"{getattr(exc.error, 'code', '') or exc.reason}",
                              "check that your identity may get and set secrets in this vault") from None
     except ValueError as exc:  # e.g. the challenge resource does not match the vault's domain
-        raise OperationError(f"Key Vault {vault_url}: {_first_line(exc)}", None) from None
+        raise OperationError(f"Key Vault {vault_url}: {first_line(exc)}", None) from None
     finally:
         client.close()
         if owned_credential:
             credential.close()
     return result
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
