@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -70,14 +70,15 @@ def status_mark(ok: bool) -> str:
 
 
 @contextmanager
-def spinner(message: str) -> Iterator[Any]:
-    """A spinner while something waits; silent when stdout is not a terminal."""
+def spinner(message: str) -> Iterator[Callable[[str], None]]:
+    """A spinner while something waits; silent when stdout is not a terminal. It yields a function
+    that replaces the spinner's message, so a layer's `progress` callback can be passed it as is."""
     console = get_console()
     if console.is_terminal:
         with console.status(message) as status:
-            yield status
+            yield lambda text: status.update(text)
     else:
-        yield None
+        yield lambda text: None
 
 
 def info(message: str) -> None:

@@ -13,10 +13,10 @@ served, else the first listed), the same request again answered from the cache
 
 `targets(...)` turns the CLI's ENV / `--url` / state folder into those URLs: a local stack's three
 services, or for a cluster environment its public URL (`environment_url`: the gateway's Ingress on
-the environment's domain). `--port-forward` (qlensctl.portforward) calls `run_smoke` with the
-forwarded local URL instead. `require_key` refuses, before any request, an environment that
-requires API keys when none was given. The API key goes only into the Authorization header: it
-never appears in a result.
+the environment's domain). `run_through_port_forward` (`--port-forward` of `smoke-test` and of
+`maintenance end`) runs them through a port-forward to svc/qlens-gateway instead (qlensctl.portforward).
+`require_key` refuses, before any request, an environment that requires API keys when none was
+given. The API key goes only into the Authorization header: it never appears in a result.
 """
 
 from __future__ import annotations
@@ -30,20 +30,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from qlensctl import local
 from qlensctl.errors import ConfigError
 
 if TYPE_CHECKING:
     import httpx
 
+    from qlensctl.environments import Environment
+    from qlensctl.kube import Kube
+
 Status = Literal["pass", "fail", "skip"]
 Progress = Callable[[str], None]
 
-SERVICES = ("cache", "router", "gateway")
 PREFERRED_MODEL = "echo"
 # the background cache write may land just after the first answer: ask again a few times
 CACHE_HIT_ATTEMPTS = 4
 CACHE_HIT_PAUSE = 0.25
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+GATEWAY_SERVICE = "qlens-gateway"  # the chart's Service in front of the gateway pods
 
 
 @dataclass
@@ -90,9 +94,8 @@ def targets(env: str | None, url: str | None, state_dir: Path) -> Targets:
     if url:
         if env:
             raise ConfigError("an environment (ENV or --env) and --url are exclusive", "pass one of them")
-        return Targets(gateway_url=_check_url(url), service_urls=None, source=url)
+        return Targets(gateway_url=check_url(url), service_urls=None, source=url)
 
-    from qlensctl import local
     from qlensctl.environments import load_environment
 
     env = env or "local"
@@ -109,7 +112,7 @@ def targets(env: str | None, url: str | None, state_dir: Path) -> Targets:
                        needs_key=environment.auth.required)
     ports = environment.ports
     base = f"http://{local.DEFAULT_HOST}"
-    urls = {name: f"{base}:{getattr(ports, name)}" for name in SERVICES}
+    urls = {name: f"{base}:{getattr(ports, name)}" for name in local.SERVICE_ORDER}
     return Targets(urls["gateway"], urls, f"{env} (default ports)",
                    hint=f"the detail column says why; is it running? `qlensctl up --env {env}`")
 
@@ -132,7 +135,8 @@ def require_key(required: bool, api_key: str | None, env: str) -> None:
         )
 
 
-def _check_url(url: str) -> str:
+def check_url(url: str) -> str:
+    """A `--url` as the checks use it (no trailing slash); anything but http(s) is a ConfigError."""
     parts = urlsplit(url)
     try:
         parts.port  # noqa: B018  (raises for a port out of range)
@@ -179,7 +183,7 @@ def run_smoke(
 
     host = urlsplit(gateway_url).hostname or ""
     with httpx.Client(timeout=timeout, trust_env=host not in LOOPBACK, follow_redirects=False) as client:
-        reachable = [n for n in SERVICES if n in urls]
+        reachable = [n for n in local.SERVICE_ORDER if n in urls]  # a service before its clients
         for name in reachable:
             must_name = ("router", "cache") if service_urls is None and name == "gateway" else ()
             check(f"{name} /health", partial(_health, client, urls[name]))
@@ -206,6 +210,36 @@ def run_smoke(
         for name in reachable:
             check(f"{name} /metrics", partial(_metrics, client, urls[name]))
     return results
+
+
+@dataclass
+class ForwardedRun:
+    """The checks run through a port-forward, and how they got there."""
+
+    results: list[CheckResult]
+    url: str  # the local end, http://127.0.0.1:PORT (closed by now)
+    route: str  # "port-forward http://127.0.0.1:PORT -> pod/NAME:8080 in NAMESPACE", for titles
+    stream_errors: list[str]  # what went wrong with the forward's streams: they explain failed checks
+
+
+def run_through_port_forward(kube: Kube, environment: Environment, api_key: str | None,
+                             timeout: float = 30.0, progress: Progress | None = None) -> ForwardedRun:
+    """Forward a free local port to svc/qlens-gateway in the environment's namespace (through the
+    API server, like `kubectl port-forward`), run the gateway's checks through it, close it.
+    `progress` hears what it is doing, in words ("port-forwarding ...", "checking models")."""
+    from qlensctl import portforward
+
+    def say(message: str) -> None:
+        if progress:
+            progress(message)
+
+    namespace, port = environment.namespace, environment.ports.gateway
+    say(f"port-forwarding svc/{GATEWAY_SERVICE} {port} in {namespace}")
+    with portforward.forward_service(kube, namespace, GATEWAY_SERVICE, port) as forward:
+        route = f"port-forward {forward.url} -> pod/{forward.pod}:{forward.remote_port} in {namespace}"
+        results = run_smoke(forward.url, None, api_key, timeout=timeout,
+                            progress=lambda name: say(f"checking {name}"))
+    return ForwardedRun(results, forward.url, route, list(dict.fromkeys(forward.errors)))
 
 
 # --- the checks: each returns a short detail or raises _Failed -----------------------------------

@@ -16,15 +16,10 @@ from pathlib import Path
 import typer
 
 from qlensctl import output
+from qlensctl.commands.options import HELM
 
 _ENV = typer.Argument(..., help="Environment: local, staging, production, or a YAML file.")
 _VERSION = typer.Option(None, "--version", help="Image tag to render (default: the environment's image.tag).")
-_HELM = typer.Option(
-    "auto",
-    "--helm",
-    envvar="QLENS_HELM",
-    help="Helm engine: auto (binary if `helm` >= 3 is on PATH), embedded, binary.",
-)
 _KUBE_VERSION = typer.Option(
     None, "--kube-version", help="Kubernetes version the chart renders for, e.g. 1.20.0 (default: Helm's)."
 )
@@ -47,12 +42,7 @@ def render(
     from qlensctl.environments import load_environment
     from qlensctl.render import render_values_yaml
 
-    text = render_values_yaml(load_environment(env), version=version)
-    if out is None:
-        sys.stdout.write(text)
-        return
-    _write(out, text)
-    output.info(f"Wrote {out}")
+    _emit(render_values_yaml(load_environment(env), version=version), out)
 
 
 def template(
@@ -67,41 +57,31 @@ def template(
         "--api-versions",
         help="Extra API versions the cluster serves (repeatable), e.g. external-secrets.io/v1.",
     ),
-    helm: str = _HELM,
+    helm: str = HELM,
 ) -> None:
     """Print every manifest the chart renders for ENV, through the Helm engine (no cluster needed)."""
     from qlensctl import helm as helm_adapter
-    from qlensctl.environments import load_environment
-    from qlensctl.render import chart_dir, render_values
+    from qlensctl.render import chart_dir, values_for
 
-    environment = load_environment(env)
-    values = render_values(environment, version=version)
+    environment, values = values_for(env, version=version)
     engine = helm_adapter.select_helm(helm)
-    text = engine.template(
-        chart_dir(), values, environment.namespace, kube_version=kube_version, api_versions=api_versions
-    )
-    if out is None:
-        sys.stdout.write(text)
-        return
-    _write(out, text)
-    output.info(f"Wrote {out}")
+    _emit(engine.template(chart_dir(), values, environment.namespace, kube_version=kube_version,
+                          api_versions=api_versions), out)
 
 
 def lint(
     env: str = _ENV,
     version: str | None = _VERSION,
     kube_version: str | None = _KUBE_VERSION,
-    helm: str = _HELM,
+    helm: str = HELM,
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Lint the chart with ENV's values (helm lint --strict); exit 1 on any warning or error."""
     from qlensctl import helm as helm_adapter
-    from qlensctl.environments import load_environment
     from qlensctl.errors import OperationError
-    from qlensctl.render import chart_dir, render_values
+    from qlensctl.render import chart_dir, values_for
 
-    environment = load_environment(env)
-    values = render_values(environment, version=version)
+    environment, values = values_for(env, version=version)
     engine = helm_adapter.select_helm(helm)
     report = engine.lint(chart_dir(), values, environment.namespace, kube_version=kube_version)
     if as_json:
@@ -131,10 +111,15 @@ def lint(
         output.info(f"[green]lint clean[/green]: charts/qlens with {environment.name} values")
 
 
-def _write(path: Path, text: str) -> None:
+def _emit(text: str, path: Path | None) -> None:
+    """`text` to stdout, or with `-o FILE` to that file (saying so on the console)."""
     from qlensctl.errors import ConfigError
 
+    if path is None:
+        sys.stdout.write(text)
+        return
     try:
         path.write_text(text)
     except OSError as exc:
         raise ConfigError(f"cannot write {path}: {exc.strerror}", "pick another path with -o") from None
+    output.info(f"Wrote {path}")

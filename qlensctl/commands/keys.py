@@ -14,15 +14,12 @@ from typing import Any
 import typer
 
 from qlensctl import output
+from qlensctl.commands.options import JSON, KUBE_CONTEXT, YES
 
 keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
 
 _FILE = typer.Option(None, "--file", show_default=False,
                      help="A local keys file (a local gateway's QLENS_API_KEYS_FILE) instead of the cluster.")
-_KUBE_CONTEXT = typer.Option(None, "--kube-context", show_default=False, help="Kube context to use.")
-_YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (production).")
-_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
-
 
 def register(app: typer.Typer) -> None:
     app.add_typer(keys_app, name="keys")
@@ -54,9 +51,9 @@ def create(
     tenant: str = typer.Option(..., "--tenant", help="Tenant the key belongs to."),
     user: str = typer.Option(..., "--user", help="User the key belongs to."),
     file: Path = _FILE,
-    kube_context: str = _KUBE_CONTEXT,
-    yes: bool = _YES,
-    as_json: bool = _JSON,
+    kube_context: str = KUBE_CONTEXT,
+    yes: bool = YES,
+    as_json: bool = JSON,
 ) -> None:
     """Create a key for TENANT/USER; it is printed once and only its hash is stored."""
     from qlensctl import apikeys_store
@@ -83,8 +80,8 @@ def list_(
     tenant: str = typer.Option(None, "--tenant", help="Only this tenant's keys."),
     user: str = typer.Option(None, "--user", help="Only this user's keys."),
     file: Path = _FILE,
-    kube_context: str = _KUBE_CONTEXT,
-    as_json: bool = _JSON,
+    kube_context: str = KUBE_CONTEXT,
+    as_json: bool = JSON,
 ) -> None:
     """List keys: tenant, user, created, fingerprint (never the keys)."""
     from qlensctl import apikeys_store
@@ -105,9 +102,9 @@ def revoke(
     tenant: str = typer.Option(None, "--tenant", help="Revoke this tenant's keys (with --user: one user's)."),
     user: str = typer.Option(None, "--user", help="With --tenant: only this user's keys."),
     file: Path = _FILE,
-    kube_context: str = _KUBE_CONTEXT,
-    yes: bool = _YES,
-    as_json: bool = _JSON,
+    kube_context: str = KUBE_CONTEXT,
+    yes: bool = YES,
+    as_json: bool = JSON,
 ) -> None:
     """Revoke keys by fingerprint, or every key of a tenant (and user)."""
     from qlensctl import apikeys_store

@@ -46,13 +46,9 @@ def up(
             "stop it with `qlensctl down` first",
         )
     ports = {"gateway": gateway_port, "router": router_port, "cache": cache_port}
-    with output.spinner("starting QLens") as status:
-        def progress(msg: str) -> None:
-            if status is not None:
-                status.update(msg)
-
+    with output.spinner("starting QLens") as update:
         stack = local.start_stack(environment.name, config.resolve(), ports, state / "logs",
-                                  timeout=timeout, progress=progress)
+                                  timeout=timeout, progress=update)
     if as_json:
         output.emit_json({"env": stack.env, "services": stack.urls(),
                           "pids": {n: s.pid for n, s in stack.services.items()}})

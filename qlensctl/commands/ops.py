@@ -22,15 +22,11 @@ from typing import Any
 import typer
 
 from qlensctl import output
+from qlensctl.commands.options import HELM, JSON, KUBE_CONTEXT, YES
 
 maintenance_app = typer.Typer(help="Maintenance windows: extra replicas during, health checks after.",
                               no_args_is_help=True)
 
-_KUBE_CONTEXT = typer.Option(None, "--kube-context", show_default=False,
-                             help="Kube context [default: the current one; production: its pinned one].")
-_YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (production).")
-_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
-_HELM = typer.Option("auto", "--helm", help="Helm implementation: embedded, binary or auto.")
 _REDIS_URL = typer.Option(None, "--redis-url", envvar="QLENS_REDIS_URL", show_default=False, show_envvar=True,
                           help="Redis holding usage counters and cache entries (never printed).")
 
@@ -46,12 +42,15 @@ def register(app: typer.Typer) -> None:
 
 
 def _kube(environment: Any, kube_context: str | None) -> Any:
-    """A qlensctl.kube.Kube for the environment, through the context guard; fails fast if unreachable."""
     from qlensctl.kube import Kube
 
-    kube = Kube.for_environment(environment, kube_context)
-    kube.ping()
-    return kube
+    return Kube.for_environment(environment, kube_context)  # the context guard; fails fast if unreachable
+
+
+def _helm(kube: Any, helm_kind: str) -> Any:
+    from qlensctl.helm import helm_for
+
+    return helm_for(kube, helm_kind)
 
 
 @contextmanager
@@ -64,15 +63,6 @@ def _locked(kube: Any, namespace: str, operation: str) -> Iterator[None]:
         yield
 
 
-def _helm(kube: Any, helm_kind: str) -> Any:
-    """Helm on the cluster `kube` talks to: the same kubeconfig file and context, passed explicitly
-    (the embedded Helm SDK reads $KUBECONFIG only once, when it loads, so left to itself an
-    in-process caller that changed $KUBECONFIG would reach an earlier cluster)."""
-    from qlensctl import helm as helm_adapter
-
-    return helm_adapter.select_helm(helm_kind, kubeconfig=kube.kubeconfig_file, kube_context=kube.context)
-
-
 # -- scale ---------------------------------------------------------------------------------------
 
 
@@ -80,9 +70,9 @@ def scale(
     env: str = typer.Argument(..., help="Environment (staging, production)."),
     service: str = typer.Argument(..., help="gateway, router or cache."),
     replicas: str = typer.Argument(..., help="Replica count, 0..100."),
-    kube_context: str = _KUBE_CONTEXT,
-    yes: bool = _YES,
-    as_json: bool = _JSON,
+    kube_context: str = KUBE_CONTEXT,
+    yes: bool = YES,
+    as_json: bool = JSON,
 ) -> None:
     """Set a deployment's replicas; says what an HPA will do with the count."""
     from qlensctl import scaling
@@ -126,9 +116,9 @@ def backup(
     directory: Path = typer.Option(Path("backup"), "--dir", help="Folder for backup files."),
     state: bool = typer.Option(False, "--state", help="Also save Redis usage counters and cache entries."),
     redis_url: str = _REDIS_URL,
-    kube_context: str = _KUBE_CONTEXT,
-    helm_kind: str = _HELM,
-    as_json: bool = _JSON,
+    kube_context: str = KUBE_CONTEXT,
+    helm_kind: str = HELM,
+    as_json: bool = JSON,
 ) -> None:
     """Save the release's values to DIR/values-YYYYMMDD.yaml (never overwriting)."""
     from qlensctl import backup as backups
@@ -181,10 +171,10 @@ def restore(
     directory: Path = typer.Option(Path("backup"), "--dir", help="Where the pre-restore backup goes."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait for the rollout."),
     timeout: float = typer.Option(300.0, "--timeout", min=1, help="Seconds to wait for the rollout."),
-    kube_context: str = _KUBE_CONTEXT,
-    helm_kind: str = _HELM,
-    yes: bool = _YES,
-    as_json: bool = _JSON,
+    kube_context: str = KUBE_CONTEXT,
+    helm_kind: str = HELM,
+    yes: bool = YES,
+    as_json: bool = JSON,
 ) -> None:
     """Upgrade the release with a backup's values (the guide's recovery procedure).
 
@@ -218,13 +208,9 @@ def restore(
     plan = release.DeployPlan(environment, environment.namespace, tag, saved.values, None, revisions)
     # what the deploy lock tells a second command is running, and Helm's description of the revision
     operation = f"qlensctl restore {environment.name} {saved.path.name}"
-    with output.spinner(f"restoring {environment.name} from {saved.path}") as status:
-        def step(message: str) -> None:
-            if status is not None:
-                status.update(message)
-
+    with output.spinner(f"restoring {environment.name} from {saved.path}") as update:
         result = release.deploy(plan, kube, helm, wait=wait, timeout=timeout, backup_dir=directory,
-                                on_step=step, operation=operation)
+                                on_step=update, operation=operation)
     if not result.ok:
         note = f"; rolled back to revision {result.rolled_back_to}" if result.rolled_back_to else ""
         raise OperationError(f"restore of {environment.name} failed: {result.message}{note}",
@@ -256,10 +242,10 @@ def maintenance_start(
     replicas: int = typer.Option(None, "--replicas", min=0, max=100, show_default=False,
                                  help="Scale every service to this count [default: one more than now]."),
     directory: Path = typer.Option(Path("backup"), "--dir", help="Folder for the pre-maintenance backup."),
-    kube_context: str = _KUBE_CONTEXT,
-    helm_kind: str = _HELM,
-    yes: bool = _YES,
-    as_json: bool = _JSON,
+    kube_context: str = KUBE_CONTEXT,
+    helm_kind: str = HELM,
+    yes: bool = YES,
+    as_json: bool = JSON,
 ) -> None:
     """Back up the values, then add a replica to every service for redundancy."""
     from qlensctl import backup as backups
@@ -303,9 +289,9 @@ def maintenance_end(
     api_key: str = typer.Option(None, "--api-key", envvar="QLENS_API_KEY", show_default=False,
                                 help="API key for the smoke test (never printed)."),
     timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds to wait for every deployment."),
-    kube_context: str = _KUBE_CONTEXT,
-    yes: bool = _YES,
-    as_json: bool = _JSON,
+    kube_context: str = KUBE_CONTEXT,
+    yes: bool = YES,
+    as_json: bool = JSON,
 ) -> None:
     """Check health, smoke-test the gateway, then scale back to the environment's replicas.
 
@@ -322,7 +308,7 @@ def maintenance_end(
         raise ConfigError("--port-forward and --url are exclusive",
                           "--port-forward reaches the gateway of ENV; --url is for any other address")
     environment = load_environment(env)
-    smoke_url = smoke.targets(None, url, Path()).gateway_url if url else None  # a bad --url: exit 2 now
+    smoke_url = smoke.check_url(url) if url else None  # a bad --url: exit 2 now
     smoke.require_key(environment.auth.required, api_key, environment.name)  # before the cluster is asked
     kube = _kube(environment, kube_context)
     ns = environment.namespace
@@ -360,31 +346,22 @@ def maintenance_end(
     _print_changes(done, environment, False, title=f"Maintenance ended ({environment.name})")
 
 
-GATEWAY_SERVICE = "qlens-gateway"
-
-
 def _smoke(environment: Any, kube: Any, url: str | None, port_forward: bool,
            api_key: str | None) -> tuple[str, list[Any]]:
     """The smoke checks against --url, a port-forward to svc/qlens-gateway, or the environment's
     URL; returns where they ran (for messages) and the results. Problems of the forward's streams
     during the checks are warnings: they explain failed checks."""
-    from qlensctl import portforward, smoke
+    from qlensctl import smoke
 
     if not port_forward:
         where = url or smoke.environment_url(environment)
         with output.spinner(f"smoke-testing {where}"):
             return where, smoke.run_smoke(where, None, api_key)
-    port = environment.ports.gateway
-    with output.spinner(f"port-forwarding svc/{GATEWAY_SERVICE} {port} in {environment.namespace}"):
-        forward = portforward.forward_service(kube, environment.namespace, GATEWAY_SERVICE, port)
-    with forward:
-        pod = f"pod/{forward.pod}:{forward.remote_port}"
-        where = f"svc/{GATEWAY_SERVICE} (port-forward {forward.url} -> {pod})"
-        with output.spinner(f"smoke-testing {where}"):
-            results = smoke.run_smoke(forward.url, None, api_key)
-    for note in dict.fromkeys(forward.errors):
+    with output.spinner(f"smoke-testing {environment.name} through a port-forward") as update:
+        run = smoke.run_through_port_forward(kube, environment, api_key, progress=update)
+    for note in run.stream_errors:
         output.warn(f"port-forward: {note}")
-    return where, results
+    return f"svc/{smoke.GATEWAY_SERVICE} ({run.route})", run.results
 
 
 def _summary(plans: list[Any]) -> str:

@@ -13,15 +13,9 @@ from typing import Any
 import typer
 
 from qlensctl import output
+from qlensctl.commands.options import HELM, JSON, KUBE_CONTEXT, YES
 
 _ENV = typer.Argument(..., help="Environment (staging, production).")
-_KUBE_CONTEXT = typer.Option(None, "--kube-context", show_default=False,
-                             help="Kube context to use [default: the current one; production: must be "
-                                  "its pinned context].")
-_HELM = typer.Option("auto", "--helm", help="Helm implementation: embedded, binary or auto "
-                                            "(binary when helm >= 3 is on PATH).")
-_YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
-_JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 _WAIT = typer.Option(True, "--wait/--no-wait", help="Wait for the rollout, showing progress.")
 _TIMEOUT = typer.Option(300.0, "--timeout", min=1, help="Seconds to wait for the rollout.")
 
@@ -36,17 +30,14 @@ def register(app: typer.Typer) -> None:
 # -- connecting ------------------------------------------------------------------------------------
 
 
-def _connect(env: str, kube_context: str | None, helm_kind: str) -> tuple[Any, Any, Any]:
-    """Environment, kube client (through the context guard) and Helm adapter for the same context."""
-    from qlensctl import helm as helm_adapter
-    from qlensctl.environments import load_environment
+def _connect(environment: Any, kube_context: str | None, helm_kind: str) -> tuple[Any, Any]:
+    """Kube client (through the context guard) and Helm adapter for the same context. An
+    unreachable cluster fails in the first, in seconds, before Helm is loaded."""
+    from qlensctl.helm import helm_for
     from qlensctl.kube import Kube
 
-    environment = load_environment(env)
     kube = Kube.for_environment(environment, kube_context)
-    kube.ping()  # an unreachable cluster fails here, in seconds, before Helm is loaded
-    helm = helm_adapter.select_helm(helm_kind, kubeconfig=kube.kubeconfig_file, kube_context=kube.context)
-    return environment, kube, helm
+    return kube, helm_for(kube, helm_kind)
 
 
 # -- live progress ---------------------------------------------------------------------------------
@@ -113,9 +104,9 @@ def deploy(
     timeout: float = _TIMEOUT,
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what would change (a manifest diff); "
                                                           "change nothing."),
-    yes: bool = _YES,
-    kube_context: str = _KUBE_CONTEXT,
-    helm_kind: str = _HELM,
+    yes: bool = YES,
+    kube_context: str = KUBE_CONTEXT,
+    helm_kind: str = HELM,
     backup_dir: Path = typer.Option(Path("backup"), "--backup-dir",
                                     help="Where the current values are saved before an upgrade."),
 ) -> None:
@@ -124,8 +115,9 @@ def deploy(
     from qlensctl.environments import load_environment
     from qlensctl.errors import OperationError, RefusedError
 
-    release.check_version(load_environment(env), version)  # bad usage fails before the cluster is asked
-    environment, kube, helm = _connect(env, kube_context, helm_kind)
+    environment = load_environment(env)
+    release.check_version(environment, version)  # bad usage fails before the cluster is asked
+    kube, helm = _connect(environment, kube_context, helm_kind)
     if dry_run:
         try:
             plan = release.plan_deploy(environment, kube, helm, version)
@@ -193,21 +185,23 @@ def rollback(
                                         "qlens-<service>-previous up."),
     wait: bool = _WAIT,
     timeout: float = _TIMEOUT,
-    yes: bool = _YES,
-    kube_context: str = _KUBE_CONTEXT,
-    helm_kind: str = _HELM,
+    yes: bool = YES,
+    kube_context: str = KUBE_CONTEXT,
+    helm_kind: str = HELM,
 ) -> None:
     """Roll the release back to the previous (or a given) revision; history before and after."""
     from qlensctl import release
+    from qlensctl.environments import load_environment
     from qlensctl.errors import ConfigError, OperationError
 
     if emergency and revision is not None:
         raise ConfigError("--emergency and --revision cannot be combined",
                           "--emergency scales deployments; --revision picks a Helm revision")
+    environment = load_environment(env)
     if emergency:
-        _emergency(env, kube_context, wait, timeout, yes)
+        _emergency(environment, kube_context, wait, timeout, yes)
         return
-    environment, kube, helm = _connect(env, kube_context, helm_kind)
+    kube, helm = _connect(environment, kube_context, helm_kind)
     before = release.history(helm, environment.namespace)
     target = release.rollback_target(before, revision, environment)
     _history_table(before, f"History of qlens in {environment.namespace} (before)")
@@ -228,15 +222,12 @@ def rollback(
                 f"(now revision {result.new_revision})")
 
 
-def _emergency(env: str, kube_context: str | None, wait: bool, timeout: float, yes: bool) -> None:
+def _emergency(environment: Any, kube_context: str | None, wait: bool, timeout: float, yes: bool) -> None:
     from qlensctl import release
-    from qlensctl.environments import load_environment
     from qlensctl.errors import OperationError
     from qlensctl.kube import Kube
 
-    environment = load_environment(env)
     kube = Kube.for_environment(environment, kube_context)
-    kube.ping()
     steps = release.plan_emergency(environment, kube)
     output.table(f"Emergency rollback plan for {environment.namespace}",
                  ["service", "scale down", "scale up"],
@@ -261,15 +252,17 @@ def _emergency(env: str, kube_context: str | None, wait: bool, timeout: float, y
 
 def status(
     env: str = _ENV,
-    kube_context: str = _KUBE_CONTEXT,
-    helm_kind: str = _HELM,
+    kube_context: str = KUBE_CONTEXT,
+    helm_kind: str = HELM,
     events: int = typer.Option(10, "--events", min=0, max=100, help="How many recent events to show."),
-    as_json: bool = _JSON,
+    as_json: bool = JSON,
 ) -> None:
     """Release, deployments (desired/ready), autoscalers, pods and recent events."""
     from qlensctl import release
+    from qlensctl.environments import load_environment
 
-    environment, kube, helm = _connect(env, kube_context, helm_kind)
+    environment = load_environment(env)
+    kube, helm = _connect(environment, kube_context, helm_kind)
     data = release.status(environment, kube, helm, events=events)
     if as_json:
         output.emit_json(data)
@@ -308,15 +301,17 @@ def _cpu(h: dict[str, Any]) -> str:
 
 def history(
     env: str = _ENV,
-    kube_context: str = _KUBE_CONTEXT,
-    helm_kind: str = _HELM,
-    as_json: bool = _JSON,
+    kube_context: str = KUBE_CONTEXT,
+    helm_kind: str = HELM,
+    as_json: bool = JSON,
 ) -> None:
     """The release's revisions: revision, updated, status, chart, app version, description."""
     from qlensctl import release
+    from qlensctl.environments import load_environment
     from qlensctl.errors import ClusterError
 
-    environment, _, helm = _connect(env, kube_context, helm_kind)
+    environment = load_environment(env)
+    _, helm = _connect(environment, kube_context, helm_kind)
     revisions = release.history(helm, environment.namespace)
     if not revisions:
         raise ClusterError(f"no release qlens in namespace {environment.namespace}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import typer
 
 from qlensctl import output
+from qlensctl.commands.options import JSON, KUBE_CONTEXT, YES
 
 secrets_app = typer.Typer(help="Provider secrets to a Kubernetes Secret (staging) or Key Vault (production).",
                           no_args_is_help=True)
@@ -26,9 +27,9 @@ def sync(
     vault_url: str = typer.Option(None, "--vault-url", show_default=False,
                                   help="Key Vault URL [default: externalSecrets.vaultUrl of ENV]."),
     prune: bool = typer.Option(False, "--prune", help="Kubernetes: also remove keys no longer needed."),
-    kube_context: str = typer.Option(None, "--kube-context", show_default=False, help="Kube context to use."),
-    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation (production)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    kube_context: str = KUBE_CONTEXT,
+    yes: bool = YES,
+    as_json: bool = JSON,
 ) -> None:
     """Copy AZURE_OPENAI_*, AWS_* (and QLENS_REDIS_URL where Redis is used) to the environment's store."""
     from qlensctl import secrets
@@ -41,12 +42,8 @@ def sync(
         url = secrets.vault_url_for(environment, vault_url)
         if environment.is_production:
             output.confirm(f"Write {len(values)} secrets to Key Vault {url}?", yes)
-        with output.spinner(f"writing to {url}") as status:
-            def progress(name: str) -> None:
-                if status is not None:
-                    status.update(f"writing {name}")
-
-            result = secrets.push_key_vault(url, values, progress=progress)
+        with output.spinner(f"writing to {url}") as update:
+            result = secrets.push_key_vault(url, values, progress=lambda name: update(f"writing {name}"))
     else:
         from qlensctl.kube import Kube
 

@@ -15,7 +15,6 @@ import typer
 from qlensctl import output
 
 _MARKS = {"pass": "[green]PASS[/green]", "fail": "[red]FAIL[/red]", "skip": "[yellow]SKIP[/yellow]"}
-GATEWAY_SERVICE = "qlens-gateway"
 
 
 def register(app: typer.Typer) -> None:
@@ -83,23 +82,19 @@ def smoke_test(
 def _run(where: Any, api_key: str | None, timeout: float) -> list[Any]:
     from qlensctl import smoke
 
-    with output.spinner(f"smoke-testing {where.gateway_url}") as status:
-        def progress(name: str) -> None:
-            if status is not None:
-                status.update(f"checking {name}")
-
+    with output.spinner(f"smoke-testing {where.gateway_url}") as update:
         return smoke.run_smoke(where.gateway_url, where.service_urls, api_key, timeout=timeout,
-                               progress=progress)
+                               progress=lambda name: update(f"checking {name}"))
 
 
 def _through_port_forward(env: str, kube_context: str | None, api_key: str | None,
                           timeout: float) -> tuple[list[Any], Any, list[str]]:
-    """Forward a free local port to svc/qlens-gateway of `env`, run the checks through it, close it.
+    """The checks through a port-forward to svc/qlens-gateway of `env`.
 
     Returns the results, the targets (for the title) and what went wrong with the forward's
     streams during the checks (shown as warnings: they explain failed checks).
     """
-    from qlensctl import portforward, smoke
+    from qlensctl import smoke
     from qlensctl.environments import load_environment
     from qlensctl.kube import Kube
 
@@ -107,17 +102,10 @@ def _through_port_forward(env: str, kube_context: str | None, api_key: str | Non
     smoke.require_key(environment.auth.required, api_key, env)
     kube = Kube.for_environment(environment, kube_context)  # the context guard, as for deploy
     try:
-        kube.ping()
-        namespace, port = environment.namespace, environment.ports.gateway
-        with output.spinner(f"port-forwarding svc/{GATEWAY_SERVICE} {port} in {namespace}"):
-            forward = portforward.forward_service(kube, namespace, GATEWAY_SERVICE, port)
-        with forward:
-            pod = f"pod/{forward.pod}:{forward.remote_port}"
-            where = smoke.Targets(
-                forward.url, None, f"{env} (port-forward {forward.url} -> {pod} in {namespace})",
-                hint=f"the detail column says why; `qlensctl status {env}` shows the pods and recent events",
-            )
-            results = _run(where, api_key, timeout)
-        return results, where, list(dict.fromkeys(f"port-forward: {e}" for e in forward.errors))
+        with output.spinner(f"smoke-testing {env} through a port-forward") as update:
+            run = smoke.run_through_port_forward(kube, environment, api_key, timeout, progress=update)
     finally:
         kube.close()
+    hint = f"the detail column says why; `qlensctl status {env}` shows the pods and recent events"
+    where = smoke.Targets(run.url, None, f"{env} ({run.route})", hint=hint)
+    return run.results, where, [f"port-forward: {e}" for e in run.stream_errors]
