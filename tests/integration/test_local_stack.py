@@ -23,36 +23,8 @@ import pytest
 import yaml
 
 from qlensctl.errors import OperationError
-from qlensctl.local import SERVICE_ORDER, free_port, load_state, pid_running, port_in_use, start_stack
-
-ROOT = Path(__file__).resolve().parents[2]
-# the developer's shell must not leak into a test stack (cloud credentials, keys file, Redis)
-SCRUB = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-         "AWS_PROFILE", "QLENS_API_KEYS_FILE", "QLENS_REDIS_URL", "QLENS_API_KEY", "QLENS_CONFIG")
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SCRUB}
-    env["QLENS_ENVIRONMENTS"] = str(ROOT / "environments")
-    env.update(extra)
-    return env
-
-
-def qlensctl(*args: str, env: dict[str, str] | None = None,
-             timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "qlensctl.main", *args], capture_output=True, text=True,
-                          env=env or cli_env(), cwd=ROOT, timeout=timeout)
-
-
-def distinct_ports() -> dict[str, int]:
-    ports: dict[str, int] = {}
-    while len(set(ports.values())) < len(SERVICE_ORDER):
-        ports = {name: free_port() for name in SERVICE_ORDER}
-    return ports
-
-
-def port_args(ports: dict[str, int]) -> list[str]:
-    return [arg for name in SERVICE_ORDER for arg in (f"--{name}-port", str(ports[name]))]
+from qlensctl.local import SERVICE_ORDER, load_state, pid_running, port_in_use, start_stack
+from tests.support.cli import ROOT, SCRUB, cli_env, distinct_ports, port_args, qlensctl
 
 
 def wait_gone(pids: list[int], ports: dict[str, int], timeout: float = 15) -> None:

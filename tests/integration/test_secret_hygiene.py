@@ -28,8 +28,9 @@ import pytest
 
 from qlensctl.local import free_port
 from services.common.apikeys import hash_key
-from tests.integration.cluster.conftest import Result, Target, assert_ok, target  # noqa: F401
+from tests.integration.cluster.conftest import Target, assert_ok, target  # noqa: F401
 from tests.integration.ops.conftest import secret_values, sentinels  # noqa: F401
+from tests.support.cli import Result
 
 pytestmark = pytest.mark.cluster
 

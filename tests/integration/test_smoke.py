@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from qlensctl.local import save_state
-from tests.integration.test_local_stack import ROOT, cli_env, distinct_ports, port_args, qlensctl
+from tests.support.cli import ROOT, cli_env, distinct_ports, port_args, qlensctl
 from tests.support.stack import StackFactory
 
 ALL_CHECKS = [

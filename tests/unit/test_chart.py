@@ -23,7 +23,7 @@ from qlensctl.environments import load_environment, parse_environment
 from qlensctl.errors import ConfigError
 from qlensctl.helm import EmbeddedHelm, manifests
 from qlensctl.render import chart_dir, render_values
-from tests.unit.test_render import run_cli
+from tests.support.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVS = ("local", "staging", "production")

@@ -2,50 +2,24 @@
 without --debug, `env list/show` for people and machines, and the parts of `up`/`down` that need
 no running service (refusals before anything starts, stale state files).
 
-`run_cli` calls `qlensctl.main.run`, the console script's entry, in-process: that is where errors
-become messages and exit codes (typer's CliRunner on `app` would bypass it). One test runs the
-same entry in a real subprocess.
+`run_cli` (tests/support/cli.py) calls `qlensctl.main.run`, the console script's entry,
+in-process: that is where errors become messages and exit codes. One test runs the same entry in
+a real subprocess.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from qlensctl.local import ServiceProcess, Stack, free_port, load_state, save_state
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def run_cli(*args: str) -> Result:
-    """Run `qlensctl ARGS` in this process through `qlensctl.main.run`; capture exit code and output."""
-    from qlensctl.main import run
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return Result(code, out.getvalue(), err.getvalue())
+from tests.support.cli import ROOT, qlensctl, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -101,15 +75,12 @@ def test_debug_adds_the_traceback() -> None:
 
 
 def test_the_console_script_entry_in_a_real_process() -> None:
-    env = {**os.environ, "QLENS_ENVIRONMENTS": str(ROOT / "environments")}
-    proc = subprocess.run([sys.executable, "-m", "qlensctl.main", "env", "show", "qa"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    proc = qlensctl("env", "show", "qa", timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: unknown environment 'qa'")
     assert "hint:" in proc.stderr
     assert "Traceback" not in proc.stderr
-    ok = subprocess.run([sys.executable, "-m", "qlensctl.main", "env", "list", "--json"],
-                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+    ok = qlensctl("env", "list", "--json", timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert [e["name"] for e in json.loads(ok.stdout)] == ["local", "production", "staging"]
 

@@ -16,7 +16,7 @@ import yaml
 from qlensctl import portforward, smoke
 from qlensctl.errors import ConfigError
 from qlensctl.local import ServiceProcess, Stack, free_port, save_state
-from tests.unit.test_cli import ROOT, run_cli
+from tests.support.cli import ROOT, run_cli
 
 SECRET = "qlk-this-must-never-be-printed-0123456789"
 

@@ -17,7 +17,7 @@ import yaml
 
 from qlensctl.environments import Environment, environment_names, load_environment
 from qlensctl.errors import ConfigError
-from tests.unit.test_cli import run_cli
+from tests.support.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "environments"

@@ -8,12 +8,9 @@ writes the file, and rendering never loads Helm. Charts are not involved here (t
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,30 +19,9 @@ import yaml
 from qlensctl.environments import load_environment
 from qlensctl.errors import ConfigError
 from qlensctl.render import render_values, render_values_yaml
+from tests.support.cli import ROOT, run_cli
 
-ROOT = Path(__file__).resolve().parents[2]
 ENVS = ("local", "staging", "production")
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def run_cli(*args: str) -> Result:
-    """`qlensctl ARGS` in-process through the console script's entry (errors -> exit codes)."""
-    from qlensctl.main import run
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run(list(args))
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return Result(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(autouse=True)

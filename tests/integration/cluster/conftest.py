@@ -10,8 +10,6 @@ process with `Target.spawn`, for tests that run two commands at once or interrup
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -25,8 +23,8 @@ import pytest
 import yaml
 
 from tests.k8s.fixtures import KubeCluster
+from tests.support.cli import ROOT, Result, run_cli
 
-ROOT = Path(__file__).resolve().parents[3]
 SECRET_VARS = {
     "AZURE_OPENAI_ENDPOINT": "https://unit-test.openai.azure.com",
     "AZURE_OPENAI_API_KEY": "sk-test-azure-NEVER-PRINTED-1234",
@@ -34,17 +32,6 @@ SECRET_VARS = {
     "AWS_ACCESS_KEY_ID": "AKIATESTNEVERPRINTED",
     "AWS_SECRET_ACCESS_KEY": "aws-secret-NEVER-PRINTED-5678",
 }
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def text(self) -> str:
-        return self.out + self.err
 
 
 SERVICES = ("qlens-cache", "qlens-gateway", "qlens-router")
@@ -77,17 +64,8 @@ class Target:
     backups: Path
 
     def qlensctl(self, *args: str) -> Result:
-        """Run `qlensctl ARGS` in-process; returns its exit code and output."""
-        from qlensctl.main import run
-
-        out, err = io.StringIO(), io.StringIO()
-        code = 0
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                run(list(args))
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        return Result(code, out.getvalue(), err.getvalue())
+        """Run `qlensctl ARGS` in-process (this test's environment files and kubeconfig)."""
+        return run_cli(*args)
 
     def spawn(self, *args: str, name: str = "qlensctl") -> subprocess.Popen[bytes]:
         """Start `qlensctl ARGS` as a process (this test's environment and folder); its output goes

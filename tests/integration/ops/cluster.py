@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from tests.integration.ops.conftest import ROOT, Cli
+from tests.integration.ops.conftest import Cli
+from tests.support.cli import ROOT
 
 
 @dataclass

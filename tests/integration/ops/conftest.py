@@ -4,29 +4,23 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support.cli import ROOT, Result, qlensctl
+
 PROVIDER_VARS = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AWS_REGION", "AWS_ACCESS_KEY_ID",
                  "AWS_SECRET_ACCESS_KEY", "QLENS_REDIS_URL")
 
 
 @dataclass
-class Run:
-    args: list[str]
-    code: int
-    out: str
-    err: str
+class Run(Result):
+    """A `qlensctl` process's result that names its arguments when an assertion shows it."""
 
-    @property
-    def text(self) -> str:
-        return self.out + self.err
+    args: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:  # what a failed assertion shows
         head = f"qlensctl {' '.join(self.args)} -> {self.code}"
@@ -46,9 +40,8 @@ class Cli:
         base.update({"COLUMNS": "200", "NO_COLOR": "1", "PYTHONPATH": str(ROOT)})
         base.update(self.env)
         base.update(env or {})
-        proc = subprocess.run([sys.executable, "-m", "qlensctl.main", *args], cwd=self.cwd, env=base,
-                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-        run = Run(list(args), proc.returncode, proc.stdout, proc.stderr)
+        proc = qlensctl(*args, env=base, cwd=self.cwd, timeout=timeout)
+        run = Run(proc.returncode, proc.stdout, proc.stderr, list(args))
         self.runs.append(run)
         return run
 
