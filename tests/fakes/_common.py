@@ -239,20 +239,17 @@ class FakeServer:
 
     # --- lifecycle -----------------------------------------------------------------------------
 
+    def uvicorn_config(self, **extra: Any) -> Any:
+        """How this fake is served, in a thread or as a process: quiet, on its own host and port."""
+        import uvicorn
+
+        return uvicorn.Config(self, host=self.host, port=self.port, log_config=None, log_level="warning",
+                              access_log=False, lifespan="off", **extra)
+
     def start(self) -> FakeServer:
         import uvicorn
 
-        config = uvicorn.Config(
-            self,
-            host=self.host,
-            port=self.port,
-            log_config=None,
-            log_level="warning",
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=0.3,
-        )
-        self._server = uvicorn.Server(config)
+        self._server = uvicorn.Server(self.uvicorn_config(timeout_graceful_shutdown=0.3))
         self._thread = threading.Thread(target=self._server.run, name=f"{self.name}-{self.port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
@@ -280,16 +277,7 @@ def serve_forever(fake: FakeServer) -> None:
     """Process mode: run in the foreground until SIGTERM/SIGINT; prints `ready <port>` once listening."""
     import uvicorn
 
-    config = uvicorn.Config(
-        fake,
-        host=fake.host,
-        port=fake.port,
-        log_config=None,
-        log_level="warning",
-        access_log=False,
-        lifespan="off",
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(fake.uvicorn_config())
 
     async def run() -> None:
         task = asyncio.create_task(server.serve())

@@ -74,6 +74,10 @@ class FakeAzureOpenAI(FakeServer):
         self.identity_header = "fake-identity-header"
         self.auth_kinds: set[str] = set()  # "api-key" and/or "bearer": how requests were authorized
 
+    def client_env(self) -> dict[str, str]:
+        """The router's environment for calling this server with its API key."""
+        return {"AZURE_OPENAI_ENDPOINT": self.url, "AZURE_OPENAI_API_KEY": self.api_key}
+
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["path"] == "/msi/token":
             await self._issue_token(scope, send)

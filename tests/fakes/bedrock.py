@@ -96,6 +96,12 @@ class FakeBedrock(FakeServer):
         self.models = set(models) if models is not None else None
         self.last_request: dict[str, Any] | None = None  # the last Converse body, to check translation
 
+    def client_env(self, secret_key: str = "dummy") -> dict[str, str]:
+        """The router's environment for calling this server through boto3 (any secret key signs:
+        only the access key is checked)."""
+        return {"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": self.url, "AWS_ACCESS_KEY_ID": self.access_key,
+                "AWS_SECRET_ACCESS_KEY": secret_key, "AWS_REGION": "us-east-1"}
+
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
         parts = scope.get("raw_path", scope["path"].encode()).decode().split("?")[0].split("/")
         # ["", "model", "<modelId>", "converse" | "converse-stream"]

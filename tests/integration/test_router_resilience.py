@@ -67,14 +67,7 @@ CONFIG = {
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     with FakeAzureOpenAI(api_key=KEY) as az, FakeBedrock(access_key="AKIDRESILIENCE") as br:
-        env = {
-            "AZURE_OPENAI_ENDPOINT": az.url,
-            "AZURE_OPENAI_API_KEY": KEY,
-            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": br.url,
-            "AWS_ACCESS_KEY_ID": "AKIDRESILIENCE",
-            "AWS_SECRET_ACCESS_KEY": "dummy",
-            "AWS_REGION": "us-east-1",
-        }
+        env = {**az.client_env(), **br.client_env()}
         with router_process(CONFIG, env, tmp_path_factory.mktemp("router")) as router:
             yield router, az, br
 

@@ -42,14 +42,7 @@ CONFIG = {
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     with FakeAzureOpenAI(api_key=AZURE_KEY) as azure, FakeBedrock(access_key="AKIDROUTERTEST") as bedrock:
-        env = {
-            "AZURE_OPENAI_ENDPOINT": azure.url,
-            "AZURE_OPENAI_API_KEY": AZURE_KEY,
-            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": bedrock.url,
-            "AWS_ACCESS_KEY_ID": "AKIDROUTERTEST",
-            "AWS_SECRET_ACCESS_KEY": AWS_SECRET,
-            "AWS_REGION": "us-east-1",
-        }
+        env = {**azure.client_env(), **bedrock.client_env(AWS_SECRET)}
         with router_process(CONFIG, env, tmp_path_factory.mktemp("router")) as router:
             yield router, azure, bedrock
 
