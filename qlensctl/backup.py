@@ -347,7 +347,8 @@ def backup_state(redis_url: str, values_file: Path | str,
     try:
         for n, key in enumerate(client.scan_iter(match=STATE_PATTERN, count=500)):
             if n >= MAX_STATE_KEYS:
-                raise OperationError(f"more than {MAX_STATE_KEYS} qlens:* keys in Redis", None)
+                raise OperationError(f"more than {MAX_STATE_KEYS} qlens:* keys in Redis",
+                                     "back up the values without --state, and Redis with its own tools")
             pipe = client.pipeline()
             pipe.dump(key)
             pipe.pttl(key)
@@ -361,7 +362,7 @@ def backup_state(redis_url: str, values_file: Path | str,
                 progress(len(entries))
     except redis.RedisError as exc:
         raise OperationError(f"reading Redis at {redis_location(redis_url)} failed ({type(exc).__name__})",
-                             None) from None
+                             "check that Redis is up and answering, then run the backup again") from None
     finally:
         client.close()
     taken = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -394,7 +395,8 @@ def read_state(state_file: Path | str) -> dict[str, Any]:
         raise ConfigError(f"{state_file}: no such state file",
                           "restore without --state, or back up with `qlensctl backup ENV --state`") from None
     except (OSError, ValueError):
-        raise ConfigError(f"{state_file}: not a QLens state backup (not JSON)", None) from None
+        raise ConfigError(f"{state_file}: not a QLens state backup (not JSON)",
+                          "pass a state-*.json written by `backup --state`") from None
     valid = isinstance(doc, dict) and doc.get("format") == STATE_FORMAT and isinstance(doc.get("keys"), list)
     if not valid:
         raise ConfigError(f"{state_file}: not a QLens state backup",
@@ -436,7 +438,8 @@ def restore_state(redis_url: str, state_file: Path | str) -> tuple[int, int]:
                              "restore into a Redis of the same or a newer version") from None
     except redis.RedisError as exc:
         raise OperationError(f"writing Redis at {redis_location(redis_url)} failed ({type(exc).__name__})",
-                             None) from None
+                             "check that Redis is up and accepts writes, then run the restore again "
+                             "(restoring the same keys twice is harmless)") from None
     finally:
         client.close()
     return restored, expired

@@ -269,7 +269,7 @@ class EmbeddedHelm(Helm):
             cfg.rollback(release, version=revision, timeout=int(timeout), wait="watcher" if wait else None)
         except hp.HelmError as exc:
             raise self._translate(exc, "roll back", release, namespace) from None
-        return self.history(release, namespace)[-1]
+        return self.status(release, namespace)  # the new revision; one read, not the whole history
 
     def history(self, release: str, namespace: str, *, max_revisions: int | None = None) -> list[Release]:
         return self._history(release, namespace, max_revisions=max_revisions, details=True)
@@ -571,7 +571,7 @@ class BinaryHelm(Helm):
                 release, revision, namespace=namespace, wait=wait, timeout=f"{int(timeout)}s"
             ),
         )
-        return self.history(release, namespace)[-1]
+        return self.status(release, namespace)  # the new revision; one read, not the whole history
 
     def history(self, release: str, namespace: str, *, max_revisions: int | None = None) -> list[Release]:
         cmd = self._command()

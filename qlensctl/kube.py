@@ -154,8 +154,10 @@ def cluster_error(exc: BaseException, what: str, server: str = "the cluster") ->
             return ClusterError(f"{what}: {server} refused (HTTP {exc.status} {exc.reason})",
                                 "your kube credentials lack permission here; check the context's user")
         if exc.status == 404:
-            return ClusterError(f"{what}: not found", None)
-        return ClusterError(f"{what}: HTTP {exc.status} {exc.reason}: {_api_message(exc)}", None)
+            return ClusterError(f"{what}: not found",
+                                "check the kube context and that QLens is deployed (`qlensctl status ENV`)")
+        return ClusterError(f"{what}: HTTP {exc.status} {exc.reason}: {_api_message(exc)}",
+                            "the API server's message says why; re-run with --debug for the details")
     if is_transport_error(exc):
         return ClusterError(f"cannot reach {server} ({_unreachable_reason(exc)}) while {what}",
                             "is the cluster up? check KUBECONFIG and `kubectl config current-context`")

@@ -58,11 +58,12 @@ def resolve_service(kube: Any, namespace: str, service: str, port: int) -> Endpo
     chosen = next((p for p in ports if p.port == port), None)
     if chosen is None:
         have = ", ".join(str(p.port) for p in ports) or "none"
-        raise ClusterError(f"Service {service} in {namespace} has no port {port} (it has: {have})", None)
+        raise ClusterError(f"Service {service} in {namespace} has no port {port} (it has: {have})",
+                           f"compare the environment's ports with `kubectl get svc {service} -n {namespace}`")
     selector = svc.spec.selector or {}
     if not selector:
         raise ClusterError(f"Service {service} in {namespace} has no pod selector, so no pod to forward to",
-                           None)
+                           "it was not made by charts/qlens: redeploy with `qlensctl deploy ENV`")
 
     label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
     try:
@@ -106,7 +107,8 @@ def _container_port(pod: Any, target: Any, service_port: int) -> int:
         for p in container.ports or []:
             if p.name == target:
                 return int(p.container_port)
-    raise ClusterError(f"pod {pod.metadata.name} has no container port named {target!r}", None)
+    raise ClusterError(f"pod {pod.metadata.name} has no container port named {target!r}",
+                       "the Service and its pods disagree: is a rollout half done? `qlensctl status ENV`")
 
 
 def describe_refusal(exc: BaseException) -> str:

@@ -147,7 +147,7 @@ class DeployResult:
                 "deployments": [d.as_dict() for d in self.deployments], "message": self.message}
 
 
-def plan_deploy(environment: Any, kube: Kube, helm: Any, version: str | None,
+def plan_deploy(environment: Any, helm: Any, version: str | None,
                 environ: Mapping[str, str] | None = None, check_secrets: bool = True) -> DeployPlan:
     """Validate and read; change nothing. Missing secrets are all named in one RefusedError
     (`check_secrets=False`, for a dry run: the secrets are not collected at all)."""
@@ -156,7 +156,6 @@ def plan_deploy(environment: Any, kube: Kube, helm: Any, version: str | None,
 
     tag = check_version(environment, version)
     values = render.render_values(environment, version=tag)
-    kube.ping()
     secret_values = None
     if environment.secrets.backend == "kubernetes" and check_secrets:
         secret_values = provider_secrets.collect_secrets(environment, environ)

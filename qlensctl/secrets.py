@@ -219,7 +219,9 @@ def push_key_vault(vault_url: str, values: Mapping[str, str], *, credential: Any
                              f"{getattr(exc.error, 'code', '') or exc.reason}",
                              "check that your identity may get and set secrets in this vault") from None
     except ValueError as exc:  # e.g. the challenge resource does not match the vault's domain
-        raise OperationError(f"Key Vault {vault_url}: {first_line(exc)}", None) from None
+        raise OperationError(f"Key Vault {vault_url}: {first_line(exc)}",
+                             "check the vault URL (--vault-url or externalSecrets.vaultUrl): "
+                             "https://NAME.vault.azure.net") from None
     finally:
         client.close()
         if owned_credential:

@@ -34,8 +34,7 @@ def _store(env: str, file: Path | None, kube_context: str | None) -> tuple[Any, 
         return environment, apikeys_store.FileKeyStore(file)
     from qlensctl.kube import Kube
 
-    kube = Kube.for_environment(environment, kube_context)  # the context guard
-    kube.ping()
+    kube = Kube.for_environment(environment, kube_context)  # the context guard; fails fast if unreachable
     return environment, apikeys_store.SecretKeyStore(kube.api, environment.namespace)
 
 

@@ -120,13 +120,13 @@ def deploy(
     kube, helm = _connect(environment, kube_context, helm_kind)
     if dry_run:
         try:
-            plan = release.plan_deploy(environment, kube, helm, version)
+            plan = release.plan_deploy(environment, helm, version)
         except RefusedError as exc:  # missing secrets: a real deploy would stop here; show the diff anyway
             output.warn(exc.message.replace("; nothing was changed", "") + " (a deploy would refuse)")
-            plan = release.plan_deploy(environment, kube, helm, version, check_secrets=False)
+            plan = release.plan_deploy(environment, helm, version, check_secrets=False)
         _show_diff(plan, release.dry_run(plan, helm))
         return
-    plan = release.plan_deploy(environment, kube, helm, version)
+    plan = release.plan_deploy(environment, helm, version)
     verb = "Upgrade" if plan.is_upgrade else "Install"
     if environment.is_production:
         output.confirm(f"{verb} release qlens in {plan.namespace} (context {kube.context}) to version "

@@ -47,8 +47,7 @@ def sync(
     else:
         from qlensctl.kube import Kube
 
-        kube = Kube.for_environment(environment, kube_context)  # the context guard
-        kube.ping()
+        kube = Kube.for_environment(environment, kube_context)  # the context guard; fails fast if unreachable
         if environment.is_production:
             output.confirm(f"Write {len(values)} keys to Secret {environment.secrets.name} in "
                            f"{environment.namespace}?", yes)
