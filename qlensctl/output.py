@@ -55,6 +55,11 @@ def emit_json(data: Any) -> None:
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+    get_console().print(make_table(title, columns, rows))
+
+
+def make_table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Any:
+    """The rich Table `table` prints, for a caller that shows it itself (a live display)."""
     from rich.table import Table
 
     t = Table(title=title, title_justify="left", header_style="bold")
@@ -62,7 +67,7 @@ def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any
         t.add_column(col, overflow="fold")  # wrap long values, never hide them behind an ellipsis
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
-    get_console().print(t)
+    return t
 
 
 def status_mark(ok: bool) -> str:

@@ -7,6 +7,7 @@ adapter (qlensctl.helm). Anything that changes production asks first unless --ye
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +45,18 @@ def _connect(environment: Any, kube_context: str | None, helm_kind: str) -> tupl
 
 
 def _rollout_table(states: list[Any], title: str | None = None) -> Any:
-    from rich.table import Table
-
-    t = Table(title=title, title_justify="left", header_style="bold")
-    for col in ("deployment", "desired", "updated", "ready", "available", "image", "state"):
-        t.add_column(col)
+    rows = []
     for s in states:
         mark = "[green]done[/green]" if s.done else "[red]failed[/red]" if s.failed else "[yellow]…[/yellow]"
-        image = ", ".join(i.rsplit("/", 1)[-1] for i in s.images)
-        t.add_row(s.name, str(s.desired), str(s.updated), str(s.ready), str(s.available), image,
-                  f"{mark} {s.message}")
-    return t
+        rows.append([s.name, s.desired, s.updated, s.ready, s.available, _images(s.images),
+                     f"{mark} {s.message}"])
+    return output.make_table(title, ["deployment", "desired", "updated", "ready", "available", "image",
+                                     "state"], rows)
+
+
+def _images(images: Iterable[str]) -> str:
+    """Image names without their registry path: `qlens-gateway:v1.2.0`."""
+    return ", ".join(i.rsplit("/", 1)[-1] for i in images)
 
 
 class _Progress:
@@ -279,7 +281,7 @@ def status(
         output.warn(f"in progress: `{lock['operation']}` by {lock['holder']} (since {lock['acquired']})")
     output.table("Deployments", ["deployment", "desired", "ready", "updated", "available", "image", "state"],
                  [[d["name"], d["desired"], d["ready"], d["updated"], d["available"],
-                   ", ".join(i.rsplit("/", 1)[-1] for i in d["images"]), d["message"]]
+                   _images(d["images"]), d["message"]]
                   for d in data["deployments"]])
     if data["autoscalers"]:
         output.table("Autoscalers", ["hpa", "target", "min", "max", "current", "desired", "cpu"],
