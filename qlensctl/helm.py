@@ -873,3 +873,12 @@ def helm_for(kube: Kube, mode: str = "auto") -> Helm:
     (the embedded Helm SDK reads $KUBECONFIG only once, when it loads, so left to itself an
     in-process caller that changed $KUBECONFIG would reach an earlier cluster)."""
     return select_helm(mode, kubeconfig=kube.kubeconfig_file, kube_context=kube.context)
+
+
+def connect(environment: Any, kube_context: str | None, mode: str = "auto") -> tuple[Kube, Helm]:
+    """The kube client (through the environment's context guard) and Helm for the same context.
+    An unreachable cluster fails in the first, in seconds, before Helm is loaded."""
+    from qlensctl.kube import Kube
+
+    kube = Kube.for_environment(environment, kube_context)
+    return kube, helm_for(kube, mode)

@@ -47,12 +47,6 @@ def _kube(environment: Any, kube_context: str | None) -> Any:
     return Kube.for_environment(environment, kube_context)  # the context guard; fails fast if unreachable
 
 
-def _helm(kube: Any, helm_kind: str) -> Any:
-    from qlensctl.helm import helm_for
-
-    return helm_for(kube, helm_kind)
-
-
 @contextmanager
 def _locked(kube: Any, namespace: str, operation: str) -> Iterator[None]:
     """Hold the namespace's deploy lock; another command holding it is a refusal (exit 2, nothing
@@ -123,9 +117,10 @@ def backup(
     """Save the release's values to DIR/values-YYYYMMDD.yaml (never overwriting)."""
     from qlensctl import backup as backups
     from qlensctl.environments import load_environment
+    from qlensctl.helm import connect
 
     environment = load_environment(env)
-    helm = _helm(_kube(environment, kube_context), helm_kind)
+    _, helm = connect(environment, kube_context, helm_kind)
     path = backups.backup_values(helm, environment, directory)
     saved = backups.read_backup(path)
     result: dict[str, Any] = {"environment": environment.name, "file": str(path), "revision": saved.revision,
@@ -185,6 +180,7 @@ def restore(
     from qlensctl import release
     from qlensctl.environments import load_environment
     from qlensctl.errors import ConfigError, OperationError
+    from qlensctl.helm import connect
 
     environment = load_environment(env)
     saved = backups.read_backup(file)
@@ -197,8 +193,7 @@ def restore(
     if saved.redacted:
         output.warn(f"the backup left out secret-looking values ({', '.join(saved.redacted)}): "
                     "the chart's defaults apply to them")
-    kube = _kube(environment, kube_context)
-    helm = _helm(kube, helm_kind)
+    kube, helm = connect(environment, kube_context, helm_kind)
     revisions = release.history(helm, environment.namespace)
     if environment.is_production:
         output.confirm(f"Upgrade release qlens in {environment.namespace} with the values from {saved.path} "
@@ -251,10 +246,10 @@ def maintenance_start(
     from qlensctl import backup as backups
     from qlensctl import scaling
     from qlensctl.environments import load_environment
+    from qlensctl.helm import connect
 
     environment = load_environment(env)
-    kube = _kube(environment, kube_context)
-    helm = _helm(kube, helm_kind)
+    kube, helm = connect(environment, kube_context, helm_kind)
     ns = environment.namespace
     plans = []
     for service in scaling.SERVICES:

@@ -31,16 +31,6 @@ def register(app: typer.Typer) -> None:
 # -- connecting ------------------------------------------------------------------------------------
 
 
-def _connect(environment: Any, kube_context: str | None, helm_kind: str) -> tuple[Any, Any]:
-    """Kube client (through the context guard) and Helm adapter for the same context. An
-    unreachable cluster fails in the first, in seconds, before Helm is loaded."""
-    from qlensctl.helm import helm_for
-    from qlensctl.kube import Kube
-
-    kube = Kube.for_environment(environment, kube_context)
-    return kube, helm_for(kube, helm_kind)
-
-
 # -- live progress ---------------------------------------------------------------------------------
 
 
@@ -116,10 +106,11 @@ def deploy(
     from qlensctl import release
     from qlensctl.environments import load_environment
     from qlensctl.errors import OperationError, RefusedError
+    from qlensctl.helm import connect
 
     environment = load_environment(env)
     release.check_version(environment, version)  # bad usage fails before the cluster is asked
-    kube, helm = _connect(environment, kube_context, helm_kind)
+    kube, helm = connect(environment, kube_context, helm_kind)
     if dry_run:
         try:
             plan = release.plan_deploy(environment, helm, version)
@@ -195,6 +186,7 @@ def rollback(
     from qlensctl import release
     from qlensctl.environments import load_environment
     from qlensctl.errors import ConfigError, OperationError
+    from qlensctl.helm import connect
 
     if emergency and revision is not None:
         raise ConfigError("--emergency and --revision cannot be combined",
@@ -203,7 +195,7 @@ def rollback(
     if emergency:
         _emergency(environment, kube_context, wait, timeout, yes)
         return
-    kube, helm = _connect(environment, kube_context, helm_kind)
+    kube, helm = connect(environment, kube_context, helm_kind)
     before = release.history(helm, environment.namespace)
     target = release.rollback_target(before, revision, environment)
     _history_table(before, f"History of qlens in {environment.namespace} (before)")
@@ -262,9 +254,10 @@ def status(
     """Release, deployments (desired/ready), autoscalers, pods and recent events."""
     from qlensctl import release
     from qlensctl.environments import load_environment
+    from qlensctl.helm import connect
 
     environment = load_environment(env)
-    kube, helm = _connect(environment, kube_context, helm_kind)
+    kube, helm = connect(environment, kube_context, helm_kind)
     data = release.status(environment, kube, helm, events=events)
     if as_json:
         output.emit_json(data)
@@ -311,9 +304,10 @@ def history(
     from qlensctl import release
     from qlensctl.environments import load_environment
     from qlensctl.errors import ClusterError
+    from qlensctl.helm import connect
 
     environment = load_environment(env)
-    _, helm = _connect(environment, kube_context, helm_kind)
+    _, helm = connect(environment, kube_context, helm_kind)
     revisions = release.history(helm, environment.namespace)
     if not revisions:
         raise ClusterError(f"no release qlens in namespace {environment.namespace}",
