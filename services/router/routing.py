@@ -23,7 +23,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,17 +321,6 @@ class Relay:
         self._client_left = True
         if self._timeout is not None and not self._timeout.expired():
             self._timeout.reschedule(-1.0)
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The whole stream, collected by `pump` and then yielded (for tests: the app pumps)."""
-        collected: list[bytes] = []
-
-        async def keep(chunk: bytes) -> None:
-            collected.append(chunk)
-
-        await self.pump(keep)
-        for chunk in collected:
-            yield chunk
 
     async def close(self) -> None:
         if self._closed:

@@ -138,7 +138,12 @@ async def test_in_flight_is_counted_during_a_stream_and_released_after():
     body = {"model": "echo", "stream": True, "messages": [{"role": "user", "content": "one two three"}]}
     relay = await router.stream(body, router.deadline())
     assert relay.served.deployment.in_flight == 1
-    chunks = [c async for c in relay.chunks()]
+    chunks: list[bytes] = []
+
+    async def keep(chunk: bytes) -> None:
+        chunks.append(chunk)
+
+    await relay.pump(keep)
     assert chunks[-1] == b"data: [DONE]\n\n"
     assert relay.served.deployment.in_flight == 0 and relay.outcome == "success"
 
