@@ -1,24 +1,51 @@
-"""The `qlensctl` entry point: one typer app assembled from one module per command group.
+"""The `qlensctl` entry point: the whole command tree, in one place, under four help panels.
 
-Command modules import only typer and rich at module level; SDKs (kubernetes, helm, openai,
-boto3, azure, fastapi) are imported inside the commands that use them so `--help` stays fast.
-All errors end here: one line of what failed, one of what to do, exit 1 or 2; a traceback only
-with `--debug`.
+Each command lives in a module of qlensctl/commands/ (one per group); this file only says where
+it appears. Command modules import only typer and rich at module level; SDKs (kubernetes, helm,
+openai, boto3, azure, fastapi) are imported inside the commands that use them so `--help` stays
+fast. All errors end here: one line of what failed, one of what to do, exit 1 or 2; a traceback
+only with `--debug`.
 """
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 
 from qlensctl import __version__
 from qlensctl.commands import chart, env, keys, local, ops, release, secrets, smoke
 from qlensctl.errors import QlensError
 from qlensctl.output import get_console
 
+DEPLOY, OPERATE, LOCAL, CONFIG = PANELS = ("Deploy", "Operate", "Local", "Config")
+
+
+class _PanelGroup(TyperGroup):
+    """Plain-text help with the commands listed under their `rich_help_panel`, in PANELS order.
+
+    typer draws panels only with its rich help formatter, whose imports (rich.markdown, ...)
+    would cost more than the rest of `qlensctl --help` together, and which reads help text as
+    markup (a `[default: ...]` in a help string would vanish). So the panels are drawn here."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        panels: dict[str, list[tuple[str, str]]] = {}
+        commands = [(n, c) for n in self.list_commands(ctx)
+                    if (c := self.get_command(ctx, n)) is not None and not c.hidden]
+        limit = formatter.width - 6 - max((len(n) for n, _ in commands), default=0)
+        for name, command in commands:
+            panel = getattr(command, "rich_help_panel", None) or "Commands"
+            panels.setdefault(panel, []).append((name, command.get_short_help_str(limit)))
+        for panel in sorted(panels, key=lambda p: PANELS.index(p) if p in PANELS else len(PANELS)):
+            with formatter.section(panel):
+                formatter.write_dl(panels[panel])
+
+
 app = typer.Typer(
     name="qlensctl",
+    cls=_PanelGroup,
     help="Deploy, operate and run QLens, the LLM gateway.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -42,8 +69,33 @@ def _root(
     """Deploy, operate and run QLens, the LLM gateway."""
 
 
-for module in (env, local, smoke, chart, release, ops, secrets, keys):
-    module.register(app)
+# -- the command tree ---------------------------------------------------------------------------
+# Deploy: ship the release to a cluster, look at it, undo it.
+app.command("deploy", rich_help_panel=DEPLOY)(release.deploy)
+app.command("rollback", rich_help_panel=DEPLOY)(release.rollback)
+app.command("status", rich_help_panel=DEPLOY)(release.status)
+app.command("history", rich_help_panel=DEPLOY)(release.history)
+
+# Operate: day-2 work on a running release.
+# scale: a negative REPLICAS ("-1") reaches the command, which explains the range, instead of
+# click reading it as an unknown option
+app.command("scale", rich_help_panel=OPERATE, context_settings={"ignore_unknown_options": True})(ops.scale)
+app.command("backup", rich_help_panel=OPERATE)(ops.backup)
+app.command("restore", rich_help_panel=OPERATE)(ops.restore)
+app.add_typer(ops.maintenance_app, name="maintenance", rich_help_panel=OPERATE)
+app.command("smoke-test", rich_help_panel=OPERATE)(smoke.smoke_test)
+app.add_typer(keys.keys_app, name="keys", rich_help_panel=OPERATE)
+
+# Local: the three services as processes on this machine.
+app.command("up", rich_help_panel=LOCAL)(local.up)
+app.command("down", rich_help_panel=LOCAL)(local.down)
+
+# Config: environments, the values and manifests they render to, provider secrets.
+app.add_typer(env.env_app, name="env", rich_help_panel=CONFIG)
+app.command("render", rich_help_panel=CONFIG)(chart.render)
+app.command("template", rich_help_panel=CONFIG)(chart.template)
+app.command("lint", rich_help_panel=CONFIG)(chart.lint)
+app.add_typer(secrets.secrets_app, name="secrets", rich_help_panel=CONFIG)
 
 
 def run(argv: list[str] | None = None) -> None:

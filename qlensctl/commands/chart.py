@@ -25,12 +25,6 @@ _KUBE_VERSION = typer.Option(
 )
 
 
-def register(app: typer.Typer) -> None:
-    app.command("render")(render)
-    app.command("template")(template)
-    app.command("lint")(lint)
-
-
 def render(
     env: str = _ENV,
     out: Path | None = typer.Option(

@@ -9,10 +9,6 @@ from qlensctl import output
 env_app = typer.Typer(help="List and show environments (environments/*.yaml).", no_args_is_help=True)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(env_app, name="env")
-
-
 @env_app.command("list")
 def list_environments(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List every environment with its namespace, domain, replicas, cache and cost limit."""

@@ -21,10 +21,6 @@ keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_a
 _FILE = typer.Option(None, "--file", show_default=False,
                      help="A local keys file (a local gateway's QLENS_API_KEYS_FILE) instead of the cluster.")
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(keys_app, name="keys")
-
-
 def _store(env: str, file: Path | None, kube_context: str | None) -> tuple[Any, Any]:
     from qlensctl import apikeys_store
     from qlensctl.environments import load_environment

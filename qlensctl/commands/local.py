@@ -12,11 +12,6 @@ import typer
 from qlensctl import output
 
 
-def register(app: typer.Typer) -> None:
-    app.command("up")(up)
-    app.command("down")(down)
-
-
 def up(
     env: str = typer.Option("local", "--env", "-e",
                             help="Environment to run (its file configures the services)."),

@@ -31,13 +31,6 @@ _REDIS_URL = typer.Option(None, "--redis-url", envvar="QLENS_REDIS_URL", show_de
                           help="Redis holding usage counters and cache entries (never printed).")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("scale", context_settings={"ignore_unknown_options": True})(scale)
-    app.command("backup")(backup)
-    app.command("restore")(restore)
-    app.add_typer(maintenance_app, name="maintenance")
-
-
 # -- cluster access ------------------------------------------------------------------------------
 
 

@@ -21,16 +21,6 @@ _WAIT = typer.Option(True, "--wait/--no-wait", help="Wait for the rollout, showi
 _TIMEOUT = typer.Option(300.0, "--timeout", min=1, help="Seconds to wait for the rollout.")
 
 
-def register(app: typer.Typer) -> None:
-    app.command("deploy")(deploy)
-    app.command("rollback")(rollback)
-    app.command("status")(status)
-    app.command("history")(history)
-
-
-# -- connecting ------------------------------------------------------------------------------------
-
-
 # -- live progress ---------------------------------------------------------------------------------
 
 

@@ -17,10 +17,6 @@ secrets_app = typer.Typer(help="Provider secrets to a Kubernetes Secret (staging
                           no_args_is_help=True)
 
 
-def register(app: typer.Typer) -> None:
-    app.add_typer(secrets_app, name="secrets")
-
-
 @secrets_app.command("sync")
 def sync(
     env: str = typer.Argument(..., help="Environment (staging, production)."),

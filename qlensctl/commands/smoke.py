@@ -17,10 +17,6 @@ from qlensctl import output
 _MARKS = {"pass": "[green]PASS[/green]", "fail": "[red]FAIL[/red]", "skip": "[yellow]SKIP[/yellow]"}
 
 
-def register(app: typer.Typer) -> None:
-    app.command("smoke-test")(smoke_test)
-
-
 def smoke_test(
     env: str = typer.Argument(None, show_default=False,
                               help="Environment: local (its running stack) [default], or a cluster "

@@ -30,11 +30,32 @@ def _checkout_environments(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- help and conventions -----------------------------------------------------------------------
 
 
-def test_help_lists_the_command_groups() -> None:
+def _help_sections(text: str) -> dict[str, list[str]]:
+    """`Section:` headings of a help text -> the first word of each indented line under them."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line and not line.startswith(" ") and line.endswith(":"):
+            current = sections.setdefault(line[:-1], [])
+        elif line.startswith("  ") and line.strip():
+            current.append(line.split()[0])
+    return sections
+
+
+def test_help_lists_every_command_under_its_panel() -> None:
     result = run_cli("--help")
-    assert result.code == 0
-    for command in ("up", "down", "smoke-test", "env"):
-        assert f"  {command} " in result.out
+    assert result.code == 0, result.err
+    sections = _help_sections(result.out)
+    expected = {
+        "Deploy": ["deploy", "rollback", "status", "history"],
+        "Operate": ["scale", "backup", "restore", "smoke-test", "maintenance", "keys"],
+        "Local": ["up", "down"],
+        "Config": ["render", "template", "lint", "env", "secrets"],
+    }
+    for panel, names in expected.items():  # commands added later may join a panel
+        assert [n for n in sections[panel] if n in names] == names, (panel, sections[panel])
+    assert "Commands" not in sections, "a command registered without rich_help_panel"
+    assert list(sections)[-4:] == ["Deploy", "Operate", "Local", "Config"]
 
 
 def test_version() -> None:
