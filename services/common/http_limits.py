@@ -9,7 +9,9 @@ memory for as long as it likes. The three services run this subclass instead (se
   the connection is closed. An ASGI app waiting for the rest of that body sees a disconnect;
 - refuses a request head larger than `MAX_HEAD_BYTES` with 431;
 - closes a new connection that sends nothing within uvicorn's keep-alive timeout, as uvicorn
-  already does for an idle connection between requests.
+  already does for an idle connection between requests;
+- while draining (after SIGTERM, services/common/server.py) answers every request with
+  `connection: close`: keep-alive clients reconnect, and reach a pod that is not going away.
 
 Cost on the hot path: a request whose bytes arrive together (what the gateway's own peer client
 and most HTTP clients send) arms no timer at all; only one still incomplete after a read gets one
@@ -26,6 +28,7 @@ import os
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from services.common.errors import error_body
+from services.common.health import drain
 from services.common.logging import log_event
 
 READ_TIMEOUT_SECONDS = float(os.environ.get("QLENS_READ_TIMEOUT_SECONDS") or 10.0)
@@ -51,6 +54,11 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.timeout_keep_alive_task = self.loop.call_later(
             self.timeout_keep_alive, self.timeout_keep_alive_handler
         )
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if drain.active:  # SIGTERM received: answer, then close, so the client reconnects elsewhere
+            self.cycle.keep_alive = False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_read_timer()

@@ -2,8 +2,8 @@
 
 Routes: POST /v1/chat/completions (services/gateway/chat.py, the hot path, plain ASGI),
 GET /v1/models and /v1/models/{id} (the router's catalog), GET /v1/usage (the caller's spend and
-remaining budget today), /health, /health/ready (router and cache reachable; the budget store is
-reported but optional), /metrics.
+remaining budget today), /health, /health/ready (router reachable, and the budget store under
+failClosed; the cache is reported but optional: without it requests bypass it), /metrics.
 
 The app is FastAPI for everything except the hot path, which `GatewayApp.__call__` hands straight
 to its handler: no middleware, routing or dependency machinery runs for a chat completion.
@@ -148,10 +148,17 @@ class Gateway:
         return Response(orjson.dumps(liveness(SERVICE)), media_type=_JSON)
 
     async def ready(self, request: Request) -> Response:
-        checks = {"router": self.router.probe}
+        # Only what nothing can be served without makes the gateway unready: the router, and the
+        # budget store when failClosed refuses every request while it is down. The cache is
+        # optional: requests bypass it (x-qlens-cache: bypass), so it is reported as degraded.
+        checks: dict[str, Any] = {"router": self.router.probe}
+        optional: dict[str, Any] = {}
         if self.config.cache.enabled:
-            checks["cache"] = self.cache.probe
-        status, body = await readiness(SERVICE, checks, optional={"budget_store": self._budget_ping})
+            optional["cache"] = self.cache.probe
+        costs = self.config.cost_controls
+        fail_closed = costs.enabled and costs.on_store_failure == "failClosed"
+        (checks if fail_closed else optional)["budget_store"] = self._budget_ping
+        status, body = await readiness(SERVICE, checks, optional=optional)
         return Response(orjson.dumps(body), status_code=status, media_type=_JSON)
 
     async def _budget_ping(self) -> str:

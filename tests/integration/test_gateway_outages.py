@@ -1,7 +1,8 @@
 """What the gateway answers when its dependencies fail, with real processes stopped mid-test.
 
 One stack (cache, router, gateway) with Redis-backed budgets under failClosed, taken apart in
-stages: cache down (keep serving, bypass), budget store down (503, clear message), router down
+stages: cache down (keep serving, bypass, still Ready), budget store down (503, clear message,
+unready under failClosed), router down
 (503 in OpenAI format, readiness 503 naming the router).
 """
 
@@ -32,16 +33,21 @@ def test_gateway_degrades_clearly_as_dependencies_go_away(make_stack, redis_serv
     r = ask(gw, "all up")
     assert r.status_code == 200 and r.headers["x-qlens-cache"] == "bypass"
     assert r.json()["choices"][0]["message"]["content"] == "Echo: all up"
-    ready = httpx.get(gw + "/health/ready")
-    assert ready.status_code == 503 and ready.json()["checks"]["cache"]["ok"] is False
+    ready = httpx.get(gw + "/health/ready")  # still Ready: the cache is optional
+    assert ready.status_code == 200 and ready.json()["degraded"] == ["cache"]
+    assert ready.json()["checks"]["cache"] == {"ok": False, "error": ready.json()["checks"]["cache"]["error"],
+                                               "optional": True, "status": "degraded"}
 
-    # 2. budget store down under failClosed: refused with a clear 503, not served unaccounted
+    # 2. budget store down under failClosed: refused with a clear 503, not served unaccounted,
+    # and the gateway is unready (every request would be refused)
     redis_server.stop()
     r = ask(gw, "budget store down")
     assert r.status_code == 503
     err = r.json()["error"]
     assert err["code"] == "budget_unavailable" and "failClosed" in err["message"]
-    assert httpx.get(gw + "/health/ready").json()["checks"]["budget_store"]["ok"] is False
+    ready = httpx.get(gw + "/health/ready")
+    assert ready.status_code == 503 and ready.json()["checks"]["budget_store"]["ok"] is False
+    assert "optional" not in ready.json()["checks"]["budget_store"]
 
     # ... and served again once it is back
     redis_server.start()
@@ -70,4 +76,6 @@ def test_failopen_serves_while_the_budget_store_is_down(make_stack, redis_server
     r = ask(stack.gateway_url, "fail open")
     assert r.status_code == 200
     assert r.headers["x-qlens-cache"] == "bypass"  # cache disabled in this environment
-    assert httpx.get(stack.gateway_url + "/health/ready").status_code == 200  # cache not required when off
+    ready = httpx.get(stack.gateway_url + "/health/ready")  # failOpen: the store is optional
+    assert ready.status_code == 200 and ready.json()["degraded"] == ["budget_store"]
+    assert "cache" not in ready.json()["checks"]  # disabled: not checked at all
