@@ -150,13 +150,55 @@ class DailyLimits(Model):
     per_user: float | None = Field(None, ge=0)
 
 
+class ScopeLimits(Model):
+    """One scope's limits; None = no limit. Budgets in USD per UTC day / month, rates per minute."""
+
+    daily: float | None = Field(None, ge=0, description="USD per UTC day")
+    monthly: float | None = Field(None, ge=0, description="USD per UTC month")
+    rpm: int | None = Field(None, ge=0, description="requests per minute")
+    tpm: int | None = Field(None, ge=0, description="tokens per minute (worst case reserved, then actual)")
+
+
+class Limits(Model):
+    """The environment's default limits per scope; runtime overrides come from the admin API."""
+
+    total: ScopeLimits = ScopeLimits()
+    per_tenant: ScopeLimits = ScopeLimits()
+    per_user: ScopeLimits = ScopeLimits()
+    per_key: ScopeLimits = ScopeLimits()
+
+
 class CostControls(Model):
-    enabled: bool = True
-    # USD per day, reset at 00:00 UTC; None = no limit for that scope
+    enabled: bool = Field(True, description="budgets and rate limits; off = counted, never refused")
+    # USD per day, reset at 00:00 UTC; None = no limit for that scope (the same as limits.X.daily)
     daily_limits: DailyLimits = DailyLimits()
+    limits: Limits = Limits()
     store: Literal["memory", "redis"] = Field(
         "memory", description="where counters live; redis = shared by replicas")
     on_store_failure: Literal["failClosed", "failOpen"] = "failClosed"
+
+    @model_validator(mode="after")
+    def _one_daily_per_scope(self) -> CostControls:
+        for scope in ("total", "per_tenant", "per_user"):
+            old, new = getattr(self.daily_limits, scope), getattr(self.limits, scope).daily
+            if old is not None and new is not None:
+                raise ValueError(f"set the daily {to_camel(scope)} limit once: dailyLimits."
+                                 f"{to_camel(scope)} or limits.{to_camel(scope)}.daily")
+        return self
+
+
+class Usage(Model):
+    """The usage ledger: rollups per UTC day x tenant x user x model, for chargeback."""
+
+    enabled: bool = True
+    retention_days: int = Field(400, ge=1, le=3660)
+
+
+class Admin(Model):
+    """The admin API (/admin/v1) on the gateway: admin keys only (Secret qlens-admin-keys)."""
+
+    enabled: bool = False
+    keys_file: str | None = Field(None, description="JSON file of sha256(admin key) -> {name}")
 
 
 class Auth(Model):
@@ -186,6 +228,8 @@ class ServiceConfig(Model):
     cache: Cache = Cache()
     cost_controls: CostControls = CostControls()
     auth: Auth = Auth()
+    usage: Usage = Usage()
+    admin: Admin = Admin()
     gateway: Gateway = Gateway()
     ports: ServicePorts = ServicePorts()
 

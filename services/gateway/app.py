@@ -64,7 +64,9 @@ class Gateway:
         return self._budget
 
     async def start(self) -> None:
-        self._budget = make_budget(self.config.cost_controls, secret_env(REDIS_URL_ENV))
+        usage = self.config.usage
+        self._budget = make_budget(self.config.cost_controls, secret_env(REDIS_URL_ENV),
+                                   ledger_days=usage.retention_days if usage.enabled else None)
         log_event(log, "gateway started", environment=self.config.name, router=self.router.base_url,
                   cache=self.cache.base_url if self.config.cache.enabled else "disabled",
                   auth_required=self.auth.required, budget_store=self._budget.store)
@@ -81,16 +83,23 @@ class Gateway:
     async def models(self, request: Request) -> Response:
         """The router's catalog, as OpenAI's model list."""
         async def answer() -> tuple[int, bytes]:
-            self.auth.check(request.headers.get("authorization"))
-            return await self._router_models()
+            found = self.auth.check(request.headers.get("authorization"))
+            status, body = await self._router_models()
+            if status != 200 or found is None or found.entry.models is None:
+                return status, body
+            listing = orjson.loads(body)  # only the models this key may use
+            listing["data"] = [m for m in listing.get("data", []) if found.entry.allows(m.get("id", ""))]
+            return 200, orjson.dumps(listing)
 
         return await self._api(request, MODELS, answer)
 
     async def model(self, request: Request) -> Response:
         """One model of the router's catalog (`client.models.retrieve`)."""
         async def answer() -> tuple[int, bytes]:
-            self.auth.check(request.headers.get("authorization"))
+            key = self.auth.check(request.headers.get("authorization"))
             model_id = request.path_params["model_id"]
+            if key is not None and not key.entry.allows(model_id):
+                raise unknown_model(model_id)
             status, body = await self._router_models()
             if status != 200:
                 return status, body

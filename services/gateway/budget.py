@@ -1,26 +1,36 @@
-"""Daily spend limits that cannot overshoot: reserve the worst case, settle to the actual cost.
+"""Spend and rate limits that cannot overshoot: reserve the worst case, settle to the actual.
 
-Before a provider call the gateway reserves the request's worst-case cost (prompt tokens estimated
-from above + max_tokens, at the model's prices) against every scope at once: `total`, the caller's
-`tenant` and the caller's `user`. Either every scope has room and all are reserved, or none is and
-`BudgetExceeded` names the first scope without room. After the answer `settle` records the actual
-cost and returns the rest; on failure `release` returns all of it. Recorded spend therefore never
-exceeds a limit as long as the actual cost stays within its reservation (the gateway makes sure of
-that by sending the `max_tokens` it reserved for).
+Before a provider call the gateway reserves the request against every counter of every scope at
+once. The scopes are the caller's `key` (when it has one), `user`, `tenant` and the `total`; each
+has a daily and a monthly budget (UTC windows, in micro-dollars: the worst-case cost, prompt tokens
+estimated from above + max_tokens, at the model's prices) and, when limited, requests and tokens
+per minute (tokens: the same worst case in tokens). Either every counter has room and all are
+reserved, or none is and `BudgetExceeded` names the first scope and window without room. After the
+answer `settle` records the actual cost and tokens (requests stay counted) and returns the rest;
+on failure `release` returns all of it. Recorded spend therefore never exceeds a limit as long as
+the actual stays within its reservation (the gateway sends the `max_tokens` it reserved for).
 
-Amounts are integer micro-dollars (no float drift over millions of requests). Days are UTC: the
-counters of a new day start at zero at 00:00 UTC; a reservation settles against the day it was
-made on. The clock is injectable for tests.
+A scope is data: `Budget.scopes` lists (scope, id, limits), and every store works on the list of
+counters built from it (RedisBudget: one Lua script of N counters per operation, see budget_lua).
+Limits are the environment's defaults per scope (`costControls.limits`, `dailyLimits`), overridden
+at runtime per tenant (`Budget.overrides`, set by the admin store) and per key (the key's own).
+
+The usage ledger rides on the settle: the same script adds the request to the rollup of its UTC
+day x tenant (one hash per day and tenant, fields `{user}|{model}|{metric}`; see services/gateway/
+ledger.py), kept `usage.retentionDays`.
+
+Amounts are integer micro-dollars (no float drift over millions of requests). A reservation
+settles against the windows it was made in. The clock is injectable for tests.
 
 Stores: `MemoryBudget` (one process; operations never await, so each is atomic on the event loop)
-and `RedisBudget` (shared by every gateway replica; one Lua script per operation, see budget_lua).
-When Redis is unreachable the environment decides: `failClosed` raises `BudgetUnavailable`,
-`failOpen` counts in a local MemoryBudget and logs a warning at most once a minute.
+and `RedisBudget` (shared by every gateway replica). When Redis is unreachable the environment
+decides: `failClosed` raises `BudgetUnavailable`, `failOpen` counts in a local MemoryBudget and
+logs a warning at most once a minute.
 
-Metrics (bounded labels, scope = total|tenant|user): `qlens_cost_usd_total{scope}` grows by every
-settled cost in each scope (dashboards sum `scope="total"`); `qlens_budget_remaining_usd{scope}` is
-the remaining budget of the total, and of the tenant / user closest to its limit as this replica
-last saw them (only for scopes that have a limit).
+Metrics (bounded labels, scope = key|user|tenant|total): `qlens_cost_usd_total{scope}` grows by
+every settled cost in each scope (dashboards sum `scope="total"`); `qlens_budget_remaining_usd
+{scope}` is the remaining daily budget of the total, and of the tenant / user / key closest to its
+limit as this replica last saw them (only for scopes that have a limit).
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import math
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,25 +54,33 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from services.common.apikeys import NAME_RE
-from services.common.config import CostControls, DailyLimits, Pricing
+from services.common.config import CostControls, Pricing
+from services.common.config import ScopeLimits as ScopeLimitsConfig
 from services.common.logging import log_event
 from services.common.metrics import BUDGET_REMAINING, COST
 from services.gateway import budget_lua
 
 log = logging.getLogger("qlens.gateway.budget")
 
-SCOPES = ("total", "tenant", "user")
+# checked in this order: a refusal names the narrowest scope without room
+SCOPES = ("key", "user", "tenant", "total")
+WINDOWS = ("daily", "monthly", "rpm", "tpm")
 MICROS_PER_USD = 1_000_000
 # reservation when the client sets no max_tokens: the gateway must then send this max_tokens upstream
 DEFAULT_MAX_COMPLETION_TOKENS = 4096
 # a reservation not settled after this long is presumed abandoned (its replica died) and returned
 LEASE_SECONDS = 900.0
-# counters outlive their day by this much: late settles land, yesterday stays inspectable
+# counters outlive their window by this much: late settles land, yesterday stays inspectable
 DAY_MARGIN_SECONDS = 86400
+MINUTE_MARGIN_SECONDS = 60
 WARN_INTERVAL_SECONDS = 60.0
 # tokens per message for role and framing (OpenAI's own accounting uses 3-4), and an image part
 MESSAGE_OVERHEAD_TOKENS = 8
 IMAGE_TOKENS = 2000
+LEASES_KEY = "qlens:budget:leases"
+# the ledger's metrics per (user, model): requests, input/output tokens, cost (micro-dollars),
+# cache hits, errors
+LEDGER_METRICS = ("requests", "input_tokens", "output_tokens", "cost_micros", "cache_hits", "errors")
 
 Clock = Callable[[], float]
 # what "the store is down" looks like from redis-py
@@ -77,12 +95,30 @@ class BudgetError(Exception):
 
 
 class BudgetExceeded(BudgetError):
-    """A daily limit has no room for the request: HTTP 429, code `budget_exceeded`."""
+    """A limit has no room for the request: HTTP 429 with Retry-After and the rate-limit headers.
 
-    def __init__(self, scope: str, limit: float) -> None:
-        super().__init__(f"daily {scope} budget of ${limit:.2f} exceeded; it resets at 00:00 UTC")
+    `scope` is key|user|tenant|total, `window` daily|monthly|rpm|tpm, `limit` in USD for the
+    budgets and in requests or tokens for the rates.
+    """
+
+    def __init__(self, scope: str, window: str, limit: float, retry_after: int,
+                 resets_at: str, headers: dict[str, str] | None = None) -> None:
+        if window in ("daily", "monthly"):
+            what = f"{window} {scope} budget of ${limit:.2f} exceeded; it resets at {resets_at}"
+        else:
+            unit = "requests" if window == "rpm" else "tokens"
+            what = (f"{scope} rate limit of {int(limit)} {unit} per minute ({window}) reached; "
+                    f"retry in {retry_after}s")
+        super().__init__(what)
         self.scope = scope
+        self.window = window
         self.limit = limit
+        self.retry_after = retry_after
+        self.headers = {**(headers or {}), "retry-after": str(retry_after)}
+
+    @property
+    def code(self) -> str:
+        return "budget_exceeded" if self.window in ("daily", "monthly") else "rate_limit_exceeded"
 
 
 class BudgetUnavailable(BudgetError):
@@ -163,7 +199,7 @@ def _check_name(kind: str, name: str) -> None:
         raise ValueError(f"{kind} {name!r} is not a valid name (letters, digits, '._@-', at most 64)")
 
 
-# --- days --------------------------------------------------------------------------------------
+# --- windows -----------------------------------------------------------------------------------
 
 
 def utc_day(ts: float) -> str:
@@ -174,30 +210,137 @@ def day_end(day: str) -> datetime:
     return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC) + timedelta(days=1)
 
 
+def utc_month(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
+
+
+def month_end(month: str) -> datetime:
+    start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
+    return (start + timedelta(days=32)).replace(day=1)
+
+
 def _expire_at(day: str) -> int:
     return int(day_end(day).timestamp()) + DAY_MARGIN_SECONDS
 
 
-# --- shared pieces -----------------------------------------------------------------------------
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Windows:
+    """The windows a moment falls in, with the epoch second each one ends."""
+
+    day: str
+    day_end: int
+    month: str
+    month_end: int
+    minute: str
+    minute_end: int
+
+    @classmethod
+    def at(cls, now: float) -> Windows:
+        day, month = utc_day(now), utc_month(now)
+        minute_start = int(now // 60) * 60
+        return cls(day, int(day_end(day).timestamp()), month, int(month_end(month).timestamp()),
+                   datetime.fromtimestamp(minute_start, UTC).strftime("%Y%m%d%H%M"), minute_start + 60)
+
+
+# --- limits and scopes -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeLimits:
+    """One scope's limits: budgets in micro-dollars, rates per minute; None = no limit."""
+
+    daily: int | None = None
+    monthly: int | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> ScopeLimits:
+        """From the config's units (USD, counts), as the environment and the admin API spell them."""
+        return cls(_opt_micros(values.get("daily")), _opt_micros(values.get("monthly")),
+                   _opt_int(values.get("rpm")), _opt_int(values.get("tpm")))
+
+    def merged(self, override: Mapping[str, Any] | None) -> ScopeLimits:
+        """These limits with an override's fields on top: a field present replaces (null = no limit)."""
+        if not override:
+            return self
+        return ScopeLimits(
+            _opt_micros(override["daily"]) if "daily" in override else self.daily,
+            _opt_micros(override["monthly"]) if "monthly" in override else self.monthly,
+            _opt_int(override["rpm"]) if "rpm" in override else self.rpm,
+            _opt_int(override["tpm"]) if "tpm" in override else self.tpm,
+        )
+
+    def of(self, window: str) -> int | None:
+        return getattr(self, window)
+
+    def public(self) -> dict[str, Any]:
+        """As the admin API shows them (USD, counts)."""
+        return {"daily": _opt_usd(self.daily), "monthly": _opt_usd(self.monthly),
+                "rpm": self.rpm, "tpm": self.tpm}
+
+
+def _opt_micros(usd: Any) -> int | None:
+    return None if usd is None else _micros(float(usd))
+
+
+def _opt_int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+def _opt_usd(micros: int | None) -> float | None:
+    return None if micros is None else _usd(micros)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Daily limits per scope in micro-dollars; None = no limit."""
+    """The environment's default limits per scope."""
 
-    total: int | None = None
-    tenant: int | None = None
-    user: int | None = None
+    total: ScopeLimits = ScopeLimits()
+    tenant: ScopeLimits = ScopeLimits()
+    user: ScopeLimits = ScopeLimits()
+    key: ScopeLimits = ScopeLimits()
 
     @classmethod
-    def from_config(cls, limits: DailyLimits) -> Limits:
-        def conv(v: float | None) -> int | None:
-            return None if v is None else _micros(v)
+    def from_config(cls, cost_controls: CostControls) -> Limits:
+        def conv(scope: ScopeLimitsConfig, daily: float | None) -> ScopeLimits:
+            values = scope.model_dump()
+            if daily is not None:
+                values["daily"] = daily
+            return ScopeLimits.from_values(values)
 
-        return cls(conv(limits.total), conv(limits.per_tenant), conv(limits.per_user))
+        lim, daily = cost_controls.limits, cost_controls.daily_limits
+        return cls(conv(lim.total, daily.total), conv(lim.per_tenant, daily.per_tenant),
+                   conv(lim.per_user, daily.per_user), conv(lim.per_key, None))
 
-    def of(self, scope: str) -> int | None:
+    @classmethod
+    def daily(cls, total: float | None = None, tenant: float | None = None,
+              user: float | None = None) -> Limits:
+        """Daily budgets only (USD): the common case, and the tests'."""
+        def d(v: float | None) -> ScopeLimits:
+            return ScopeLimits(daily=_opt_micros(v))
+
+        return cls(d(total), d(tenant), d(user))
+
+    def of(self, scope: str) -> ScopeLimits:
         return getattr(self, scope)
+
+
+@dataclass(frozen=True, slots=True)
+class Counter:
+    """One counter a reservation holds: a hash {spent, reserved} in its store."""
+
+    key: str
+    scope: str
+    window: str
+    limit: int | None
+    amount: int
+    expire_at: int
+    resets_at: int
 
 
 @dataclass
@@ -208,8 +351,12 @@ class Reservation:
     tenant: str
     user: str
     micros: int
+    tokens: int
     day: str
     store: str  # "memory" | "redis" | "local" (failOpen fallback of a RedisBudget)
+    counters: tuple[Counter, ...] = ()
+    model: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-* for the answer
     done: bool = False
 
     @property
@@ -218,11 +365,15 @@ class Reservation:
 
     @property
     def lease_member(self) -> str:
-        return f"{self.id}|{self.micros}|{self.tenant}|{self.user}"
+        held = "".join(f"|{c.amount}:{c.key}" for c in self.counters if c.amount)
+        return f"{self.id}{held}"
 
 
-def _scope_ids(tenant: str, user: str) -> tuple[str, str, str]:
-    return ("all", tenant, f"{tenant}/{user}")
+OverrideLookup = Callable[[str], Mapping[str, Any] | None]
+
+
+def _no_overrides(tenant: str) -> None:
+    return None
 
 
 def _scope_usage(limit: int | None, spent: int, reserved: int) -> dict[str, Any]:
@@ -235,35 +386,69 @@ def _scope_usage(limit: int | None, spent: int, reserved: int) -> dict[str, Any]
     }
 
 
+def rate_headers(counters: Sequence[Counter], counts: Sequence[tuple[int, int]], now: float,
+                 ) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers from the tightest rpm and tpm counters (none without limits)."""
+    out: dict[str, str] = {}
+    for window, unit in (("rpm", "requests"), ("tpm", "tokens")):
+        best: tuple[int, int, int] | None = None  # remaining, limit, resets_at
+        for c, (spent, reserved) in zip(counters, counts, strict=True):
+            if c.window != window or c.limit is None:
+                continue
+            remaining = max(c.limit - spent - reserved, 0)
+            if best is None or remaining < best[0]:
+                best = (remaining, c.limit, c.resets_at)
+        if best is not None:
+            out[f"x-ratelimit-limit-{unit}"] = str(best[1])
+            out[f"x-ratelimit-remaining-{unit}"] = str(best[0])
+            out[f"x-ratelimit-reset-{unit}"] = f"{max(math.ceil(best[2] - now), 0)}s"
+    return out
+
+
 class _RemainingGauges:
-    """qlens_budget_remaining_usd: the total's remaining, and the minimum over tenants / users seen."""
+    """qlens_budget_remaining_usd: the total's remaining today, and the minimum over the others seen."""
 
     MAX_IDS = 10000
 
-    def __init__(self, limits: Limits) -> None:
-        self.limits = limits
+    def __init__(self) -> None:
         self.day = ""
-        self.seen: dict[str, dict[str, int]] = {"tenant": {}, "user": {}}
+        self.seen: dict[str, dict[str, int]] = {}
 
-    def update(self, day: str, ids: tuple[str, str, str], counts: list[tuple[int, int]]) -> None:
+    def update(self, day: str, counters: Sequence[Counter], counts: Sequence[tuple[int, int]]) -> None:
         if day < self.day:
             return  # a late settle of yesterday's reservation
         if day != self.day:
             self.day = day
-            self.seen = {"tenant": {}, "user": {}}
-        for scope, scope_id, (spent, reserved) in zip(SCOPES, ids, counts, strict=True):
-            limit = self.limits.of(scope)
-            if limit is None:
+            self.seen = {}
+        for c, (spent, reserved) in zip(counters, counts, strict=True):
+            if c.window != "daily" or c.limit is None:
                 continue
-            remaining = max(limit - spent - reserved, 0)
-            if scope == "total":
-                BUDGET_REMAINING.labels(scope).set(_usd(remaining))
+            remaining = max(c.limit - spent - reserved, 0)
+            if c.scope == "total":
+                BUDGET_REMAINING.labels(c.scope).set(_usd(remaining))
                 continue
-            seen = self.seen[scope]
-            if len(seen) >= self.MAX_IDS and scope_id not in seen:
+            seen = self.seen.setdefault(c.scope, {})
+            if len(seen) >= self.MAX_IDS and c.key not in seen:
                 seen.clear()
-            seen[scope_id] = remaining
-            BUDGET_REMAINING.labels(scope).set(_usd(min(seen.values())))
+            seen[c.key] = remaining
+            BUDGET_REMAINING.labels(c.scope).set(_usd(min(seen.values())))
+
+
+def ledger_key(day: str, tenant: str) -> str:
+    return f"qlens:usage:{day}:t:{tenant}"
+
+
+def ledger_index(day: str) -> str:
+    return f"qlens:usage:{day}:index"
+
+
+def _ledger_name(name: str) -> str:
+    return name.replace("|", "_")
+
+
+def ledger_fields(user: str, model: str, values: Mapping[str, int]) -> list[tuple[str, int]]:
+    prefix = f"{_ledger_name(user)}|{_ledger_name(model)}|"
+    return [(prefix + metric, v) for metric, v in values.items() if v]
 
 
 class Budget(ABC):
@@ -271,48 +456,142 @@ class Budget(ABC):
 
     store = "memory"
 
-    def __init__(self, limits: Limits, *, clock: Clock = time.time,
-                 lease_seconds: float = LEASE_SECONDS) -> None:
+    def __init__(self, limits: Limits, *, clock: Clock = time.time, lease_seconds: float = LEASE_SECONDS,
+                 ledger_days: int | None = None) -> None:
         self.limits = limits
         self.clock = clock
         self.lease_seconds = lease_seconds
-        self._gauges = _RemainingGauges(limits)
+        self.ledger_days = ledger_days  # None: no usage ledger
+        self.overrides: OverrideLookup = _no_overrides  # tenant -> runtime limits (the admin store)
+        self._gauges = _RemainingGauges()
 
-    def _new_reservation(self, tenant: str, user: str, usd: float, store: str) -> Reservation:
+    # the scopes of a request, as data: (scope, id, limits)
+    def scopes(self, tenant: str, user: str, key: str | None = None,
+               key_limits: Mapping[str, Any] | None = None) -> list[tuple[str, str, ScopeLimits]]:
+        out = []
+        if key is not None:
+            out.append(("key", f"key:{key}", self.limits.key.merged(key_limits)))
+        out.append(("user", f"user:{tenant}/{user}", self.limits.user))
+        out.append(("tenant", f"tenant:{tenant}", self.limits.tenant.merged(self.overrides(tenant))))
+        out.append(("total", "total:all", self.limits.total))
+        return out
+
+    def _counters(self, scopes: Iterable[tuple[str, str, ScopeLimits]], w: Windows, micros: int,
+                  tokens: int, *, rates: bool = True) -> tuple[Counter, ...]:
+        out = []
+        day_exp, month_exp = w.day_end + DAY_MARGIN_SECONDS, w.month_end + DAY_MARGIN_SECONDS
+        minute_exp = w.minute_end + MINUTE_MARGIN_SECONDS
+        for scope, sid, lim in scopes:
+            out.append(Counter(f"qlens:budget:{w.day}:{sid}", scope, "daily", lim.daily, micros,
+                               day_exp, w.day_end))
+            out.append(Counter(f"qlens:budget:{w.month}:{sid}", scope, "monthly", lim.monthly, micros,
+                               month_exp, w.month_end))
+            # rates are counted only where limited: a limit set at runtime starts a fresh minute
+            if rates and lim.rpm is not None:
+                out.append(Counter(f"qlens:rate:{w.minute}:req:{sid}", scope, "rpm", lim.rpm, 1,
+                                   minute_exp, w.minute_end))
+            if rates and lim.tpm is not None:
+                out.append(Counter(f"qlens:rate:{w.minute}:tok:{sid}", scope, "tpm", lim.tpm, tokens,
+                                   minute_exp, w.minute_end))
+        return tuple(out)
+
+    def _new_reservation(self, tenant: str, user: str, usd: float, tokens: int, store: str, *,
+                         key: str | None, key_limits: Mapping[str, Any] | None, model: str,
+                         now: float) -> Reservation:
         _check_name("tenant", tenant)
         _check_name("user", user)
         _check_amount(usd)
-        return Reservation(secrets.token_hex(8), tenant, user, _micros_up(usd), utc_day(self.clock()), store)
+        if not isinstance(tokens, int) or tokens < 0:
+            raise ValueError(f"tokens must be an integer >= 0, got {tokens!r}")
+        micros = _micros_up(usd)
+        w = Windows.at(now)
+        counters = self._counters(self.scopes(tenant, user, key, key_limits), w, micros, tokens)
+        return Reservation(secrets.token_hex(8), tenant, user, micros, tokens, w.day, store, counters, model)
 
-    def _refused(self, scope_index: int) -> BudgetExceeded:
-        scope = SCOPES[scope_index]
-        return BudgetExceeded(scope, _usd(self.limits.of(scope) or 0))
+    def _refused(self, res: Reservation, index: int, counts: list[tuple[int, int]],
+                 now: float) -> BudgetExceeded:
+        c = res.counters[index]
+        limit = _usd(c.limit or 0) if c.window in ("daily", "monthly") else float(c.limit or 0)
+        retry = max(math.ceil(c.resets_at - now), 1)
+        return BudgetExceeded(c.scope, c.window, limit, retry, _iso(c.resets_at),
+                              rate_headers(res.counters, counts, now))
 
-    def _settled(self, res: Reservation, actual: int) -> None:
+    def _reserved(self, res: Reservation, counts: list[tuple[int, int]], now: float) -> Reservation:
+        res.headers = rate_headers(res.counters, counts, now)
+        self._gauges.update(res.day, res.counters, counts)
+        return res
+
+    def _actuals(self, res: Reservation, actual: int, tokens: int | None) -> list[int]:
+        """What each counter keeps at settle: the cost, the request (always), the tokens used."""
+        out = []
+        for c in res.counters:
+            if c.window in ("daily", "monthly"):
+                out.append(actual)
+            elif c.window == "rpm":
+                out.append(c.amount)
+            else:
+                out.append(c.amount if tokens is None else tokens)
+        return out
+
+    def _ledger_values(self, actual: int, input_tokens: int | None, output_tokens: int | None,
+                       error: bool) -> dict[str, int]:
+        return {"requests": 1, "input_tokens": input_tokens or 0, "output_tokens": output_tokens or 0,
+                "cost_micros": actual, "errors": int(error)}
+
+    def _ledger_expire(self, day: str) -> int:
+        return int(day_end(day).timestamp()) + (self.ledger_days or 0) * 86400
+
+    def _settled(self, res: Reservation, actual: int, counts: list[tuple[int, int]]) -> None:
         if actual:
-            for scope in SCOPES:
-                COST.labels(scope).inc(actual / MICROS_PER_USD)
+            for c in res.counters:
+                if c.window == "daily":
+                    COST.labels(c.scope).inc(actual / MICROS_PER_USD)
+        self._gauges.update(res.day, res.counters, counts)
 
-    def _usage_body(self, day: str, counts: list[tuple[int, int]], store: str) -> dict[str, Any]:
+    def _usage_body(self, w: Windows, counters: Sequence[Counter], counts: Sequence[tuple[int, int]],
+                    store: str) -> dict[str, Any]:
+        by = {(c.scope, c.window): _scope_usage(c.limit, *n) for c, n in zip(counters, counts, strict=True)}
         return {
-            "date": day,
-            "resets_at": day_end(day).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "date": w.day,
+            "resets_at": _iso(w.day_end),
             "store": store,
-            "tenant": _scope_usage(self.limits.tenant, *counts[1]),
-            "user": _scope_usage(self.limits.user, *counts[2]),
+            "tenant": by[("tenant", "daily")],
+            "user": by[("user", "daily")],
+            "monthly": {"month": w.month, "resets_at": _iso(w.month_end),
+                        "tenant": by[("tenant", "monthly")], "user": by[("user", "monthly")]},
         }
 
-    @abstractmethod
-    async def reserve(self, tenant: str, user: str, usd: float) -> Reservation: ...
+    def _usage_counters(self, tenant: str, user: str) -> tuple[Windows, tuple[Counter, ...]]:
+        _check_name("tenant", tenant)
+        _check_name("user", user)
+        w = Windows.at(self.clock())
+        scopes = [s for s in self.scopes(tenant, user) if s[0] in ("tenant", "user")]
+        return w, self._counters(scopes, w, 0, 0, rates=False)
 
     @abstractmethod
-    async def settle(self, reservation: Reservation, actual_usd: float) -> None: ...
+    async def reserve(self, tenant: str, user: str, usd: float, *, tokens: int = 0, key: str | None = None,
+                      key_limits: Mapping[str, Any] | None = None, model: str = "") -> Reservation: ...
+
+    @abstractmethod
+    async def settle(self, reservation: Reservation, actual_usd: float, *, input_tokens: int | None = None,
+                     output_tokens: int | None = None, model: str | None = None,
+                     error: bool = False) -> None: ...
 
     async def release(self, reservation: Reservation) -> None:
-        await self.settle(reservation, 0.0)
+        """Return the whole reservation (the request failed): the ledger counts an error."""
+        await self.settle(reservation, 0.0, input_tokens=0, output_tokens=0, error=True)
+
+    @abstractmethod
+    async def record_hit(self, tenant: str, user: str, model: str) -> None:
+        """A request answered from the cache: into the ledger (no limit is reserved for it)."""
 
     @abstractmethod
     async def usage(self, tenant: str, user: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    async def ledger(self, days: Sequence[str], tenant: str | None = None,
+                     ) -> dict[tuple[str, str], dict[str, int]]:
+        """The ledger's hashes: (day, tenant) -> {"{user}|{model}|{metric}": value}."""
 
     async def ping(self) -> None:
         return None
@@ -324,104 +603,125 @@ class Budget(ABC):
 # --- memory ------------------------------------------------------------------------------------
 
 
-@dataclass
-class _Day:
-    counts: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (scope, id) -> [spent, reserved]
-    leases: dict[str, Reservation] = field(default_factory=dict)
-    expiries: list[tuple[float, str]] = field(default_factory=list)  # heap of (deadline, reservation id)
-
-    def cell(self, scope: str, scope_id: str) -> list[int]:
-        key = (scope, scope_id)
-        cell = self.counts.get(key)
-        if cell is None:
-            cell = self.counts[key] = [0, 0]
-        return cell
-
-    def cells(self, tenant: str, user: str) -> list[list[int]]:
-        return [self.cell(s, i) for s, i in zip(SCOPES, _scope_ids(tenant, user), strict=True)]
-
-
 class MemoryBudget(Budget):
     """Counters in this process. No `await` inside an operation, so each is atomic on the loop."""
 
     store = "memory"
+    PURGE_SECONDS = 60.0
 
     def __init__(self, limits: Limits, *, clock: Clock = time.time, lease_seconds: float = LEASE_SECONDS,
-                 store_name: str = "memory") -> None:
-        super().__init__(limits, clock=clock, lease_seconds=lease_seconds)
+                 ledger_days: int | None = None, store_name: str = "memory") -> None:
+        super().__init__(limits, clock=clock, lease_seconds=lease_seconds, ledger_days=ledger_days)
         self.store = store_name
-        self._days: dict[str, _Day] = {}
+        self._cells: dict[str, list[int]] = {}  # key -> [spent, reserved, expire_at]
+        self._leases: dict[str, Reservation] = {}
+        self._expiries: list[tuple[float, str]] = []  # heap of (deadline, reservation id)
+        self._ledger: dict[tuple[str, str], dict[str, int]] = {}
+        self._ledger_expiry: dict[tuple[str, str], int] = {}
+        self._purged = -math.inf
 
-    def _day(self, day: str) -> _Day:
-        state = self._days.get(day)
-        if state is None:
-            state = self._days[day] = _Day()
-            # keep today and yesterday (late settles); older days are gone, as in Redis
-            for old in sorted(self._days)[:-2]:
-                del self._days[old]
-        return state
+    def _cell(self, c: Counter) -> list[int]:
+        cell = self._cells.get(c.key)
+        if cell is None:
+            cell = self._cells[c.key] = [0, 0, c.expire_at]
+        return cell
 
-    def _reap(self, state: _Day, now: float) -> None:
-        while state.expiries and state.expiries[0][0] <= now:
-            _, rid = heapq.heappop(state.expiries)
-            res = state.leases.pop(rid, None)
+    def _housekeeping(self, now: float) -> None:
+        while self._expiries and self._expiries[0][0] <= now:
+            _, rid = heapq.heappop(self._expiries)
+            res = self._leases.pop(rid, None)
             if res is not None:
-                for cell in state.cells(res.tenant, res.user):
-                    cell[1] -= res.micros
+                for c in res.counters:
+                    cell = self._cells.get(c.key)
+                    if cell is not None:
+                        cell[1] -= c.amount
+        if now - self._purged >= self.PURGE_SECONDS:  # windows that are over, as Redis expires them
+            self._purged = now
+            for key in [k for k, cell in self._cells.items() if cell[2] < now]:
+                del self._cells[key]
+            for lk in [k for k, exp in self._ledger_expiry.items() if exp < now]:
+                del self._ledger_expiry[lk]
+                self._ledger.pop(lk, None)
 
-    async def reserve(self, tenant: str, user: str, usd: float) -> Reservation:
-        return self.reserve_now(tenant, user, usd)
+    async def reserve(self, tenant: str, user: str, usd: float, *, tokens: int = 0, key: str | None = None,
+                      key_limits: Mapping[str, Any] | None = None, model: str = "") -> Reservation:
+        return self.reserve_now(tenant, user, usd, tokens=tokens, key=key, key_limits=key_limits, model=model)
 
-    def reserve_now(self, tenant: str, user: str, usd: float) -> Reservation:
-        res = self._new_reservation(tenant, user, usd, self.store)
+    def reserve_now(self, tenant: str, user: str, usd: float, *, tokens: int = 0, key: str | None = None,
+                    key_limits: Mapping[str, Any] | None = None, model: str = "") -> Reservation:
         now = self.clock()
-        state = self._day(res.day)
-        self._reap(state, now)
-        cells = state.cells(tenant, user)
-        for i, (scope, cell) in enumerate(zip(SCOPES, cells, strict=True)):
-            limit = self.limits.of(scope)
-            if limit is not None and cell[0] + cell[1] + res.micros > limit:
-                raise self._refused(i)
-        for cell in cells:
-            cell[1] += res.micros
-        state.leases[res.id] = res
-        heapq.heappush(state.expiries, (now + self.lease_seconds, res.id))
-        self._gauges.update(res.day, _scope_ids(tenant, user), [(c[0], c[1]) for c in cells])
-        return res
+        res = self._new_reservation(tenant, user, usd, tokens, self.store, key=key, key_limits=key_limits,
+                                    model=model, now=now)
+        self._housekeeping(now)
+        cells = [self._cell(c) for c in res.counters]
+        counts = [(cell[0], cell[1]) for cell in cells]
+        for i, (c, (spent, reserved)) in enumerate(zip(res.counters, counts, strict=True)):
+            if c.limit is not None and spent + reserved + c.amount > c.limit:
+                raise self._refused(res, i, counts, now)
+        for c, cell in zip(res.counters, cells, strict=True):
+            cell[1] += c.amount
+            cell[2] = max(cell[2], c.expire_at)
+        self._leases[res.id] = res
+        heapq.heappush(self._expiries, (now + self.lease_seconds, res.id))
+        return self._reserved(res, [(cell[0], cell[1]) for cell in cells], now)
 
-    async def settle(self, reservation: Reservation, actual_usd: float) -> None:
-        self.settle_now(reservation, actual_usd)
+    async def settle(self, reservation: Reservation, actual_usd: float, *, input_tokens: int | None = None,
+                     output_tokens: int | None = None, model: str | None = None, error: bool = False) -> None:
+        self.settle_now(reservation, actual_usd, input_tokens=input_tokens, output_tokens=output_tokens,
+                        model=model, error=error)
 
-    def settle_now(self, reservation: Reservation, actual_usd: float) -> None:
+    def settle_now(self, reservation: Reservation, actual_usd: float, *, input_tokens: int | None = None,
+                   output_tokens: int | None = None, model: str | None = None, error: bool = False) -> None:
         _check_amount(actual_usd)
         if reservation.done:
             return
         reservation.done = True
-        state = self._days.get(reservation.day)
-        if state is None:
-            return  # its day is long gone
         actual = _micros(actual_usd)
-        held = state.leases.pop(reservation.id, None) is not None
-        cells = state.cells(reservation.tenant, reservation.user)
-        for cell in cells:
+        tokens = None if input_tokens is None and output_tokens is None else \
+            (input_tokens or 0) + (output_tokens or 0)
+        held = self._leases.pop(reservation.id, None) is not None
+        counts = []
+        for c, keep in zip(reservation.counters, self._actuals(reservation, actual, tokens), strict=True):
+            cell = self._cell(c)
             if held:
-                cell[1] -= reservation.micros
-            cell[0] += actual
-        self._settled(reservation, actual)
-        ids = _scope_ids(reservation.tenant, reservation.user)
-        self._gauges.update(reservation.day, ids, [(c[0], c[1]) for c in cells])
+                cell[1] -= c.amount
+            cell[0] += keep
+            counts.append((cell[0], cell[1]))
+        if self.ledger_days is not None:
+            values = self._ledger_values(actual, input_tokens, output_tokens, error)
+            self._add_ledger(reservation.day, reservation.tenant, reservation.user,
+                             model or reservation.model, values)
+        self._settled(reservation, actual, counts)
+
+    def _add_ledger(self, day: str, tenant: str, user: str, model: str, values: Mapping[str, int]) -> None:
+        row = self._ledger.setdefault((day, tenant), {})
+        for name, v in ledger_fields(user, model, values):
+            row[name] = row.get(name, 0) + v
+        self._ledger_expiry[(day, tenant)] = self._ledger_expire(day)
+
+    async def record_hit(self, tenant: str, user: str, model: str) -> None:
+        self.record_hit_now(tenant, user, model)
+
+    def record_hit_now(self, tenant: str, user: str, model: str) -> None:
+        if self.ledger_days is not None:
+            self._add_ledger(utc_day(self.clock()), tenant, user, model, {"requests": 1, "cache_hits": 1})
 
     async def usage(self, tenant: str, user: str) -> dict[str, Any]:
         return self.usage_now(tenant, user)
 
     def usage_now(self, tenant: str, user: str) -> dict[str, Any]:
-        _check_name("tenant", tenant)
-        _check_name("user", user)
-        day = utc_day(self.clock())
-        state = self._days.get(day) or _Day()
-        keys = zip(SCOPES, _scope_ids(tenant, user), strict=True)
-        counts = [(spent, reserved) for spent, reserved in (state.counts.get(k) or (0, 0) for k in keys)]
-        return self._usage_body(day, counts, self.store)
+        w, counters = self._usage_counters(tenant, user)
+        counts = []
+        for c in counters:
+            cell = self._cells.get(c.key) or (0, 0)
+            counts.append((cell[0], cell[1]))
+        return self._usage_body(w, counters, counts, self.store)
+
+    async def ledger(self, days: Sequence[str], tenant: str | None = None,
+                     ) -> dict[tuple[str, str], dict[str, int]]:
+        wanted = set(days)
+        return {k: dict(v) for k, v in self._ledger.items()
+                if k[0] in wanted and (tenant is None or k[1] == tenant)}
 
 
 # --- redis -------------------------------------------------------------------------------------
@@ -433,28 +733,24 @@ class RedisBudget(Budget):
     store = "redis"
 
     def __init__(self, limits: Limits, url: str, *, fail_open: bool = False, clock: Clock = time.time,
-                 lease_seconds: float = LEASE_SECONDS, max_connections: int = 64,
-                 socket_timeout: float = 1.0) -> None:
-        super().__init__(limits, clock=clock, lease_seconds=lease_seconds)
+                 lease_seconds: float = LEASE_SECONDS, ledger_days: int | None = None,
+                 max_connections: int = 64, socket_timeout: float = 1.0) -> None:
+        super().__init__(limits, clock=clock, lease_seconds=lease_seconds, ledger_days=ledger_days)
         # short timeouts: a dead Redis must answer fast, never hang a request; one immediate retry
         # replaces a pooled connection that died with a Redis restart
         self._pool = BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=2.0, socket_timeout=socket_timeout,
             socket_connect_timeout=socket_timeout, retry=Retry(NoBackoff(), 1),
         )
-        self._redis = Redis(connection_pool=self._pool)
-        self._reserve = self._redis.register_script(budget_lua.RESERVE)
-        self._settle = self._redis.register_script(budget_lua.SETTLE)
+        self.redis = Redis(connection_pool=self._pool)
+        self._reserve = self.redis.register_script(budget_lua.RESERVE)
+        self._settle = self.redis.register_script(budget_lua.SETTLE)
         self.fail_open = fail_open
-        self._local = MemoryBudget(limits, clock=clock, lease_seconds=lease_seconds, store_name="local")
+        self._local = MemoryBudget(limits, clock=clock, lease_seconds=lease_seconds, ledger_days=ledger_days,
+                                   store_name="local")
+        self._local.overrides = lambda tenant: self.overrides(tenant)  # whatever the gateway sets later
         self._last_warning = -math.inf
         self._down = False
-
-    @staticmethod
-    def _keys(day: str, tenant: str, user: str) -> list[str]:
-        prefix = f"qlens:budget:{day}:"
-        return [f"{prefix}total:all", f"{prefix}tenant:{tenant}", f"{prefix}user:{tenant}/{user}",
-                f"{prefix}leases"]
 
     def _store_down(self, op: str, exc: BaseException) -> None:
         """Warn (at most once a minute, not once a request); failClosed then raises BudgetUnavailable."""
@@ -469,73 +765,121 @@ class RedisBudget(Budget):
         if not self.fail_open:
             raise BudgetUnavailable("budget store unreachable; refusing requests until it is back") from exc
 
-    async def reserve(self, tenant: str, user: str, usd: float) -> Reservation:
-        res = self._new_reservation(tenant, user, usd, "redis")
+    async def reserve(self, tenant: str, user: str, usd: float, *, tokens: int = 0, key: str | None = None,
+                      key_limits: Mapping[str, Any] | None = None, model: str = "") -> Reservation:
         now = self.clock()
-        keys = self._keys(res.day, tenant, user)
-        limits = [-1 if (limit := self.limits.of(s)) is None else limit for s in SCOPES]
+        res = self._new_reservation(tenant, user, usd, tokens, "redis", key=key, key_limits=key_limits,
+                                    model=model, now=now)
+        args: list[Any] = [len(res.counters), int(now * 1000), int((now + self.lease_seconds) * 1000),
+                           res.lease_member]
+        for c in res.counters:
+            args += [-1 if c.limit is None else c.limit, c.amount, c.expire_at]
         try:
-            out = await self._reserve(keys=keys, args=[
-                res.micros, *limits, _expire_at(res.day), int(now * 1000),
-                int((now + self.lease_seconds) * 1000), res.lease_member, keys[0][: -len("total:all")],
-            ])
+            out = await self._reserve(keys=[*(c.key for c in res.counters), LEASES_KEY], args=args)
         except STORE_ERRORS as exc:
             self._store_down("reserve", exc)
-            return self._local.reserve_now(tenant, user, usd)
+            return self._local.reserve_now(tenant, user, usd, tokens=tokens, key=key, key_limits=key_limits,
+                                           model=model)
         if self._down:
             self._down = False
             log_event(log, "budget store reachable again", logging.WARNING)
+        counts = _pairs(out[2:])
         if int(out[0]) == 0:
-            raise self._refused(int(out[1]) - 1)
-        self._gauges.update(res.day, _scope_ids(tenant, user), _pairs(out[1:]))
-        return res
+            raise self._refused(res, int(out[1]) - 1, counts, now)
+        return self._reserved(res, counts, now)
 
-    async def settle(self, reservation: Reservation, actual_usd: float) -> None:
+    async def settle(self, reservation: Reservation, actual_usd: float, *, input_tokens: int | None = None,
+                     output_tokens: int | None = None, model: str | None = None, error: bool = False) -> None:
         if reservation.store == "local":
-            self._local.settle_now(reservation, actual_usd)
+            self._local.settle_now(reservation, actual_usd, input_tokens=input_tokens,
+                                   output_tokens=output_tokens, model=model, error=error)
             return
         _check_amount(actual_usd)
         if reservation.done:
             return
         reservation.done = True
         actual = _micros(actual_usd)
-        keys = self._keys(reservation.day, reservation.tenant, reservation.user)
+        tokens = None if input_tokens is None and output_tokens is None else \
+            (input_tokens or 0) + (output_tokens or 0)
+        day, tenant = reservation.day, reservation.tenant
+        ledger_on = self.ledger_days is not None
+        args: list[Any] = [len(reservation.counters), reservation.lease_member,
+                           self._ledger_expire(day) if ledger_on else 0, tenant]
+        for c, keep in zip(reservation.counters, self._actuals(reservation, actual, tokens), strict=True):
+            args += [c.amount, keep, c.expire_at]
+        if ledger_on:
+            values = self._ledger_values(actual, input_tokens, output_tokens, error)
+            for name, v in ledger_fields(reservation.user, model or reservation.model, values):
+                args += [name, v]
+        keys = [*(c.key for c in reservation.counters), LEASES_KEY, ledger_key(day, tenant),
+                ledger_index(day)]
         try:
-            out = await self._settle(keys=keys, args=[reservation.micros, actual, reservation.lease_member,
-                                                      _expire_at(reservation.day)])
+            out = await self._settle(keys=keys, args=args)
         except STORE_ERRORS as exc:
             # the answer is already served: never fail it here. The lease returns the reservation later.
             log_event(log, "budget settle lost: store unreachable", logging.ERROR,
                       error=type(exc).__name__, usd=_usd(actual), reserved_usd=reservation.usd)
             return
-        self._settled(reservation, actual)
-        ids = _scope_ids(reservation.tenant, reservation.user)
-        self._gauges.update(reservation.day, ids, _pairs(out[1:]))
+        self._settled(reservation, actual, _pairs(out[1:]))
+
+    async def record_hit(self, tenant: str, user: str, model: str) -> None:
+        if self.ledger_days is None:
+            return
+        day = utc_day(self.clock())
+        key, expire = ledger_key(day, tenant), self._ledger_expire(day)
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for name, v in ledger_fields(user, model, {"requests": 1, "cache_hits": 1}):
+                    pipe.hincrby(key, name, v)
+                pipe.expireat(key, expire)
+                pipe.sadd(ledger_index(day), tenant)
+                pipe.expireat(ledger_index(day), expire)
+                await pipe.execute()
+        except STORE_ERRORS as exc:
+            log_event(log, "usage ledger: a cache hit was not recorded (store unreachable)", logging.WARNING,
+                      error=type(exc).__name__)
 
     async def usage(self, tenant: str, user: str) -> dict[str, Any]:
-        _check_name("tenant", tenant)
-        _check_name("user", user)
-        day = utc_day(self.clock())
-        keys = self._keys(day, tenant, user)[:3]
+        w, counters = self._usage_counters(tenant, user)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for key in keys:
-                    pipe.hmget(key, "spent", "reserved")
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for c in counters:
+                    pipe.hmget(c.key, "spent", "reserved")
                 rows = await pipe.execute()
         except STORE_ERRORS as exc:
             self._store_down("usage", exc)
             return self._local.usage_now(tenant, user)
         counts = [(int(s or 0), int(r or 0)) for s, r in rows]
-        return self._usage_body(day, counts, "redis")
+        return self._usage_body(w, counters, counts, "redis")
+
+    async def ledger(self, days: Sequence[str], tenant: str | None = None,
+                     ) -> dict[tuple[str, str], dict[str, int]]:
+        try:
+            if tenant is None:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for day in days:
+                        pipe.smembers(ledger_index(day))
+                    members = await pipe.execute()
+                pairs = [(day, t.decode()) for day, ts in zip(days, members, strict=True) for t in sorted(ts)]
+            else:
+                pairs = [(day, tenant) for day in days]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for day, t in pairs:
+                    pipe.hgetall(ledger_key(day, t))
+                rows = await pipe.execute()
+        except STORE_ERRORS as exc:
+            raise BudgetUnavailable(f"usage store unreachable: {type(exc).__name__}") from exc
+        return {p: {k.decode(): int(v) for k, v in row.items()} for p, row in zip(pairs, rows, strict=True)
+                if row}
 
     async def ping(self) -> None:
         try:
-            await self._redis.ping()
+            await self.redis.ping()
         except STORE_ERRORS as exc:
             raise BudgetUnavailable(f"budget store unreachable: {type(exc).__name__}") from exc
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self.redis.aclose()
         await self._pool.disconnect()
 
 
@@ -544,14 +888,12 @@ def _pairs(flat: list[Any]) -> list[tuple[int, int]]:
 
 
 def make_budget(cost_controls: CostControls, redis_url: str | None, *, clock: Clock = time.time,
-                lease_seconds: float = LEASE_SECONDS) -> Budget:
+                lease_seconds: float = LEASE_SECONDS, ledger_days: int | None = None) -> Budget:
     """The budget the environment asks for. Disabled cost controls: counted, never refused."""
-    if not cost_controls.enabled:
-        return MemoryBudget(Limits(), clock=clock, lease_seconds=lease_seconds)
-    limits = Limits.from_config(cost_controls.daily_limits)
+    limits = Limits.from_config(cost_controls) if cost_controls.enabled else Limits()
     if cost_controls.store == "redis":
         if not redis_url:
             raise ValueError("costControls.store is redis but QLENS_REDIS_URL is not set")
         return RedisBudget(limits, redis_url, fail_open=cost_controls.on_store_failure == "failOpen",
-                           clock=clock, lease_seconds=lease_seconds)
-    return MemoryBudget(limits, clock=clock, lease_seconds=lease_seconds)
+                           clock=clock, lease_seconds=lease_seconds, ledger_days=ledger_days)
+    return MemoryBudget(limits, clock=clock, lease_seconds=lease_seconds, ledger_days=ledger_days)

@@ -159,7 +159,8 @@ class ChatCompletions:
             await self._serve(headers, receive, send, ex)
         except APIError as exc:
             if not ex.started:
-                await self._answer(send, ex, exc.status, exc.to_bytes())
+                extra = [(k.encode(), v.encode("latin-1")) for k, v in exc.headers.items()]
+                await self._answer(send, ex, exc.status, exc.to_bytes(), extra)
         except ClientGone:
             self._record(ex, 499)
         except Exception:
@@ -179,6 +180,7 @@ class ChatCompletions:
         ex.tenant, ex.user, ex.model, ex.stream = caller.tenant, caller.user, req.model, bool(req.stream)
         if req.model not in self.catalog:
             raise unknown_model(req.model)
+        self.auth.check_model(entry, req.model)
 
         key = await self._lookup(send, ex, req, data, headers, caller)
         if key is ANSWERED:
@@ -235,6 +237,7 @@ class ChatCompletions:
             return key
         ex.cache = "hit"
         self._cache_metric["hit"].inc()
+        self._background(self.budget.record_hit(caller.tenant, caller.user, req.model))
         meta, body = entry
         ex.provider = meta.get("provider") or None
         extra = [(b"x-qlens-model", str(meta.get("model") or req.model).encode("latin-1"))]
@@ -261,11 +264,15 @@ class ChatCompletions:
         body = orjson.dumps(forward) if forward is not None else raw
         pricing = self.catalog.reservation_pricing(req.model)
         prompt = estimate_prompt_tokens(data["messages"], data.get("tools"))
-        worst = worst_case_cost(pricing, prompt, cap * (req.n or 1))
+        completion = cap * (req.n or 1)
+        worst = worst_case_cost(pricing, prompt, completion)
         try:
-            reservation = await self.budget.reserve(caller.tenant, caller.user, worst)
+            reservation = await self.budget.reserve(
+                caller.tenant, caller.user, worst, tokens=prompt + completion, key=caller.key,
+                key_limits=caller.key_limits, model=req.model)
         except BudgetExceeded as exc:
-            raise APIError(429, f"Budget exceeded: {exc}.", code="budget_exceeded") from None
+            what = "Budget exceeded" if exc.code == "budget_exceeded" else "Rate limit reached"
+            raise APIError(429, f"{what}: {exc}.", code=exc.code, headers=exc.headers) from None
         except BudgetUnavailable:
             raise APIError(503, "The budget store is unavailable and this environment refuses requests "
                                 "it cannot account for (costControls.onStoreFailure: failClosed). "
@@ -285,7 +292,7 @@ class ChatCompletions:
         uh = reply.headers
         ex.provider = uh.get("x-qlens-provider")
         ex.upstream = upstream_seconds(uh.get("x-qlens-upstream-ms"), time.perf_counter() - t0)
-        extra = passed_headers(uh)
+        extra = passed_headers(uh, reservation)
         if reply.status != 200:
             await self._release(reservation)
             status, rbody = router_error(reply.status, reply.body)
@@ -313,7 +320,7 @@ class ChatCompletions:
         # provider time; what the gateway did before and does after is the overhead
         ex.upstream = time.perf_counter() - t0
         ex.provider = up.headers.get("x-qlens-provider")
-        extra = passed_headers(up.headers)
+        extra = passed_headers(up.headers, reservation)
         if up.status != 200:
             try:
                 rbody = await up.read()
@@ -388,15 +395,16 @@ class ChatCompletions:
     async def _settle(self, reservation: Reservation, served: str, usage: dict[str, Any] | None) -> None:
         """Charge the actual cost (at the served model's price); without usage, keep the reservation."""
         try:
+            known = served in self.catalog
+            model = served if known else "other"
             if usage is None:
-                await self.budget.settle(reservation, reservation.usd)
+                await self.budget.settle(reservation, reservation.usd, model=model)
                 return
             prompt = int(usage.get("prompt_tokens") or 0)
             completion = int(usage.get("completion_tokens") or 0)
-            known = served in self.catalog
             pricing = self.catalog.pricing(served) if known else self.catalog.reservation_pricing(served)
-            await self.budget.settle(reservation, actual_cost(pricing, prompt, completion))
-            model = served if known else "other"
+            await self.budget.settle(reservation, actual_cost(pricing, prompt, completion),
+                                     input_tokens=prompt, output_tokens=completion, model=model)
             TOKENS.labels(model, "prompt").inc(prompt)
             TOKENS.labels(model, "completion").inc(completion)
         except Exception as exc:  # the answer is already served: never fail it over bookkeeping
@@ -442,8 +450,12 @@ def unknown_model(model: str) -> APIError:
                     param="model", code="model_not_found")
 
 
-def passed_headers(headers: Any) -> list[tuple[bytes, bytes]]:
-    return [(h.encode(), headers[h].encode("latin-1")) for h in _PASSED_HEADERS if h in headers]
+def passed_headers(headers: Any, reservation: Reservation | None = None) -> list[tuple[bytes, bytes]]:
+    """The router's headers the client sees, and the x-ratelimit-* of the caller's limits."""
+    out = [(h.encode(), headers[h].encode("latin-1")) for h in _PASSED_HEADERS if h in headers]
+    if reservation is not None and reservation.headers:
+        out += [(k.encode(), v.encode()) for k, v in reservation.headers.items()]
+    return out
 
 
 def upstream_seconds(header: str | None, waited: float) -> float:

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis as redis_sync
 
-from services.common.config import DailyLimits
 from services.gateway.budget import (
     DAY_MARGIN_SECONDS,
     Budget,
@@ -47,7 +46,7 @@ class Clock:
 
 
 def limits(total=None, tenant=None, user=None) -> Limits:
-    return Limits.from_config(DailyLimits(total=total, per_tenant=tenant, per_user=user))
+    return Limits.daily(total, tenant, user)
 
 
 Factory = Callable[..., Budget]

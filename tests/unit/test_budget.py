@@ -53,7 +53,7 @@ class Clock:
 
 
 def limits(total=None, tenant=None, user=None) -> Limits:
-    return Limits.from_config(DailyLimits(total=total, per_tenant=tenant, per_user=user))
+    return Limits.daily(total, tenant, user)
 
 
 async def test_reserve_settle_release_and_usage():
