@@ -3,16 +3,27 @@
     POST /model/{modelId}/converse          JSON in, JSON out (Converse)
     POST /model/{modelId}/converse-stream   JSON in, AWS event stream out (ConverseStream)
 
-Requests must be SigV4-signed by the configured access key (boto3 does it with any dummy
-credentials; the signature itself is not checked). Errors are what botocore parses for rest-json:
-the status, an `x-amzn-ErrorType` header and `{"message": ...}`. Streams are
-`application/vnd.amazon.eventstream` frames (prelude with total and header lengths and its CRC32,
-string headers `:message-type`, `:event-type`, `:content-type`, the JSON payload, the message
-CRC32), one per event: messageStart, contentBlockDelta..., contentBlockStop, messageStop,
-metadata (usage). A failure inside a stream is an `exception` frame, as Bedrock sends it.
-The answer names the model and repeats the last user message. Misbehaviour: see `_common.py`.
+As strict as the service about what it is sent, so a translation bug fails here and not in
+production:
 
-    python -m tests.fakes.bedrock --port 9200
+- Signatures: SigV4 is verified for real. The signature is recomputed with botocore's own signer
+  from the known secret, region and service `bedrock`, over exactly the headers the client signed;
+  a wrong secret, a credential scoped to another region or service, or a request dated more than
+  5 minutes from the fake's clock (`fake.clock`) is refused with AWS's 403.
+- Conversations (`check_conversation`): messages non-empty, each `user` or `assistant` with a
+  non-empty list of content blocks (a string is refused), the first from `user`, roles
+  alternating, no blank text block, `inferenceConfig` keys only maxTokens, temperature, topP and
+  stopSequences. A refusal is a 400 `ValidationException` with the service's message.
+
+Errors are what botocore parses for rest-json: the status, an `x-amzn-ErrorType` header and
+`{"message": ...}`. Streams are `application/vnd.amazon.eventstream` frames (prelude with total and
+header lengths and its CRC32, string headers `:message-type`, `:event-type`, `:content-type`, the
+JSON payload, the message CRC32), one per event: messageStart, contentBlockDelta...,
+contentBlockStop, messageStop, metadata (usage). A failure inside a stream is an `exception`
+frame, as Bedrock sends it. The answer names the model and repeats the last user message.
+Misbehaviour: see `_common.py`.
+
+    python -m tests.fakes.bedrock --port 9200 [--access-key AKID...] [--secret-key ...] [--region ...]
 """
 
 from __future__ import annotations
@@ -20,7 +31,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import binascii
+import hashlib
+import hmac
+import re
 import struct
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
 
@@ -47,6 +64,180 @@ ERROR_TYPES = {
     500: "InternalServerException",
     503: "ServiceUnavailableException",
 }
+
+
+SERVICE = "bedrock"  # the signing name of bedrock-runtime
+MAX_SKEW_SECONDS = 300  # how far a request's X-Amz-Date may be from the service's clock
+SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"
+AUTHORIZATION = re.compile(
+    r"^AWS4-HMAC-SHA256 Credential=(?P<credential>[^,\s]+),\s*SignedHeaders=(?P<signed>[^,\s]+),"
+    r"\s*Signature=(?P<signature>[0-9a-f]{64})$"
+)
+# the service's own definition (botocore's bedrock-runtime model; tests/unit/test_fakes_bedrock.py
+# checks these against it)
+INFERENCE_CONFIG_KEYS = ("maxTokens", "temperature", "topP", "stopSequences")
+CONTENT_BLOCK_KEYS = frozenset({
+    "text", "image", "document", "video", "audio", "toolUse", "toolResult", "guardContent", "cachePoint",
+    "reasoningContent", "citationsContent", "searchResult", "toolAddition", "toolRemoval",
+})
+
+# the service's messages, word for word where we know them
+SIGNATURE_MISMATCH = (
+    "The request signature we calculated does not match the signature you provided. Check your AWS "
+    "Secret Access Key and signing method. Consult the service documentation for details."
+)
+INVALID_TOKEN = "The security token included in the request is invalid."
+MUST_START_WITH_USER = (
+    "A conversation must start with a user message. Try again with a conversation that starts with a "
+    "user message."
+)
+MUST_ALTERNATE = (
+    "A conversation must alternate between user and assistant roles. Make sure the conversation "
+    "alternates between user and assistant roles and try again."
+)
+
+
+class Refusal(Exception):
+    """What the service answers to a request it does not accept: status, error type, message."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.error_type, self.message = status, error_type, message
+
+
+def _stamp(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime(SIGV4_TIMESTAMP)
+
+
+def check_signature(
+    method: str,
+    target: str,
+    headers: dict[str, str],
+    body: bytes,
+    *,
+    access_key: str,
+    secret_key: str,
+    region: str,
+    now: float,
+) -> None:
+    """Raise `Refusal` unless the request carries a valid SigV4 signature by `access_key`.
+
+    `target` is the raw path and query as sent, `headers` the request's (lower-case names). The
+    expected signature is recomputed by botocore's SigV4Auth from our secret, region and service
+    over the headers the client says it signed, dated by its X-Amz-Date: any difference in secret,
+    region, service, method, path, signed header or body changes it."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    authorization = headers.get("authorization")
+    if not authorization:
+        raise Refusal(403, "MissingAuthenticationTokenException", "Missing Authentication Token")
+    match = AUTHORIZATION.match(authorization)
+    if match is None:
+        raise Refusal(403, "IncompleteSignatureException", "Authorization header requires 'Credential', "
+                      "'Signature' and 'SignedHeaders' parameters.")
+    parts = match["credential"].split("/")
+    if len(parts) != 5 or parts[4] != "aws4_request":
+        raise Refusal(403, "IncompleteSignatureException", "Credential is malformed.")
+    key_id, day, scope_region, scope_service, _ = parts
+    if key_id != access_key:
+        raise Refusal(403, "UnrecognizedClientException", INVALID_TOKEN)
+    if scope_region != region:
+        raise Refusal(403, "InvalidSignatureException",
+                      f"Credential should be scoped to a valid region, not '{scope_region}'.")
+    if scope_service != SERVICE:
+        raise Refusal(403, "InvalidSignatureException",
+                      f"Credential should be scoped to correct service: '{SERVICE}'.")
+    signed = match["signed"].split(";")
+    amz_date = headers.get("x-amz-date", "")
+    if "host" not in signed or "x-amz-date" not in signed or not amz_date:
+        raise Refusal(403, "IncompleteSignatureException", "The host and x-amz-date headers must be signed.")
+    try:
+        dated = datetime.strptime(amz_date, SIGV4_TIMESTAMP).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        raise Refusal(403, "IncompleteSignatureException", f"Date must be in ISO-8601 'basic format'. "
+                      f"Got '{amz_date}'.") from None
+    if dated < now - MAX_SKEW_SECONDS:
+        raise Refusal(403, "InvalidSignatureException", f"Signature expired: {amz_date} is now earlier than "
+                      f"{_stamp(now - MAX_SKEW_SECONDS)} ({_stamp(now)} - 5 min.)")
+    if dated > now + MAX_SKEW_SECONDS:
+        raise Refusal(403, "InvalidSignatureException", f"Signature not yet current: {amz_date} is still "
+                      f"later than {_stamp(now + MAX_SKEW_SECONDS)} ({_stamp(now)} + 5 min.)")
+    if day != amz_date[:8]:
+        raise Refusal(403, "InvalidSignatureException", SIGNATURE_MISMATCH)
+    declared = headers.get("x-amz-content-sha256")
+    if declared is not None and declared != hashlib.sha256(body).hexdigest():
+        raise Refusal(400, "XAmzContentSHA256Mismatch",
+                      "The provided 'x-amz-content-sha256' header does not match what was computed.")
+    # http://: botocore signs the payload's SHA-256 over plain HTTP, as the client did
+    request = AWSRequest(method=method, url=f"http://{headers.get('host', '')}{target}",
+                         headers={name: headers.get(name, "") for name in signed}, data=body)
+    request.context["timestamp"] = amz_date
+    signer = SigV4Auth(Credentials(access_key, secret_key), SERVICE, region)
+    expected = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
+    if signer.signed_headers(signer.headers_to_sign(request)) != match["signed"] or not hmac.compare_digest(
+        expected, match["signature"]
+    ):
+        raise Refusal(403, "InvalidSignatureException", SIGNATURE_MISMATCH)
+
+
+def _invalid(message: str) -> Refusal:
+    return Refusal(400, "ValidationException", message)
+
+
+def check_conversation(body: Any) -> None:
+    """Raise `Refusal` (400 ValidationException) for a Converse body the service would refuse."""
+    if not isinstance(body, dict):
+        raise _invalid("Malformed input request, please reformat your input and try again.")
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        raise _invalid("1 validation error detected: Value at 'messages' failed to satisfy constraint: "
+                       "Member must not be null and must be a list")
+    if not messages:
+        raise _invalid("The messages field is empty. Add at least one message to the messages field "
+                       "and try again.")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
+            role = message.get("role") if isinstance(message, dict) else None
+            raise _invalid(f"1 validation error detected: Value '{role}' at 'messages.{i}.member.role' "
+                           "failed to satisfy constraint: Member must satisfy enum value set: "
+                           "[user, assistant]")
+        content = message.get("content")
+        if not isinstance(content, list):
+            raise _invalid(f"1 validation error detected: Value at 'messages.{i}.member.content' failed to "
+                           "satisfy constraint: Member must not be null and must be a list of ContentBlock")
+        if not content:
+            raise _invalid(f"The content field in the Message object at messages.{i} is empty. Add a "
+                           "ContentBlock object to the content field and try again.")
+        for j, block in enumerate(content):
+            _check_block(block, f"messages.{i}.content.{j}")
+    if messages[0]["role"] != "user":
+        raise _invalid(MUST_START_WITH_USER)
+    if any(a["role"] == b["role"] for a, b in zip(messages, messages[1:], strict=False)):
+        raise _invalid(MUST_ALTERNATE)
+    system = body.get("system", [])
+    if not isinstance(system, list):
+        raise _invalid("1 validation error detected: Value at 'system' failed to satisfy constraint: "
+                       "Member must be a list of SystemContentBlock")
+    for j, block in enumerate(system):
+        _check_block(block, f"system.{j}")
+    inference = body.get("inferenceConfig", {})
+    if not isinstance(inference, dict):
+        raise _invalid("1 validation error detected: Value at 'inferenceConfig' failed to satisfy "
+                       "constraint: Member must be a structure")
+    unknown = sorted(set(inference) - set(INFERENCE_CONFIG_KEYS))
+    if unknown:
+        raise _invalid(f"The inferenceConfig field contains unknown keys: {', '.join(unknown)}. Valid keys "
+                       f"are {', '.join(INFERENCE_CONFIG_KEYS)}.")
+
+
+def _check_block(block: Any, where: str) -> None:
+    if not isinstance(block, dict) or len(block) != 1 or next(iter(block)) not in CONTENT_BLOCK_KEYS:
+        raise _invalid(f"The ContentBlock object at {where} must set exactly one of its members.")
+    if "text" in block and (not isinstance(block["text"], str) or not block["text"].strip()):
+        raise _invalid(f"The text field in the ContentBlock object at {where} is blank. Add text to the "
+                       "text field, and try again.")
 
 
 def encode_frame(headers: dict[str, str], payload: bytes) -> bytes:
@@ -86,24 +277,28 @@ class FakeBedrock(FakeServer):
     def __init__(
         self,
         access_key: str = "AKIDFAKEFAKEFAKE",
+        secret_key: str = "fake-bedrock-secret-key",
+        region: str = "us-east-1",
         models: tuple[str, ...] | None = None,
         port: int | None = None,
         seed: int = 0,
     ) -> None:
-        """`models`: the only model ids that exist (None: any)."""
+        """Requests must be signed by `access_key`/`secret_key` for `region`; `models`: the only
+        model ids that exist (None: any)."""
         super().__init__(port, seed)
-        self.access_key = access_key
+        self.access_key, self.secret_key, self.region = access_key, secret_key, region
         self.models = set(models) if models is not None else None
+        self.clock: Callable[[], float] = time.time  # the service's clock, for the skew check
         self.last_request: dict[str, Any] | None = None  # the last Converse body, to check translation
 
-    def client_env(self, secret_key: str = "dummy") -> dict[str, str]:
-        """The router's environment for calling this server through boto3 (any secret key signs:
-        only the access key is checked)."""
+    def client_env(self) -> dict[str, str]:
+        """The router's environment for calling this server through boto3 with its credentials."""
         return {"AWS_ENDPOINT_URL_BEDROCK_RUNTIME": self.url, "AWS_ACCESS_KEY_ID": self.access_key,
-                "AWS_SECRET_ACCESS_KEY": secret_key, "AWS_REGION": "us-east-1"}
+                "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_REGION": self.region}
 
     async def handle(self, scope: Scope, receive: Any, send: Any) -> None:
-        parts = scope.get("raw_path", scope["path"].encode()).decode().split("?")[0].split("/")
+        raw_path = scope.get("raw_path") or scope["path"].encode()
+        parts = raw_path.decode().split("?")[0].split("/")
         # ["", "model", "<modelId>", "converse" | "converse-stream"]
         if (
             scope["method"] != "POST"
@@ -120,26 +315,23 @@ class FakeBedrock(FakeServer):
             return
         model_id, stream = unquote(parts[2]), parts[3] == "converse-stream"
         raw = await read_body(receive)
-        authorization = dict(scope["headers"]).get(b"authorization", b"").decode()
-        if not authorization.startswith(f"AWS4-HMAC-SHA256 Credential={self.access_key}/"):
-            await self._error(
-                send,
-                model_id,
-                stream,
-                403,
-                "The security token included in the request is invalid.",
-                "UnrecognizedClientException",
-            )
-            return
-        if self.models is not None and model_id not in self.models:
-            await self._error(send, model_id, stream, 404, f"Model {model_id} not found")
-            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        query = scope.get("query_string", b"")
+        target = raw_path.decode() + ("?" + query.decode() if query else "")
         try:
-            body = orjson.loads(raw)
-            messages = body["messages"]
-        except (orjson.JSONDecodeError, KeyError, TypeError):
-            await self._error(send, model_id, stream, 400, "messages is required")
+            check_signature(scope["method"], target, headers, raw, access_key=self.access_key,
+                            secret_key=self.secret_key, region=self.region, now=self.clock())
+            if self.models is not None and model_id not in self.models:
+                raise Refusal(404, "ResourceNotFoundException", f"Model {model_id} not found")
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise _invalid("Malformed input request, please reformat your input and try again.") from None
+            check_conversation(body)
+        except Refusal as refusal:
+            await self._error(send, model_id, stream, refusal.status, refusal.message, refusal.error_type)
             return
+        messages = body["messages"]
         self.last_request = body
         failure = self._failure()
         self._record(model_id, stream, failure or 200)  # on arrival: a client that gives up is still seen
@@ -152,8 +344,8 @@ class FakeBedrock(FakeServer):
         stop = "end_turn"
         if isinstance(limit, int) and count_tokens(text) > limit:
             text, stop = text[: limit * 4], "max_tokens"
-        prompt = " ".join(str(b.get("text", "")) for m in messages for b in m.get("content", []))
-        prompt += " ".join(str(b.get("text", "")) for b in body.get("system", []))
+        blocks = [*body.get("system", []), *(b for m in messages for b in m["content"])]
+        prompt = " ".join(str(b["text"]) for b in blocks if "text" in b)
         usage = {"inputTokens": count_tokens(prompt), "outputTokens": count_tokens(text)}
         usage["totalTokens"] = usage["inputTokens"] + usage["outputTokens"]
         if stream:
@@ -230,8 +422,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--access-key", default="AKIDFAKEFAKEFAKE")
+    parser.add_argument("--secret-key", default="fake-bedrock-secret-key")
+    parser.add_argument("--region", default="us-east-1")
     args = parser.parse_args()
-    serve_forever(FakeBedrock(access_key=args.access_key, port=args.port or None))
+    serve_forever(FakeBedrock(access_key=args.access_key, secret_key=args.secret_key, region=args.region,
+                              port=args.port or None))
 
 
 if __name__ == "__main__":

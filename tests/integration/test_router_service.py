@@ -41,8 +41,9 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with FakeAzureOpenAI(api_key=AZURE_KEY) as azure, FakeBedrock(access_key="AKIDROUTERTEST") as bedrock:
-        env = {**azure.client_env(), **bedrock.client_env(AWS_SECRET)}
+    with FakeAzureOpenAI(api_key=AZURE_KEY) as azure, \
+            FakeBedrock(access_key="AKIDROUTERTEST", secret_key=AWS_SECRET) as bedrock:
+        env = {**azure.client_env(), **bedrock.client_env()}
         with router_process(CONFIG, env, tmp_path_factory.mktemp("router")) as router:
             yield router, azure, bedrock
 

@@ -10,7 +10,13 @@ import pytest
 from services.common.config import AwsBedrockProvider as BedrockConfig
 from services.common.config import Timeouts
 from services.router.providers.base import ChunkWriter, ProviderError, Usage
-from services.router.providers.bedrock import BedrockProvider, from_converse, stream_items, to_converse
+from services.router.providers.bedrock import (
+    LEADING_USER_TURN,
+    BedrockProvider,
+    from_converse,
+    stream_items,
+    to_converse,
+)
 from services.router.retry import FailureKind
 from tests.fakes.bedrock import FakeBedrock
 
@@ -66,6 +72,42 @@ def test_consecutive_same_role_messages_are_merged():
     assert req["messages"] == [{"role": "user", "content": [{"text": "a"}, {"text": "b"}]}]
     assert req["system"] == [{"text": "rules"}]
     assert "inferenceConfig" not in req
+
+
+def test_a_leading_assistant_turn_gets_a_user_turn_before_it():
+    req = to_converse(
+        MODEL,
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "assistant", "content": "How can I help?"},
+                {"role": "assistant", "content": [{"type": "text", "text": "Ask away."}]},
+                {"role": "user", "content": "what is 2+2?"},
+                {"role": "tool", "tool_call_id": "c1", "content": "4"},
+            ]
+        },
+    )
+    assert req["messages"] == [
+        {"role": "user", "content": [{"text": "(conversation start)"}]},
+        {"role": "assistant", "content": [{"text": "How can I help?"}, {"text": "Ask away."}]},
+        {"role": "user", "content": [{"text": "what is 2+2?"}, {"text": "4"}]},
+    ]
+    assert LEADING_USER_TURN == "(conversation start)"
+
+
+def test_turns_without_text_leave_no_blank_block_and_their_neighbours_merge():
+    req = to_converse(
+        MODEL,
+        {
+            "messages": [
+                {"role": "user", "content": "one"},
+                {"role": "assistant", "content": "  "},
+                {"role": "assistant", "content": None, "tool_calls": []},
+                {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "two"}]},
+            ]
+        },
+    )
+    assert req["messages"] == [{"role": "user", "content": [{"text": "one"}, {"text": "two"}]}]
 
 
 def test_non_text_parts_are_a_client_error():
@@ -124,11 +166,9 @@ def test_stream_events_to_chunks():
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
-    with FakeBedrock(access_key="AKIDTESTTESTTEST") as server:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", server.url)
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTESTTESTTEST")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
-        monkeypatch.setenv("AWS_REGION", "us-east-1")
+    with FakeBedrock(access_key="AKIDTESTTESTTEST", secret_key="bedrock-unit-secret") as server:
+        for name, value in server.client_env().items():
+            monkeypatch.setenv(name, value)
         monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
         monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
         yield server
@@ -154,7 +194,9 @@ async def test_converse_through_boto3(fake, provider):
     body = orjson.loads(c.body)
     assert body["choices"][0]["message"]["content"] == f"[{MODEL}] hello bedrock"
     assert body["model"] == "claude-3-sonnet"
-    assert c.usage.prompt_tokens > 0 and c.usage.completion_tokens > 0
+    # the stand-in counts 4 characters a token: "sys hello bedrock" (17), the answer (55)
+    assert c.usage == Usage(5, 14) and body["usage"] == {"prompt_tokens": 5, "completion_tokens": 14,
+                                                         "total_tokens": 19}
     assert fake.last_request["system"] == [{"text": "sys"}]
     assert fake.last_request["inferenceConfig"] == {"maxTokens": 100}
     assert fake.calls(MODEL) == 1
@@ -168,7 +210,35 @@ async def test_converse_stream_through_boto3(fake, provider):
     chunks = [orjson.loads(i[6:]) for i in items[:-1]]
     text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
     assert text == f"[{MODEL}] hello bedrock"
-    assert chunks[-1]["usage"]["completion_tokens"] == usage.completion_tokens > 0
+    assert usage == Usage(5, 14)
+    assert chunks[-1]["usage"] == {"prompt_tokens": 5, "completion_tokens": 14, "total_tokens": 19}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_assistant_first_conversation_is_accepted_by_the_strict_stand_in(fake, provider, stream):
+    """Converse refuses a conversation that starts with the assistant or repeats a role (the
+    stand-in does too, see test_fakes_bedrock.py): the translation makes one it accepts."""
+    body = {
+        "model": "claude-3-sonnet",
+        "messages": [
+            {"role": "assistant", "content": "Hello! What can I do for you?"},
+            {"role": "user", "content": "tell me"},
+            {"role": "user", "content": "a joke"},
+        ],
+        "stream": stream,
+    }
+    if stream:
+        items = [i async for i in provider.stream(MODEL, body)]
+        text = "".join(
+            c["choices"][0]["delta"].get("content", "")
+            for c in (orjson.loads(i[6:]) for i in items[:-1])
+            if c["choices"]
+        )
+    else:
+        text = orjson.loads((await provider.complete(MODEL, body)).body)["choices"][0]["message"]["content"]
+    assert text == f"[{MODEL}] tell mea joke"
+    assert [m["role"] for m in fake.last_request["messages"]] == ["user", "assistant", "user"]
+    assert [s.status for s in fake.seen] == [200]
 
 
 async def test_stream_chunks_arrive_while_the_model_is_still_writing(fake, provider):

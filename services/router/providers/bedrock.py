@@ -71,7 +71,8 @@ ERROR_KINDS = {
 
 
 def _text_blocks(content: Any) -> list[dict[str, str]]:
-    """Converse content blocks of an OpenAI message content (string or parts); text only."""
+    """Converse content blocks of an OpenAI message content (string or parts); text only, and no
+    blank text (Converse refuses a block that is empty or only whitespace)."""
     if isinstance(content, list):
         blocks = []
         for part in content:
@@ -82,11 +83,20 @@ def _text_blocks(content: Any) -> list[dict[str, str]]:
                     FailureKind.CLIENT,
                     f"content part type {part.get('type')!r} is not supported by awsBedrock models",
                 )
-            if part.get("text"):
+            if str(part.get("text") or "").strip():
                 blocks.append({"text": str(part["text"])})
         return blocks
     text = message_text(content)
-    return [{"text": text}] if text else []
+    return [{"text": text}] if text.strip() else []
+
+
+# Before a conversation that opens with the assistant (a greeting the client shows, a history cut
+# to its last turns), Converse wants a user turn: "A conversation must start with a user message".
+# We put this placeholder there rather than fold the assistant's words into the system prompt
+# (they would become instructions) or into the next user turn (the user would seem to have said
+# them) or drop them (the model would lose what it said): every turn keeps its speaker, for a few
+# tokens. Not blank: Converse refuses blank text blocks too.
+LEADING_USER_TURN = "(conversation start)"
 
 
 def to_converse(model_id: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -94,7 +104,8 @@ def to_converse(model_id: str, body: dict[str, Any]) -> dict[str, Any]:
 
     System (and developer) messages become `system` blocks; user and assistant messages keep
     their order, with consecutive messages of one role merged (Converse wants the roles to
-    alternate); tool results are passed as user text.
+    alternate) and a placeholder user turn before a leading assistant turn (Converse wants the
+    user first); tool results are passed as user text; messages without text are left out.
     """
     system: list[dict[str, str]] = []
     messages: list[dict[str, Any]] = []
@@ -115,6 +126,8 @@ def to_converse(model_id: str, body: dict[str, Any]) -> dict[str, Any]:
             messages.append({"role": role, "content": blocks})
     if not messages:
         raise ProviderError(FailureKind.CLIENT, "the request has no user or assistant message with text")
+    if messages[0]["role"] == "assistant":
+        messages.insert(0, {"role": "user", "content": [{"text": LEADING_USER_TURN}]})
     request: dict[str, Any] = {"modelId": model_id, "messages": messages}
     if system:
         request["system"] = system

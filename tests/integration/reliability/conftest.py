@@ -73,7 +73,8 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
     redis_server = RedisServer(directory / "redis").start()
     try:
         with FaultyAzure(api_key=secrets["azure api key"]) as azure, \
-                FakeBedrock(access_key=secrets["aws access key id"]) as bedrock:
+                FakeBedrock(access_key=secrets["aws access key id"],
+                            secret_key=secrets["aws secret access key"]) as bedrock:
             env = {
                 "AZURE_OPENAI_ENDPOINT": azure.url,
                 "AZURE_OPENAI_API_KEY": secrets["azure api key"],
