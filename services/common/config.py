@@ -113,6 +113,11 @@ class CatalogModel(Model):
     fallbacks: list[str] = Field(default_factory=list)
     pricing: Pricing = Pricing()
     display_name: str = ""
+    kind: Literal["chat", "embedding"] = Field("chat", description="which API serves the model")
+    # the output cap sent when the client sets none (and the ceiling of a client's own), and its
+    # parameter name: reasoning models (o-series) reject `max_tokens`
+    max_output_tokens: int | None = Field(None, ge=1)
+    token_parameter: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
 
 class Retries(Model):
@@ -236,9 +241,13 @@ class ServiceConfig(Model):
     @model_validator(mode="after")
     def _fallbacks_exist(self) -> ServiceConfig:
         for name, model in self.models.items():
-            for fb in model.fallbacks:
-                if fb not in self.models:
-                    raise ValueError(f"models.{name}.fallbacks: unknown model {fb!r}")
+            for field in ("fallbacks",):
+                for fb in getattr(model, field):
+                    if fb not in self.models:
+                        raise ValueError(f"models.{name}.{to_camel(field)}: unknown model {fb!r}")
+                    if self.models[fb].kind != model.kind:
+                        raise ValueError(f"models.{name}.{to_camel(field)}: {fb!r} is an "
+                                         f"{self.models[fb].kind} model, {name!r} a {model.kind} model")
         return self
 
 

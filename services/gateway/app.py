@@ -1,6 +1,7 @@
 """The gateway: QLens's public, OpenAI-compatible API.
 
-Routes: POST /v1/chat/completions (services/gateway/chat.py, the hot path, plain ASGI),
+Routes: POST /v1/chat/completions, /v1/embeddings and /v1/responses (services/gateway/chat.py,
+the hot path, plain ASGI; embeddings.py and responses.py say what differs),
 GET /v1/models and /v1/models/{id} (the router's catalog), GET /v1/usage (the caller's spend and
 remaining budget today), /health, /health/ready (router reachable, and the budget store under
 failClosed; the cache is reported but optional: without it requests bypass it), /metrics.
@@ -31,7 +32,8 @@ from services.gateway.auth import Authenticator, KeyStore, keys_file_path
 from services.gateway.budget import Budget, BudgetUnavailable, make_budget
 from services.gateway.catalog import Catalog
 from services.gateway.chat import ROUTE as CHAT
-from services.gateway.chat import SERVICE, ChatCompletions, router_error, unknown_model, upstream_error
+from services.gateway.chat import SERVICE, ChatApi, Endpoint, router_error, unknown_model, upstream_error
+from services.gateway.embeddings import EmbeddingsApi
 from services.gateway.http11 import PeerError
 from services.gateway.peers import Cache, Router, peer_urls
 from services.gateway.schema import add_chat_completions
@@ -54,8 +56,13 @@ class Gateway:
         self.router = Router(router_url, config.routing.deadline_seconds)
         self.cache = Cache(cache_url, config.cache.ttl_seconds)
         self._budget: Budget | None = None
-        self.chat = ChatCompletions(config, self.catalog, self.auth, self.router, self.cache,
-                                    lambda: self.budget)
+        # every model API on the one path: auth -> limits -> cache -> router -> settle
+        self.endpoints = {
+            api.route: Endpoint(config, self.catalog, self.auth, self.router, self.cache,
+                                lambda: self.budget, api)
+            for api in (ChatApi(), EmbeddingsApi())
+        }
+        self.chat = self.endpoints[CHAT]
 
     @property
     def budget(self) -> Budget:
@@ -72,7 +79,8 @@ class Gateway:
                   auth_required=self.auth.required, budget_store=self._budget.store)
 
     async def stop(self) -> None:
-        await self.chat.drain()
+        for endpoint in self.endpoints.values():
+            await endpoint.drain()
         await self.cache.close()
         await self.router.close()
         if self._budget is not None:
@@ -180,12 +188,14 @@ class Gateway:
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, except that POST /v1/chat/completions goes straight to its ASGI handler.
+    """FastAPI, except that a POST to a model API (chat completions, embeddings, responses) goes
+    straight to its ASGI handler.
 
-    FastAPI never sees that route, so its OpenAPI document gets it added (services/gateway/schema.py).
+    FastAPI never sees those routes, so its OpenAPI document gets chat added (services/gateway/schema.py).
     """
 
-    chat: ChatCompletions
+    chat: Endpoint
+    endpoints: dict[str, Endpoint]
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
@@ -193,9 +203,11 @@ class GatewayApp(FastAPI):
         return self.openapi_schema
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == CHAT and scope["method"] == "POST":
-            await self.chat(scope, receive, send)
-            return
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.endpoints.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -215,17 +227,20 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     app = GatewayApp(title="QLens gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gw
     app.chat = gw.chat
+    app.endpoints = gw.endpoints
 
     def request_id_header(request: Request) -> dict[str, str]:
         return {"x-request-id": request_id(request.headers.get("x-request-id"))}
 
     install_error_handlers(app, extra_headers=request_id_header, logger=log)
 
-    async def chat_wrong_method(request: Request) -> Response:  # POST is served by GatewayApp.__call__
-        raise APIError(405, f"Method {request.method} is not allowed for {CHAT}.", headers={"allow": "POST"})
+    async def post_only(request: Request) -> Response:  # POST is served by GatewayApp.__call__
+        raise APIError(405, f"Method {request.method} is not allowed for {request.url.path}.",
+                       headers={"allow": "POST"})
 
-    app.add_api_route(CHAT, chat_wrong_method, methods=["GET", "PUT", "DELETE", "PATCH"],
-                      include_in_schema=False)
+    for route in gw.endpoints:
+        app.add_api_route(route, post_only, methods=["GET", "PUT", "DELETE", "PATCH"],
+                          include_in_schema=False)
     app.add_api_route(MODELS, gw.models, methods=["GET"])
     app.add_api_route(MODELS + "/{model_id:path}", gw.model, methods=["GET"])
     app.add_api_route(USAGE, gw.usage, methods=["GET"])

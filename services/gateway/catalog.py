@@ -8,11 +8,12 @@ ceiling, and settling charges the price of the model that actually served (`x-ql
 
 from __future__ import annotations
 
-from services.common.config import Pricing, ServiceConfig
+from services.common.config import CatalogModel, Pricing, ServiceConfig
 
 
 class Catalog:
     def __init__(self, config: ServiceConfig) -> None:
+        self._models = config.models
         self._pricing = {name: m.pricing for name, m in config.models.items()}
         self._ceiling = {name: self._chain_ceiling(config, name) for name in config.models}
 
@@ -21,6 +22,9 @@ class Catalog:
 
     def names(self) -> list[str]:
         return list(self._pricing)
+
+    def model(self, model: str) -> CatalogModel:
+        return self._models[model]
 
     def pricing(self, model: str) -> Pricing:
         return self._pricing.get(model) or Pricing()

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions: the gateway's hot path, served as plain ASGI.
+"""POST /v1/chat/completions (and the other model APIs): the gateway's hot path, served as plain ASGI.
 
 auth -> read the body (size-capped) -> validate -> cache lookup (tenant-scoped key) -> hit: answer
 at cost 0 -> miss: reserve the worst-case cost -> router -> settle to the actual usage (release
@@ -10,6 +10,11 @@ FastAPI's middleware, routing and dependency machinery were ~20% of the gateway'
 metrics and the log line are done here, once. The client's JSON bytes go to the router unchanged
 unless the gateway has to add to them, the router's answer comes back as bytes (parsed only for
 its usage), and streams are relayed event by event as they arrive.
+
+Every model API takes this one path: an `Api` says only what differs (how its request is validated,
+what it may cost, which router route serves it, and how the router's answer looks to its client):
+chat completions here, embeddings (embeddings.py) and the Responses API (responses.py), which is
+translated into a chat completion on the way in and back on the way out.
 """
 
 from __future__ import annotations
@@ -20,12 +25,12 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
 import orjson
 
-from services.common.config import ServiceConfig
+from services.common.config import CatalogModel, ServiceConfig
 from services.common.errors import APIError
 from services.common.logging import log_event, log_line, request_id
 from services.common.metrics import CACHE_REQUESTS, GATEWAY_OVERHEAD, REQUEST_DURATION, REQUESTS, TOKENS
@@ -56,6 +61,7 @@ from services.gateway.streams import (
 
 SERVICE = "gateway"
 ROUTE = "/v1/chat/completions"
+TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")
 # router headers the client sees too: which model served, and whether it was a fallback
 _PASSED_HEADERS = ("x-qlens-model", "x-qlens-fallback")
 _JSON = b"application/json"
@@ -117,11 +123,89 @@ class Exchange:
         return h
 
 
-class ChatCompletions:
-    """The ASGI handler; one instance per app, sharing the gateway's peers and budget."""
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a request may cost at worst, and the body to forward when it is not the client's own."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    body: dict[str, Any] | None = None
+
+
+class StreamView(Protocol):
+    """Turns the chat-completion SSE events the gateway relays into the client's API's events."""
+
+    def head(self) -> bytes: ...
+
+    async def feed(self, event: bytes) -> bytes: ...
+
+
+class Api(Protocol):
+    """What one model API adds to the shared path."""
+
+    route: str  # the client's route: metrics label and log field
+    router_path: str  # the router's route that serves it
+    kind: str  # the model kind it serves (CatalogModel.kind)
+
+    def validate(self, data: Any) -> Any:
+        """The request model (with .model, .user, .stream, .n, .wants_usage_chunk), or APIError 400."""
+
+    async def prepare(self, data: dict[str, Any], req: Any, caller: Caller) -> dict[str, Any]:
+        """The body in the router's shape (what is cached, priced and forwarded)."""
+
+    def plan(self, req: Any, data: dict[str, Any], model: CatalogModel) -> Plan: ...
+
+    async def present(self, req: Any, body: bytes, caller: Caller) -> bytes:
+        """The router's (or the cache's) answer as the client's."""
+
+    def view(self, req: Any, caller: Caller) -> StreamView | None:
+        """None: the router's events are the client's."""
+
+
+def output_plan(data: dict[str, Any], n: int | None, model: CatalogModel, prompt_tokens: int) -> Plan:
+    """The output cap of a generating request: the client's, bounded by the model's
+    `maxOutputTokens`, else that cap (or the gateway default). The body forwarded carries it, so
+    the provider cannot answer past what was reserved (the router names it as each model wants)."""
+    asked = next((v for v in (data.get("max_completion_tokens"), data.get("max_tokens"))
+                  if isinstance(v, int) and v > 0), None)
+    ceiling = model.max_output_tokens
+    cap = asked if asked is not None else (ceiling or DEFAULT_MAX_COMPLETION_TOKENS)
+    forward = None
+    if asked is None or (ceiling is not None and asked > ceiling):
+        cap = min(cap, ceiling) if ceiling else cap
+        forward = {k: v for k, v in data.items() if k not in TOKEN_PARAMS}
+        forward[model.token_parameter] = cap
+    return Plan(prompt_tokens, cap * (n or 1), forward)
+
+
+class ChatApi:
+    route = router_path = ROUTE
+    kind = "chat"
+
+    def validate(self, data: Any) -> ChatCompletionRequest:
+        return validate_request(data)
+
+    async def prepare(self, data: dict[str, Any], req: Any, caller: Caller) -> dict[str, Any]:
+        return data
+
+    def plan(self, req: ChatCompletionRequest, data: dict[str, Any], model: CatalogModel) -> Plan:
+        prompt = estimate_prompt_tokens(data["messages"], data.get("tools"))
+        return output_plan(data, req.n, model, prompt)
+
+    async def present(self, req: Any, body: bytes, caller: Caller) -> bytes:
+        return body
+
+    def view(self, req: Any, caller: Caller) -> None:
+        return None
+
+
+class Endpoint:
+    """The ASGI handler of one model API; one instance per API, sharing the gateway's peers and budget."""
 
     def __init__(self, config: ServiceConfig, catalog: Catalog, auth: Authenticator, router: Router,
-                 cache: Cache, budget: Callable[[], Budget]) -> None:
+                 cache: Cache, budget: Callable[[], Budget], api: Api | None = None) -> None:
+        self.api: Api = api or ChatApi()
+        self.route = self.api.route
         self.config = config
         self.catalog = catalog
         self.auth = auth
@@ -133,7 +217,7 @@ class ChatCompletions:
         self._tasks: set[asyncio.Task] = set()
         # metric children looked up once, not per request
         self._cache_metric = {r: CACHE_REQUESTS.labels(r) for r in ("hit", "miss", "bypass")}
-        self._duration = REQUEST_DURATION.labels(SERVICE, ROUTE)
+        self._duration = REQUEST_DURATION.labels(SERVICE, self.route)
         self._requests: dict[int, Any] = {}
 
     @property
@@ -164,7 +248,7 @@ class ChatCompletions:
         except ClientGone:
             self._record(ex, 499)
         except Exception:
-            log.exception("unhandled error", extra={"fields": {"request_id": ex.rid, "route": ROUTE}})
+            log.exception("unhandled error", extra={"fields": {"request_id": ex.rid, "route": self.route}})
             if not ex.started:
                 await self._answer(send, ex, 500, INTERNAL_ERROR.to_bytes())
 
@@ -175,23 +259,29 @@ class ChatCompletions:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise json_error(exc, raw) from None
-        req = validate_request(data)
+        req = self.api.validate(data)
         caller = self.auth.caller_for(entry, req.user)
         ex.tenant, ex.user, ex.model, ex.stream = caller.tenant, caller.user, req.model, bool(req.stream)
         if req.model not in self.catalog:
             raise unknown_model(req.model)
         self.auth.check_model(entry, req.model)
+        model = self.catalog.model(req.model)
+        if model.kind != self.api.kind:
+            raise wrong_kind(req.model, model.kind, self.route)
+        prepared = await self.api.prepare(data, req, caller)
+        if prepared is not data:
+            data, raw = prepared, b""  # forwarded re-encoded
 
         key = await self._lookup(send, ex, req, data, headers, caller)
         if key is ANSWERED:
             return  # answered from the cache
-        reservation, body = await self._reserve(req, data, raw, caller)
+        reservation, body = await self._reserve(req, data, raw, caller, model)
         rheaders = {"content-type": "application/json", "x-request-id": ex.rid,
                     "x-qlens-tenant": caller.tenant}
         if req.stream:
-            await self._stream(receive, send, ex, req, body, rheaders, reservation, key)
+            await self._stream(receive, send, ex, req, body, rheaders, reservation, key, caller)
         else:
-            await self._complete(send, ex, req, body, rheaders, reservation, key)
+            await self._complete(send, ex, req, body, rheaders, reservation, key, caller)
 
     async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         """The body, refused with 413 past the limit: by Content-Length before reading, and while
@@ -219,7 +309,7 @@ class ChatCompletions:
         return APIError(413, f"Request body too large: the limit is {self.max_body} bytes "
                              "(gateway.maxBodyBytes).", code="request_too_large")
 
-    async def _lookup(self, send: Send, ex: Exchange, req: ChatCompletionRequest, data: dict[str, Any],
+    async def _lookup(self, send: Send, ex: Exchange, req: Any, data: dict[str, Any],
                       headers: dict[str, str], caller: Caller) -> str | None | Literal[Answered.ANSWERED]:
         """The cache key to store under after a miss (None: do not store), or ANSWERED (a hit)."""
         if not (self.cache_on and cacheable(data, headers, self.config.cache)):
@@ -243,28 +333,28 @@ class ChatCompletions:
         extra = [(b"x-qlens-model", str(meta.get("model") or req.model).encode("latin-1"))]
         if req.stream:
             events = replay_chunks(orjson.loads(body), req.wants_usage_chunk)
+            view = self.api.view(req, caller)
+            if view is not None:
+                events = [view.head()] + [await view.feed(e) for e in events]
             await self._answer(send, ex, 200, b"".join(events), extra + _SSE_HEADERS, _SSE)
         else:
-            await self._answer(send, ex, 200, body, extra)
+            await self._answer(send, ex, 200, await self.api.present(req, body, caller), extra)
         return ANSWERED
 
-    async def _reserve(self, req: ChatCompletionRequest, data: dict[str, Any], raw: bytes,
-                       caller: Caller) -> tuple[Reservation, bytes]:
-        """Reserve the worst case; the body to forward (carrying the max_tokens the reservation assumed,
-        so the provider cannot answer past what was reserved)."""
-        cap = req.completion_limit
-        forward: dict[str, Any] | None = None
-        if cap is None:
-            cap = DEFAULT_MAX_COMPLETION_TOKENS
-            forward = {**data, "max_tokens": cap}
+    async def _reserve(self, req: Any, data: dict[str, Any], raw: bytes, caller: Caller,
+                       model: CatalogModel) -> tuple[Reservation, bytes]:
+        """Reserve the worst case; the body to forward (carrying the output cap the reservation
+        assumed, so the provider cannot answer past what was reserved)."""
+        plan = self.api.plan(req, data, model)
+        forward = plan.body
         if req.stream:
             # the budget settles from the usage chunk: always ask for it (dropped later if unasked)
             forward = forward or dict(data)
             forward["stream_options"] = {**(data.get("stream_options") or {}), "include_usage": True}
-        body = orjson.dumps(forward) if forward is not None else raw
+        # the client's own bytes unless something was added (raw is empty when prepare rewrote it)
+        body = raw if forward is None and raw else orjson.dumps(forward if forward is not None else data)
         pricing = self.catalog.reservation_pricing(req.model)
-        prompt = estimate_prompt_tokens(data["messages"], data.get("tools"))
-        completion = cap * (req.n or 1)
+        prompt, completion = plan.prompt_tokens, plan.completion_tokens
         worst = worst_case_cost(pricing, prompt, completion)
         try:
             reservation = await self.budget.reserve(
@@ -279,11 +369,11 @@ class ChatCompletions:
                                 "Retry shortly.", code="budget_unavailable") from None
         return reservation, body
 
-    async def _complete(self, send: Send, ex: Exchange, req: ChatCompletionRequest, body: bytes,
-                        rheaders: dict[str, str], reservation: Reservation, key: str | None) -> None:
+    async def _complete(self, send: Send, ex: Exchange, req: Any, body: bytes, rheaders: dict[str, str],
+                        reservation: Reservation, key: str | None, caller: Caller) -> None:
         t0 = time.perf_counter()
         try:
-            reply = await self.router.complete(body, rheaders)
+            reply = await self.router.complete(body, rheaders, self.api.router_path)
         except BaseException as exc:
             self._background(self._release(reservation))
             if isinstance(exc, PeerError):
@@ -303,14 +393,14 @@ class ChatCompletions:
         if key is not None:
             self.cache.put_later(quote(ex.tenant, safe=""), key,
                                  encode_entry(ex.provider or "", served, reply.body))
-        await self._answer(send, ex, 200, reply.body, extra)
+        await self._answer(send, ex, 200, await self.api.present(req, reply.body, caller), extra)
 
-    async def _stream(self, receive: Receive, send: Send, ex: Exchange, req: ChatCompletionRequest,
-                      body: bytes, rheaders: dict[str, str], reservation: Reservation,
-                      key: str | None) -> None:
+    async def _stream(self, receive: Receive, send: Send, ex: Exchange, req: Any, body: bytes,
+                      rheaders: dict[str, str], reservation: Reservation, key: str | None,
+                      caller: Caller) -> None:
         t0 = time.perf_counter()
         try:
-            up = await self.router.stream(body, rheaders)
+            up = await self.router.stream(body, rheaders, self.api.router_path)
         except BaseException as exc:
             self._background(self._release(reservation))
             if isinstance(exc, PeerError):
@@ -338,7 +428,7 @@ class ChatCompletions:
         ex.started = True
         headers = ex.headers(_SSE, extra + _SSE_HEADERS)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        status = await self._relay(receive, send, up, relay)
+        status = await self._relay(receive, send, up, relay, self.api.view(req, caller))
         # after the first byte the provider may have billed: without usage, keep the worst case
         self._background(self._settle(reservation, served, relay.usage))
         if key is not None and status == 200:
@@ -348,9 +438,15 @@ class ChatCompletions:
                                      encode_entry(ex.provider or "", served, orjson.dumps(completion)))
         self._record(ex, status)
 
-    async def _relay(self, receive: Receive, send: Send, up: StreamReply, relay: StreamRelay) -> int:
+    async def _relay(self, receive: Receive, send: Send, up: StreamReply, relay: StreamRelay,
+                     view: StreamView | None) -> int:
         """Forward the router's events as they arrive; the status for the log (499: client left)."""
         gone = asyncio.Event()
+
+        async def emit(events: list[bytes]) -> None:
+            if view is not None:
+                events = [await view.feed(e) for e in events]
+            await send({"type": "http.response.body", "body": b"".join(events), "more_body": True})
 
         async def watch() -> None:  # uvicorn drops writes to a departed client silently: listen
             while (await receive())["type"] != "http.disconnect":
@@ -361,19 +457,20 @@ class ChatCompletions:
         watcher = asyncio.get_running_loop().create_task(watch())
         status = 200
         try:
+            if view is not None:
+                await send({"type": "http.response.body", "body": view.head(), "more_body": True})
             splitter = SSESplitter()
             async for data in up.chunks():
                 out = [b for b in map(relay.event, splitter.feed(data)) if b is not None]
                 if out:
-                    await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                    await emit(out)
             tail = splitter.rest.strip()
             if tail and (last := relay.event(tail)) is not None:
-                await send({"type": "http.response.body", "body": last, "more_body": True})
+                await emit([last])
             if not relay.done and not relay.failed:
                 status = 502
-                await send({"type": "http.response.body", "more_body": True, "body": error_event(
-                    APIError(502, "The upstream stream ended before it was complete.",
-                             code="upstream_error").to_bytes())})
+                await emit([error_event(APIError(502, "The upstream stream ended before it was complete.",
+                                                 code="upstream_error").to_bytes())])
             up.release()
         except PeerError as exc:
             up.close()
@@ -381,7 +478,7 @@ class ChatCompletions:
                 return 499
             err = upstream_error(exc)
             status = err.status
-            await send({"type": "http.response.body", "body": error_event(err.to_bytes()), "more_body": True})
+            await emit([error_event(err.to_bytes())])
         except BaseException:
             up.close()
             raise
@@ -433,11 +530,11 @@ class ChatCompletions:
         elapsed = time.perf_counter() - ex.start
         counter = self._requests.get(status)
         if counter is None:
-            counter = self._requests[status] = REQUESTS.labels(SERVICE, ROUTE, str(status))
+            counter = self._requests[status] = REQUESTS.labels(SERVICE, self.route, str(status))
         counter.inc()
         self._duration.observe(elapsed)
         overhead = min(ex.overhead(), elapsed)
-        log_line(log, "request", request_id=ex.rid, route=ROUTE, tenant=ex.tenant, user=ex.user,
+        log_line(log, "request", request_id=ex.rid, route=self.route, tenant=ex.tenant, user=ex.user,
                  model=ex.model, provider=ex.provider, status=status, cache=ex.cache, stream=ex.stream,
                  latency_ms=round(elapsed * 1000, 3), overhead_ms=round(overhead * 1000, 3))
 
@@ -448,6 +545,13 @@ class ChatCompletions:
 def unknown_model(model: str) -> APIError:
     return APIError(404, f"The model '{model}' does not exist or you do not have access to it.",
                     param="model", code="model_not_found")
+
+
+def wrong_kind(model: str, kind: str, route: str) -> APIError:
+    served_by = "/v1/embeddings" if kind == "embedding" else "/v1/chat/completions or /v1/responses"
+    return APIError(400, f"The model '{model}' is {'an embedding' if kind == 'embedding' else 'a chat'} "
+                         f"model and is not supported on {route}: use {served_by}.",
+                    param="model", code="model_not_supported")
 
 
 def passed_headers(headers: Any, reservation: Reservation | None = None) -> list[tuple[bytes, bytes]]:

@@ -42,12 +42,14 @@ class Router:
     async def close(self) -> None:
         await self.pool.close()
 
-    async def complete(self, body: bytes, headers: Mapping[str, str]) -> Reply:
-        return await self.pool.request("POST", "/v1/chat/completions", body, headers, timeout=self.timeout)
+    async def complete(self, body: bytes, headers: Mapping[str, str],
+                       path: str = "/v1/chat/completions") -> Reply:
+        return await self.pool.request("POST", path, body, headers, timeout=self.timeout)
 
-    async def stream(self, body: bytes, headers: Mapping[str, str]) -> StreamReply:
+    async def stream(self, body: bytes, headers: Mapping[str, str],
+                     path: str = "/v1/chat/completions") -> StreamReply:
         """The open stream once the router answered its headers (it does so when the provider started)."""
-        return await self.pool.stream("POST", "/v1/chat/completions", body, headers, timeout=self.timeout,
+        return await self.pool.stream("POST", path, body, headers, timeout=self.timeout,
                                       read_timeout=self.timeout)
 
     async def get(self, path: str) -> Reply:
@@ -86,21 +88,27 @@ class Cache:
         log_event(log, "cache lookup failed", logging.WARNING, status=reply.status)
         return None
 
-    def put_later(self, tenant: str, key: str, value: bytes) -> None:
+    def put_later(self, tenant: str, key: str, value: bytes, ttl: int | None = None) -> None:
         """Store in the background: the answer never waits for the cache."""
-        task = asyncio.get_running_loop().create_task(self._put(tenant, key, value))
+        task = asyncio.get_running_loop().create_task(self._put(tenant, key, value, ttl))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _put(self, tenant: str, key: str, value: bytes) -> None:
+    async def put(self, tenant: str, key: str, value: bytes, ttl: int | None = None) -> bool:
+        """Store now (what a later request must find, e.g. a stored response); whether it was stored."""
+        return await self._put(tenant, key, value, ttl)
+
+    async def _put(self, tenant: str, key: str, value: bytes, ttl: int | None) -> bool:
         try:
-            reply = await self.pool.request("PUT", f"/v1/cache/{tenant}/{key}?ttl={self.ttl}", value,
+            reply = await self.pool.request("PUT", f"/v1/cache/{tenant}/{key}?ttl={ttl or self.ttl}", value,
                                             timeout=CACHE_PUT_TIMEOUT)
         except PeerError as exc:
             log_event(log, "cache store failed", logging.WARNING, error=type(exc).__name__)
-            return
+            return False
         if reply.status not in (200, 201, 204):
             log_event(log, "cache store refused", logging.WARNING, status=reply.status)
+            return False
+        return True
 
     async def probe(self) -> str:
         reply = await self.pool.request("GET", "/health", timeout=PROBE_TIMEOUT)

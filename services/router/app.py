@@ -22,7 +22,7 @@ from services.common.health import liveness, readiness
 from services.common.logging import log_event, setup_logging
 from services.common.metrics import render_metrics
 from services.router.catalog import Catalog, build_catalog
-from services.router.chat import CHAT_ROUTE, SERVICE, ChatCompletions
+from services.router.chat import CHAT_ROUTE, EMBEDDINGS_ROUTE, SERVICE, ChatCompletions
 from services.router.providers import build_providers
 from services.router.routing import Router
 
@@ -58,6 +58,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     app = RouterApp(title="QLens router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.router = router
     app.chat = ChatCompletions(router, logger)
+    embeddings = ChatCompletions(router, logger, embeddings=True)
+    app.model_routes = {CHAT_ROUTE: app.chat, EMBEDDINGS_ROUTE: embeddings}
 
     async def list_models(request: Request) -> Response:
         return Response(models_body, media_type=JSON)
@@ -85,7 +87,8 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     # plain Starlette routes: the handlers take the Request and return bytes, so FastAPI's
     # dependency solving and response serialization would only cost time
 
-    app.add_route(CHAT_ROUTE, chat_wrong_method, methods=["GET", "PUT", "DELETE", "PATCH"])
+    for route in app.model_routes:
+        app.add_route(route, chat_wrong_method, methods=["GET", "PUT", "DELETE", "PATCH"])
     app.add_route("/v1/models", list_models, methods=["GET"])
     app.add_route("/health", health, methods=["GET"])
     app.add_route("/health/ready", ready, methods=["GET"])
@@ -121,14 +124,17 @@ def _load_config(logger: logging.Logger) -> ServiceConfig:
 
 
 class RouterApp(FastAPI):
-    """FastAPI, except that POST /v1/chat/completions goes straight to its ASGI handler."""
+    """FastAPI, except that a POST to a model route (chat, embeddings) goes straight to its ASGI handler."""
 
     chat: ChatCompletions
+    model_routes: dict[str, ChatCompletions]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] == CHAT_ROUTE and scope["method"] == "POST":
-            await self.chat(scope, receive, send)
-            return
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.model_routes.get(scope["path"])
+            if handler is not None:
+                await handler(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -156,6 +162,7 @@ def models_list(catalog: Catalog) -> dict[str, Any]:
                 "created": 0,
                 "owned_by": route.members[0].deployment.provider_name,
                 "qlens": {
+                    "kind": route.config.kind,
                     "deployments": [m.deployment.label for m in route.usable],
                     "deterministic": catalog.deterministic(name),
                     "displayName": route.config.display_name or name,

@@ -1,4 +1,4 @@
-"""POST /v1/chat/completions: the router's hot path, served as plain ASGI.
+"""POST /v1/chat/completions and /v1/embeddings: the router's hot path, served as plain ASGI.
 
 Plain ASGI rather than a Starlette route because every layer costs on every request (issue 8):
 FastAPI's middleware stack, the Request object and Starlette's StreamingResponse (a task group and
@@ -27,6 +27,7 @@ from services.router.telemetry import child
 
 SERVICE = "router"
 CHAT_ROUTE = "/v1/chat/completions"
+EMBEDDINGS_ROUTE = "/v1/embeddings"
 _JSON = b"application/json"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
@@ -41,11 +42,14 @@ class ClientGone(Exception):
 
 
 class ChatCompletions:
-    """The ASGI handler of the chat route; one per app."""
+    """The ASGI handler of a model route (chat, or with `embeddings` the embeddings route); one per route."""
 
-    def __init__(self, router: Router, logger: logging.Logger) -> None:
+    def __init__(self, router: Router, logger: logging.Logger, embeddings: bool = False) -> None:
         self.router = router
         self.logger = logger
+        self.route = EMBEDDINGS_ROUTE if embeddings else CHAT_ROUTE
+        self._parse = parse_embeddings if embeddings else parse_body
+        self._complete = router.embed if embeddings else router.complete
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         started = time.perf_counter()
@@ -58,10 +62,10 @@ class ChatCompletions:
         model = None
         streaming = False  # response headers sent: an error can no longer become a response
         try:
-            body = parse_body(await _read_body(receive))
+            body = self._parse(await _read_body(receive))
             model = body["model"]
             deadline = self.router.deadline()
-            if body.get("stream") is True:
+            if body.get("stream") is True and self.route == CHAT_ROUTE:
                 relay = await self.router.stream(body, deadline)
                 relay.on_close = lambda r: self._done(
                     200, started, request_id, tenant, model, r.served, None, r.outcome
@@ -71,7 +75,7 @@ class ChatCompletions:
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 await _relay(relay, receive, send)
                 return
-            completion, served = await self.router.complete(body, deadline)
+            completion, served = await self._complete(body, deadline)
             headers = served_headers(served, request_id)
             headers.append((b"x-qlens-upstream-ms", f"{served.upstream_seconds * 1000:.3f}".encode()))
             self._done(200, started, request_id, tenant, model, served)
@@ -82,7 +86,7 @@ class ChatCompletions:
         except ClientGone:
             self._done(499, started, request_id, tenant, model, None, "client_gone")
         except Exception as exc:
-            self.logger.error("unhandled error", exc_info=exc, extra={"fields": {"path": CHAT_ROUTE}})
+            self.logger.error("unhandled error", exc_info=exc, extra={"fields": {"path": self.route}})
             if streaming:
                 raise  # uvicorn closes the connection: the client sees a broken stream
             self._done(500, started, request_id, tenant, model, None, INTERNAL_ERROR.code)
@@ -101,8 +105,8 @@ class ChatCompletions:
     ) -> None:
         """Metrics and the one log line of a request (never the prompt, never a key)."""
         seconds = time.perf_counter() - started
-        child(REQUESTS, SERVICE, CHAT_ROUTE, str(status)).inc()
-        child(REQUEST_DURATION, SERVICE, CHAT_ROUTE).observe(seconds)
+        child(REQUESTS, SERVICE, self.route, str(status)).inc()
+        child(REQUEST_DURATION, SERVICE, self.route).observe(seconds)
         fields: dict[str, Any] = {
             "request_id": request_id,
             "tenant": tenant,
@@ -164,7 +168,7 @@ async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[byte
     await send({"type": "http.response.body", "body": body})
 
 
-def parse_body(raw: bytes) -> dict[str, Any]:
+def _parse_model(raw: bytes) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -173,6 +177,19 @@ def parse_body(raw: bytes) -> dict[str, Any]:
         raise APIError(400, "the request body must be a JSON object", code="invalid_request")
     if not isinstance(body.get("model"), str) or not body["model"]:
         raise APIError(400, "`model` is required and must be a string", code="invalid_request", param="model")
+    return body
+
+
+def parse_embeddings(raw: bytes) -> dict[str, Any]:
+    body = _parse_model(raw)
+    if not isinstance(body.get("input"), str | list) or not body["input"]:
+        raise APIError(400, "`input` must be a string or a non-empty array", code="invalid_request",
+                       param="input")
+    return body
+
+
+def parse_body(raw: bytes) -> dict[str, Any]:
+    body = _parse_model(raw)
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise APIError(400, "`messages` must be a non-empty array", code="invalid_request", param="messages")
     return body

@@ -90,6 +90,18 @@ class Router:
         _count_tokens(served.model, completion.usage)
         return completion, served
 
+    async def embed(self, body: dict[str, Any], deadline: float) -> tuple[Completion, Served]:
+        async def call(dep: DeploymentState, request: dict[str, Any]) -> Completion:
+            embed = getattr(dep.provider, "embed", None)
+            if embed is None:  # a chat-only provider listed under an embedding model
+                raise ProviderError(FailureKind.DEPLOYMENT, f"{dep.provider_name} does not serve embeddings")
+            completion: Completion = await embed(dep.target, request)
+            return completion
+
+        completion, served = await self._route(body, deadline, call, keeps_in_flight=False)
+        _count_tokens(served.model, completion.usage)
+        return completion, served
+
     async def stream(self, body: dict[str, Any], deadline: float) -> Relay:
         """Open a stream; returns once its first chunk arrived, with the rest to relay."""
 
@@ -127,7 +139,7 @@ class Router:
         upstream = 0.0
         total_attempts = 0
         for route in self.catalog.chain(requested):
-            request = body if route.name == requested else {**body, "model": route.name}
+            request = route_body(body, route, requested)
             tried: set[str] = set()
             excluded: set[str] = set()  # misconfigured for this request: never again
             attempt = 0
@@ -343,6 +355,22 @@ class Relay:
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+_TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")
+
+
+def route_body(body: dict[str, Any], route: ModelRoute, requested: str) -> dict[str, Any]:
+    """The request as `route`'s model takes it: its name, and the output cap under the parameter
+    its family accepts (reasoning models reject `max_tokens`, older deployments `max_completion_tokens`)."""
+    request = body if route.name == requested else {**body, "model": route.name}
+    want = route.config.token_parameter
+    other = _TOKEN_PARAMS[0] if want == _TOKEN_PARAMS[1] else _TOKEN_PARAMS[1]
+    if other in request:
+        request = {k: v for k, v in request.items() if k != other}
+        if body[other] is not None:
+            request.setdefault(want, body[other])
+    return request
 
 
 def _observe(dep: DeploymentState, outcome: str, seconds: float) -> None:

@@ -113,6 +113,7 @@ def test_models_list_without_cloud_credentials():
     assert set(listed) == {"gpt-4", "echo"}
     assert listed["gpt-4"]["owned_by"] == "azureOpenAI"
     assert listed["gpt-4"]["qlens"] == {
+        "kind": "chat",
         "deployments": [],
         "deterministic": True,
         "displayName": "gpt-4",

@@ -8,6 +8,9 @@ in OpenAI's format:
   the router adds it), then one `Usage` object as the last item. The usage chunk is among the
   events only when the client asked for it (`stream_options.include_usage`).
 
+A provider that serves embeddings also has `embed(target, body)` -> `Completion` (OpenAI's
+embedding list as bytes, honouring `encoding_format`; usage has prompt tokens only).
+
 Failures raise `ProviderError` with a `FailureKind` that tells the router whether to retry, try
 elsewhere, or answer the client. Nothing raised before the first item has reached the client, so
 the router may still retry; afterwards it may not.
@@ -15,7 +18,9 @@ the router may still retry; afterwards it may not.
 
 from __future__ import annotations
 
+import base64
 import secrets
+import struct
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -171,3 +176,43 @@ class ChunkWriter:
     def usage(self, usage: Usage) -> bytes:
         """The last chunk when the client asked for usage: no choices, usage filled in."""
         return self._chunk([], usage)
+
+
+# --- embeddings --------------------------------------------------------------------------------
+
+
+def embedding_inputs(body: dict[str, Any]) -> list[str | list[int]]:
+    """The request's `input` as a list of items: strings, or token arrays."""
+    value = body.get("input")
+    if isinstance(value, str) or (isinstance(value, list) and value and isinstance(value[0], int)):
+        return [value]
+    if isinstance(value, list) and value:
+        return value
+    raise ProviderError(FailureKind.CLIENT, "`input` must be a string, a list of strings or token arrays")
+
+
+def text_inputs(body: dict[str, Any], provider: str) -> list[str]:
+    """The inputs of a provider that embeds text only (token arrays are refused, clearly)."""
+    items = embedding_inputs(body)
+    if not all(isinstance(item, str) for item in items):
+        raise ProviderError(FailureKind.CLIENT, f"token-array inputs are not supported by {provider} models: "
+                                                "send the text", status=400)
+    return [str(item) for item in items]
+
+
+def encode_vector(vector: list[float], encoding_format: Any) -> list[float] | str:
+    """A vector as OpenAI sends it: floats, or with `encoding_format: base64` the base64 of its
+    little-endian float32 bytes (what the openai SDK asks for by default, and decodes)."""
+    if encoding_format == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    return vector
+
+
+def embedding_body(vectors: list[list[float]], model: str, prompt_tokens: int, encoding_format: Any) -> bytes:
+    return orjson.dumps({
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": encode_vector(v, encoding_format)}
+                 for i, v in enumerate(vectors)],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    })

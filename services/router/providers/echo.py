@@ -5,12 +5,18 @@ same request always gets the same answer (it is marked deterministic in /v1/mode
 are estimated like a real tokenizer would roughly count them (about 4 characters per token plus
 a few per message), so budgets and cost reports behave as they would with a real model.
 `max_tokens` truncates the answer (finish_reason "length") and `stop` sequences cut it.
+
+Embeddings are unit vectors derived from the input alone (SHAKE-256 of the text or token ids), so
+the same input always has the same vector and different inputs almost surely differ;
+`dimensions` sets their length (default 256).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
+import struct
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -22,6 +28,8 @@ from services.router.providers.base import (
     StreamItem,
     Usage,
     completion_body,
+    embedding_body,
+    embedding_inputs,
     max_tokens,
     message_text,
     new_completion_id,
@@ -33,6 +41,7 @@ CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4  # role and separators, as chat formats add them
 TOKENS_PER_REQUEST = 3
 MAX_STREAM_CHUNKS = 16
+EMBEDDING_DIMENSIONS = 256
 
 
 def count_tokens(text: str) -> int:
@@ -79,6 +88,15 @@ def split_for_stream(text: str, max_chunks: int = MAX_STREAM_CHUNKS) -> list[str
     return [c for c in chunks if c] or [""]
 
 
+def unit_vector(item: str | list[int], dimensions: int) -> list[float]:
+    """A deterministic unit vector for one input: hash bytes as uint32s mapped to [-1, 1), normalized."""
+    seed = item.encode() if isinstance(item, str) else b"t:" + b",".join(str(t).encode() for t in item)
+    raw = struct.unpack(f"<{dimensions}I", hashlib.shake_256(seed).digest(4 * dimensions))
+    vector = [v / 2**31 - 1.0 for v in raw]
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
 class EchoProvider:
     name = "echo"
     deterministic = True
@@ -116,6 +134,18 @@ class EchoProvider:
         if out.include_usage:
             yield out.usage(usage)
         yield usage
+
+    async def embed(self, target: str, body: dict[str, Any]) -> Completion:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        items = embedding_inputs(body)
+        dims = body.get("dimensions")
+        dims = dims if isinstance(dims, int) and dims > 0 else EMBEDDING_DIMENSIONS
+        tokens = sum(count_tokens(i) if isinstance(i, str) else len(i) for i in items)
+        vectors = [unit_vector(item, dims) for item in items]
+        model = str(body.get("model") or target)
+        body_bytes = embedding_body(vectors, model, tokens, body.get("encoding_format"))
+        return Completion(body_bytes, Usage(tokens, 0))
 
     async def aclose(self) -> None:
         return None
