@@ -51,6 +51,12 @@ class Resources(Model):
     limits: ResourceAmounts = ResourceAmounts(cpu="2000m", memory="2Gi")
 
 
+class PreviousVersion(Model):
+    """Keep the replaced version as qlens-<service>-previous at 0 replicas (emergency rollback)."""
+
+    enabled: bool = False
+
+
 class Tls(Model):
     enabled: bool = False
     secret_name: str = "qlens-tls"
@@ -82,6 +88,7 @@ class Environment(ServiceConfig):
     autoscaling: Autoscaling = Autoscaling()
     resources: Resources = Resources()
     service_resources: dict[Literal["gateway", "router", "cache"], Resources] = Field(default_factory=dict)
+    previous_version: PreviousVersion = PreviousVersion()
     tls: Tls = Tls()
     secrets: Secrets = Secrets()
     external_secrets: ExternalSecrets = ExternalSecrets()

@@ -151,12 +151,19 @@ external-secrets.io/v1beta1
 {{- end -}}
 
 {{/*
-The one Deployment definition. Context: (dict "root" $ "service" "gateway").
+The one Deployment definition. Context: (dict "root" $ "service" "gateway"), plus
+"previousImage" for the service's qlens-<service>-previous Deployment (previousVersion.enabled):
+the same pod at 0 replicas running the image the current upgrade replaced. Its pods carry the
+service's selector labels too (so its Service reaches them after `rollback --emergency`) and a
+track label that keeps the two Deployments' own selectors apart.
 */}}
 {{- define "qlens.deployment" -}}
 {{- $root := .root -}}
 {{- $v := $root.Values -}}
-{{- $name := printf "%s-%s" (include "qlens.name" $root) .service -}}
+{{- $previous := .previousImage | default "" -}}
+{{- $name := printf "%s-%s%s" (include "qlens.name" $root) .service (ternary "-previous" "" (ne $previous "")) -}}
+{{- $image := $previous | default (printf "%s/%s-%s:%s" $v.image.repository (include "qlens.name" $root) .service (include "qlens.imageTag" $root)) -}}
+{{- $r := $v.rollout -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -164,21 +171,31 @@ metadata:
   namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "qlens.labels" . | nindent 4 }}
+    {{- if $previous }}
+    qlens.quantumlayer.ai/track: previous
+    {{- end }}
 spec:
-  replicas: {{ index $v.replicas .service }}
+  replicas: {{ ternary 0 (index $v.replicas .service) (ne $previous "") }}
   revisionHistoryLimit: 5
   strategy:
     type: RollingUpdate
     rollingUpdate:
+      # a new pod must be Ready before an old one goes: capacity never drops during a rollout
       maxUnavailable: 0
       maxSurge: 1
   selector:
     matchLabels:
       {{- include "qlens.selectorLabels" . | nindent 6 }}
+      {{- if $previous }}
+      qlens.quantumlayer.ai/track: previous
+      {{- end }}
   template:
     metadata:
       labels:
         {{- include "qlens.labels" . | nindent 8 }}
+        {{- if $previous }}
+        qlens.quantumlayer.ai/track: previous
+        {{- end }}
       annotations:
         checksum/config: {{ include "qlens.serviceConfig" $root | sha256sum }}
         {{- if eq $v.monitoring.mode "basic" }}
@@ -196,10 +213,11 @@ spec:
       {{- end }}
       securityContext:
         {{- toYaml $v.podSecurityContext | nindent 8 }}
-      terminationGracePeriodSeconds: 30
+      # preStop, then the drain, then in-flight requests (see `rollout` in values.yaml)
+      terminationGracePeriodSeconds: {{ $r.terminationGracePeriodSeconds }}
       containers:
         - name: {{ .service }}
-          image: {{ printf "%s/%s:%s" $v.image.repository $name (include "qlens.imageTag" $root) | quote }}
+          image: {{ $image | quote }}
           imagePullPolicy: {{ $v.image.pullPolicy }}
           ports:
             - name: http
@@ -207,6 +225,20 @@ spec:
               protocol: TCP
           env:
             {{- include "qlens.env" . | nindent 12 }}
+            - name: QLENS_VERSION
+              value: {{ splitList ":" $image | last | quote }}
+            - name: QLENS_DRAIN_SECONDS
+              value: {{ $r.drainSeconds | quote }}
+            - name: QLENS_GRACEFUL_SECONDS
+              value: {{ max 1 (sub (sub (sub (int $r.terminationGracePeriodSeconds) (int $r.preStopSeconds)) (int $r.drainSeconds)) 2) | quote }}
+          {{- if gt (int $r.preStopSeconds) 0 }}
+          lifecycle:
+            preStop:
+              # the pod is already out of its Service's endpoints; this waits until every
+              # kube-proxy and load balancer has seen that before the process gets SIGTERM
+              exec:
+                command: ["sleep", {{ $r.preStopSeconds | quote }}]
+          {{- end }}
           livenessProbe:
             httpGet:
               path: /health
@@ -273,6 +305,24 @@ spec:
       port: {{ index $root.Values.ports .service }}
       targetPort: http
       protocol: TCP
+{{- end -}}
+
+{{/* The image the live qlens-<service> runs when this upgrade replaces it with another one, else
+     the one the live qlens-<service>-previous keeps ("" on a first install, in `helm template`,
+     and when nothing was ever replaced). Context: (dict "root" $ "service" "gateway"). */}}
+{{- define "qlens.previousImage" -}}
+{{- $root := .root -}}
+{{- $ns := $root.Release.Namespace -}}
+{{- $new := printf "%s/%s-%s:%s" $root.Values.image.repository (include "qlens.name" $root) .service (include "qlens.imageTag" $root) -}}
+{{- $live := lookup "apps/v1" "Deployment" $ns (printf "%s-%s" (include "qlens.name" $root) .service) -}}
+{{- $kept := lookup "apps/v1" "Deployment" $ns (printf "%s-%s-previous" (include "qlens.name" $root) .service) -}}
+{{- $liveImage := "" -}}
+{{- if $live -}}{{- $liveImage = (index $live.spec.template.spec.containers 0).image -}}{{- end -}}
+{{- if and $liveImage (ne $liveImage $new) -}}
+{{- $liveImage -}}
+{{- else if $kept -}}
+{{- (index $kept.spec.template.spec.containers 0).image -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Refuse values rendered for another namespace (see `namespace` in values.yaml). */}}

@@ -12,6 +12,7 @@ import os
 import subprocess
 
 import pytest
+import yaml
 
 from tests.integration.cluster.conftest import (
     ROOT,
@@ -177,6 +178,42 @@ def test_emergency_rollback_scales_current_down_and_previous_up(target: Target) 
     assert replicas["qlens-gateway"][0] == 0 and replicas["qlens-router"][0] == 0
     assert replicas["qlens-gateway-previous"] == (1, 1) and replicas["qlens-router-previous"] == (1, 1)
     assert replicas["qlens-cache"] == (1, 1), "no qlens-cache-previous: the cache is left running"
+
+
+def test_previous_version_keeps_the_replaced_version_for_an_emergency_rollback(target: Target) -> None:
+    ns = target.staging_ns
+    env_file = target.envdir / "staging.yaml"
+    doc = yaml.safe_load(env_file.read_text())
+    doc["previousVersion"] = {"enabled": True}
+    env_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    deploy_staging(target, "v1")  # a first install replaces nothing: no -previous yet
+    assert set(target.images(ns)) == set(SERVICES)
+    deploy_staging(target, "v2")
+    previous = {f"{name}-previous" for name in SERVICES}
+    images = target.images(ns)
+    assert set(images) == set(SERVICES) | previous
+    for name in SERVICES:
+        assert images[name].endswith(f"{name}:v2") and images[f"{name}-previous"].endswith(f"{name}:v1")
+        prev = target.apps.read_namespaced_deployment(f"{name}-previous", ns)
+        assert prev.spec.replicas == 0
+        assert prev.spec.selector.match_labels["qlens.quantumlayer.ai/track"] == "previous"
+        env = {e.name: e.value for e in prev.spec.template.spec.containers[0].env}
+        assert env["QLENS_VERSION"] == "v1"
+    # the same version again replaces nothing: the kept version stays v1; a failed rollout,
+    # rolled back atomically, leaves it as it was too
+    deploy_staging(target, "v2")
+    failed = target.qlensctl("deploy", "staging", "--version", "unready", "--timeout", "8")
+    assert failed.code == 1, failed.text
+    assert target.images(ns) == images
+
+    result = target.qlensctl("rollback", "staging", "--emergency", "--yes", "--timeout", "60")
+    assert_ok(result, "emergency rollback")
+    for name in SERVICES:
+        current = target.apps.read_namespaced_deployment(name, ns)
+        prev = target.apps.read_namespaced_deployment(f"{name}-previous", ns)
+        assert current.spec.replicas == 0
+        assert (prev.spec.replicas, prev.status.ready_replicas) == (1, 1)
 
 
 def test_emergency_rollback_without_previous_deployments_changes_nothing(target: Target) -> None:
