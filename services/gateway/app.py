@@ -28,8 +28,9 @@ from services.common.errors import APIError, install_error_handlers
 from services.common.health import liveness, readiness
 from services.common.logging import log_event, log_line, request_id, setup_logging
 from services.common.metrics import REQUEST_DURATION, REQUESTS, render_metrics
-from services.gateway.auth import Authenticator, KeyStore, keys_file_path
-from services.gateway.budget import Budget, BudgetUnavailable, make_budget
+from services.gateway import admin
+from services.gateway.auth import AdminKeyStore, Authenticator, KeyStore, admin_keys_file_path, keys_file_path
+from services.gateway.budget import Budget, BudgetUnavailable, RedisBudget, make_budget
 from services.gateway.catalog import Catalog
 from services.gateway.chat import ROUTE as CHAT
 from services.gateway.chat import SERVICE, ChatApi, Endpoint, router_error, unknown_model, upstream_error
@@ -37,6 +38,7 @@ from services.gateway.embeddings import EmbeddingsApi
 from services.gateway.http11 import PeerError
 from services.gateway.peers import Cache, Router, peer_urls
 from services.gateway.schema import add_chat_completions
+from services.gateway.tenancy import Tenancy
 
 REDIS_URL_ENV = "QLENS_REDIS_URL"
 MODELS, USAGE = "/v1/models", "/v1/usage"
@@ -56,6 +58,7 @@ class Gateway:
         self.router = Router(router_url, config.routing.deadline_seconds)
         self.cache = Cache(cache_url, config.cache.ttl_seconds)
         self._budget: Budget | None = None
+        self._tenancy = Tenancy()  # replaced at start by one on the budget's store
         # every model API on the one path: auth -> limits -> cache -> router -> settle
         self.endpoints = {
             api.route: Endpoint(config, self.catalog, self.auth, self.router, self.cache,
@@ -63,6 +66,10 @@ class Gateway:
             for api in (ChatApi(), EmbeddingsApi())
         }
         self.chat = self.endpoints[CHAT]
+
+    @property
+    def tenancy(self) -> Tenancy:
+        return self._tenancy
 
     @property
     def budget(self) -> Budget:
@@ -74,6 +81,11 @@ class Gateway:
         usage = self.config.usage
         self._budget = make_budget(self.config.cost_controls, secret_env(REDIS_URL_ENV),
                                    ledger_days=usage.retention_days if usage.enabled else None)
+        # runtime keys and tenant limits (the admin API's) live next to the counters
+        self._tenancy = Tenancy(self._budget.redis if isinstance(self._budget, RedisBudget) else None)
+        await self._tenancy.start()
+        self._budget.overrides = self._tenancy.tenant_limits
+        self.auth.runtime = self._tenancy.key
         log_event(log, "gateway started", environment=self.config.name, router=self.router.base_url,
                   cache=self.cache.base_url if self.config.cache.enabled else "disabled",
                   auth_required=self.auth.required, budget_store=self._budget.store)
@@ -83,6 +95,7 @@ class Gateway:
             await endpoint.drain()
         await self.cache.close()
         await self.router.close()
+        await self._tenancy.stop()
         if self._budget is not None:
             await self._budget.close()
 
@@ -119,13 +132,22 @@ class Gateway:
         return await self._api(request, MODELS, answer)
 
     async def usage(self, request: Request) -> Response:
-        """The caller's spend and remaining budget today (tenant and user scopes).
+        """The caller's spend and remaining budget today (tenant and user scopes); with `from` or
+        `to`, the ledger of the caller's own tenant instead (`by=day|user|model`, as /admin/v1/usage).
 
         Without a key (auth off) the caller is tenant `default` and `?user=` names the user.
         """
         async def answer() -> tuple[int, bytes]:
             entry = self.auth.check(request.headers.get("authorization"))
-            caller = self.auth.caller_for(entry, request.query_params.get("user"))
+            q = request.query_params
+            caller = self.auth.caller_for(entry, q.get("user"))
+            if "from" in q or "to" in q:
+                if q.get("tenant", caller.tenant) != caller.tenant:
+                    raise APIError(403, "You can only read your own tenant's usage.", param="tenant",
+                                   code="permission_denied")
+                body = await admin.usage_report(self.budget, q.get("from"), q.get("to"), q.get("by"),
+                                                tenant=caller.tenant)
+                return 200, orjson.dumps({**body, "tenant_id": caller.tenant})
             try:
                 report = await self.budget.usage(caller.tenant, caller.user)
             except BudgetUnavailable:
@@ -244,6 +266,10 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
     app.add_api_route(MODELS, gw.models, methods=["GET"])
     app.add_api_route(MODELS + "/{model_id:path}", gw.model, methods=["GET"])
     app.add_api_route(USAGE, gw.usage, methods=["GET"])
+    if gw.config.admin.enabled:
+        admin_keys = AdminKeyStore(admin_keys_file_path(gw.config.admin.keys_file))
+        api = admin.AdminAPI(admin_keys, gw.auth, lambda: gw.tenancy, lambda: gw.budget, gw.catalog.names)
+        admin.add_routes(app, api, gw._api)
     app.add_api_route("/health", gw.health, methods=["GET"])
     app.add_api_route("/health/ready", gw.ready, methods=["GET"])
     app.add_api_route("/metrics", gw.metrics, methods=["GET"])

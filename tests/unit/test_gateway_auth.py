@@ -119,3 +119,40 @@ def test_other_user_fields_become_a_stable_safe_name(value):
     assert name != value and NAME_RE.match(name)
     assert user_from_field(value) == name  # the same user keeps the same budget scope
     assert user_from_field(value + "!") != name
+
+
+def test_runtime_records_win_and_revoked_or_expired_keys_are_401_even_without_required_auth(tmp_path):
+    alive, revoked, expired, limited = (generate_key() for _ in range(4))
+    write_keys(tmp_path / "keys.json", {alive: ("acme", "alice"), revoked: ("acme", "bob")})
+    runtime = {hash_key(revoked): KeyEntry("acme", "bob", revoked=True),
+               hash_key(expired): KeyEntry("acme", "eve", expires_at="2026-01-01T00:00:00Z"),
+               hash_key(limited): KeyEntry("beta", "lim", models=("echo",), limits={"rpm": 5})}
+    a = Authenticator(KeyStore(str(tmp_path / "keys.json")), required=False, runtime=runtime.get,
+                      clock=lambda: 1_767_225_600.0)  # 2026-01-01T00:00:00Z: the expiry itself
+    assert a.caller(f"Bearer {alive}").tenant == "acme"
+    for key, message in ((revoked, "This API key has been revoked."), (expired, "This API key has expired.")):
+        with pytest.raises(APIError) as info:
+            a.check(f"Bearer {key}")
+        assert (info.value.status, info.value.code, info.value.message) == (401, "invalid_api_key", message)
+    found = a.check(f"Bearer {limited}")
+    caller = a.caller_for(found)
+    assert (caller.tenant, caller.key, caller.key_limits) == ("beta", hash_key(limited)[:12], {"rpm": 5})
+    a.check_model(found, "echo")
+    with pytest.raises(APIError) as info:
+        a.check_model(found, "gpt-4")
+    assert (info.value.status, info.value.code, info.value.param) == (403, "model_not_allowed", "model")
+    a.check_model(a.check(f"Bearer {alive}"), "gpt-4")  # no allow-list: every model
+
+
+def test_key_entries_round_trip_and_bad_optional_fields_are_refused():
+    from services.common.apikeys import parse_keys
+
+    entry = KeyEntry("acme", "alice", "2026-01-01T00:00:00Z", "ci", "2027-01-01T00:00:00Z", ("echo",),
+                     {"daily": 1.5})
+    digest = hash_key(generate_key())
+    assert parse_keys(dump_keys({digest: entry})) == {digest: entry}
+    plain = dump_keys({digest: KeyEntry("acme", "alice")})
+    assert "expiresAt" not in plain and "models" not in plain  # old files keep their shape
+    for bad in ({"models": "echo"}, {"limits": [1]}, {"expiresAt": "someday"}):
+        with pytest.raises(ValueError):
+            KeyEntry.from_json({"tenant": "acme", "user": "alice", **bad})
