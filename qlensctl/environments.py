@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 from qlensctl.errors import ConfigError
 from services.common.config import Model, ServiceConfig
+from services.router.providers.registry import Providers, unknown_provider
 
 ENV_DIR_VAR = "QLENS_ENVIRONMENTS"
 
@@ -92,6 +93,17 @@ class Environment(ServiceConfig):
     tls: Tls = Tls()
     secrets: Secrets = Secrets()
     external_secrets: ExternalSecrets = ExternalSecrets()
+    # the services keep providers as plain data; here each section is validated by its provider's
+    # own config model, from the provider registry
+    providers: Providers = Providers()  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _providers_exist(self) -> Environment:
+        for name, model in self.models.items():
+            for i, d in enumerate(model.deployments):
+                if error := unknown_provider(d.provider):
+                    raise ValueError(f"models.{name}.deployments[{i}].provider: {error}")
+        return self
 
     @property
     def is_production(self) -> bool:

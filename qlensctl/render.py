@@ -62,7 +62,8 @@ def image_tag(env: Environment, version: str | None) -> str | None:
 def render_values_yaml(env: Environment, *, version: str | None = None) -> str:
     """The values file for `env` (commented YAML, what `qlensctl render ENV` prints)."""
     template = _jinja_env().get_template(VALUES_TEMPLATE)
-    text = template.render(env=_tidy(env.public_dict()), tag=image_tag(env, version))
+    text = template.render(env=_tidy(env.public_dict()), tag=image_tag(env, version),
+                           credentials=_credentials(env))
     try:
         yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:  # a template bug, not the user's: say where
@@ -71,6 +72,15 @@ def render_values_yaml(env: Environment, *, version: str | None = None) -> str:
             "this is a bug in the templates; re-run with --debug and report it",
         ) from None
     return text
+
+
+def _credentials(env: Environment) -> list[dict[str, str]]:
+    """The provider credentials the chart wires up (container env, ExternalSecret): those of every
+    provider that is not `enabled: false`, as the provider registry declares them. Names only."""
+    from services.router.providers.registry import credentials
+
+    return [{"env": c.env_var, "key": c.secret_key, "vaultName": c.vault_secret}
+            for c in credentials(env.providers, auto=True)]
 
 
 def render_values(env: Environment, *, version: str | None = None) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """Provider secrets: read from the operator's shell, written to a Kubernetes Secret or Key Vault.
 
-One table (`PROVIDER_SECRETS`) names every secret once: the environment variable it comes from
-and the key it has in Secret `qlens-secrets` and in Azure Key Vault (the same name in both, see
-docs/internals.md). Which of them an environment needs follows from its configuration: Azure
-OpenAI enabled -> endpoint and key; Bedrock enabled -> region and access keys; Redis cache or
-budget store -> the Redis URL.
+Every provider declares its credentials in the provider registry (services/router/providers/
+registry.py): the environment variable each comes from, its key in Secret `qlens-secrets` and its
+name in Azure Key Vault. Which secrets an environment needs follows from its configuration: each
+provider that is `enabled: true` -> its credentials (e.g. Azure OpenAI -> endpoint and key); a
+Redis cache or budget store -> the Redis URL (not a provider's: declared here).
 
 Values never leave this module except into the Secret or the vault: results carry names only.
 """
@@ -24,18 +24,16 @@ from qlensctl.kube import is_transport_error
 @dataclass(frozen=True)
 class SecretSpec:
     env_var: str
-    key: str  # the key in Secret qlens-secrets and the secret's name in Key Vault
-    needed_for: str
+    key: str  # the key in Secret qlens-secrets
+    needed_for: str  # a provider's name, or "redis"
+    vault_name: str = ""  # the secret's name in Key Vault; "" = the same as key
+
+    def name_in(self, backend: str) -> str:
+        """The secret's name in the store `backend` (secrets.backend: kubernetes or keyVault)."""
+        return (self.vault_name or self.key) if backend == "keyVault" else self.key
 
 
-PROVIDER_SECRETS = (
-    SecretSpec("AZURE_OPENAI_ENDPOINT", "azure-openai-endpoint", "azureOpenAI"),
-    SecretSpec("AZURE_OPENAI_API_KEY", "azure-openai-api-key", "azureOpenAI"),
-    SecretSpec("AWS_REGION", "aws-region", "awsBedrock"),
-    SecretSpec("AWS_ACCESS_KEY_ID", "aws-access-key-id", "awsBedrock"),
-    SecretSpec("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key", "awsBedrock"),
-    SecretSpec("QLENS_REDIS_URL", "redis-url", "redis"),
-)
+REDIS_URL = SecretSpec("QLENS_REDIS_URL", "redis-url", "redis")
 MANAGED_BY = {"app.kubernetes.io/managed-by": "qlensctl", "app.kubernetes.io/part-of": "qlens"}
 
 
@@ -52,23 +50,24 @@ class SyncResult:
 
 
 def needed_secrets(environment: Any) -> list[SecretSpec]:
-    """The secrets this environment's configuration uses, in table order.
+    """The secrets this environment's configuration uses, in registry order, Redis last.
 
     A provider that is `enabled: true` needs its credentials in a cluster; `auto` (local use)
     means "when present", so it needs none.
     """
-    uses = set()
-    if environment.providers.azure_open_ai.enabled is True:
-        uses.add("azureOpenAI")
-    if environment.providers.aws_bedrock.enabled is True:
-        uses.add("awsBedrock")
+    from services.router.providers.registry import sections
+
+    specs = [SecretSpec(c.env_var, c.secret_key, spec.name, c.vault_name)
+             for spec, section in sections(environment.providers) if section.enabled is True
+             for c in spec.credentials]
     if "redis" in (environment.cache.backend, environment.cost_controls.store):
-        uses.add("redis")
-    return [spec for spec in PROVIDER_SECRETS if spec.needed_for in uses]
+        specs.append(REDIS_URL)
+    return specs
 
 
 def collect_secrets(environment: Any, environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """{secret key: value} from the environment variables; all missing ones named in one error."""
+    """{name in the environment's secrets backend: value} from the environment variables; all
+    missing ones named in one error."""
     environ = os.environ if environ is None else environ
     specs = needed_secrets(environment)
     missing = [s.env_var for s in specs if not environ.get(s.env_var, "").strip()]
@@ -78,7 +77,8 @@ def collect_secrets(environment: Any, environ: Mapping[str, str] | None = None) 
             "nothing was changed",
             f"export {' '.join(m + '=...' for m in missing)} and run the command again",
         )
-    return {s.key: environ[s.env_var].strip() for s in specs}
+    backend = environment.secrets.backend
+    return {s.name_in(backend): environ[s.env_var].strip() for s in specs}
 
 
 # -- Kubernetes Secret ---------------------------------------------------------------------------

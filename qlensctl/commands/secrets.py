@@ -27,7 +27,8 @@ def sync(
     yes: bool = YES,
     as_json: bool = JSON,
 ) -> None:
-    """Copy AZURE_OPENAI_*, AWS_* (and QLENS_REDIS_URL where Redis is used) to the environment's store."""
+    """Copy the enabled providers' credentials (e.g. AZURE_OPENAI_*, AWS_*; QLENS_REDIS_URL where Redis
+    is used) from this shell to the environment's store."""
     from qlensctl import secrets
     from qlensctl.environments import load_environment
 
@@ -51,7 +52,9 @@ def sync(
                                                 environment.secrets.name, prune=prune)
     outcome = {**{k: "created" for k in result.created}, **{k: "updated" for k in result.updated},
                **{k: "unchanged" for k in result.unchanged}, **{k: "removed" for k in result.removed}}
-    rows = [{"name": s.key, "from": s.env_var, "result": outcome.get(s.key, "")} for s in specs]
+    names = [s.name_in(environment.secrets.backend) for s in specs]
+    rows = [{"name": n, "from": s.env_var, "result": outcome.get(n, "")}
+            for n, s in zip(names, specs, strict=True)]
     rows += [{"name": k, "from": "", "result": "removed"} for k in result.removed]
     if as_json:
         output.emit_json({"environment": environment.name, "target": result.target, "secrets": rows,

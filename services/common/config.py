@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -44,45 +44,10 @@ class Pool(Model):
     max_keepalive: int = Field(20, ge=0)
 
 
-# "auto": enabled when the provider's credentials are in the process environment (local use)
-Enabled = bool | Literal["auto"]
-
-
-class AzureOpenAIProvider(Model):
-    enabled: Enabled = False
-    api_version: str = "2024-06-01"
-    # public deployment name -> Azure deployment name (the deployment guide's shape)
-    deployments: dict[str, str] = Field(default_factory=dict)
-    timeouts: Timeouts = Timeouts()
-    pool: Pool = Pool()
-
-
-class BedrockModel(Model):
-    id: str
-    model_id: str
-    name: str = ""
-
-
-class AwsBedrockProvider(Model):
-    enabled: Enabled = False
-    region: str = "us-east-1"
-    models: list[BedrockModel] = Field(default_factory=list)
-    timeouts: Timeouts = Timeouts()
-    pool: Pool = Pool()
-
-
-class EchoProvider(Model):
-    enabled: bool = False
-    delay_ms: float = Field(0.0, ge=0)
-
-
-class Providers(Model):
-    azure_open_ai: AzureOpenAIProvider = Field(AzureOpenAIProvider(), alias="azureOpenAI")
-    aws_bedrock: AwsBedrockProvider = AwsBedrockProvider()
-    echo: EchoProvider = EchoProvider()
-
-
-ProviderName = Literal["azureOpenAI", "awsBedrock", "echo"]
+# Each provider's section (its config model) is declared by its module in the router's provider
+# registry (services/router/providers/registry.py). The gateway and cache never read it, so here it
+# stays plain data; the router and qlensctl validate it against the registry.
+ProviderSections = dict[str, dict[str, Any]]
 
 
 # --- model catalog -----------------------------------------------------------------------------
@@ -91,8 +56,9 @@ ProviderName = Literal["azureOpenAI", "awsBedrock", "echo"]
 class Deployment(Model):
     """One place a public model can be served from."""
 
-    provider: ProviderName
-    target: str = Field(description="Azure deployment name, Bedrock model id, or any label for echo")
+    provider: str = Field(
+        pattern=r"^[A-Za-z][A-Za-z0-9]*$", description="a provider of the registry, e.g. azureOpenAI")
+    target: str = Field(description="what the provider calls it (Azure deployment, Bedrock model id...)")
     weight: float = Field(1.0, gt=0)
 
     @property
@@ -227,7 +193,7 @@ class ServiceConfig(Model):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
 
     name: str
-    providers: Providers = Providers()
+    providers: ProviderSections = Field(default_factory=dict)
     models: dict[str, CatalogModel] = Field(default_factory=dict)
     routing: Routing = Routing()
     cache: Cache = Cache()

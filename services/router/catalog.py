@@ -5,8 +5,10 @@ by its label `<provider>/<target>` (e.g. `azureOpenAI/gpt-4`); when two models l
 deployment they share its circuit breaker and load figures, because it is one upstream.
 
 A deployment's target may name an entry of its provider's section instead of the raw upstream
-name: an Azure key of `providers.azureOpenAI.deployments`, or a Bedrock `providers.awsBedrock.models[].id`
-(so `claude-3-sonnet` calls `anthropic.claude-3-sonnet-20240229-v1:0`).
+name; each provider's own resolver (its registry entry) says how: e.g. an Azure key of
+`providers.azureOpenAI.deployments`, or a Bedrock `providers.awsBedrock.models[].id` (so
+`claude-3-sonnet` calls `anthropic.claude-3-sonnet-20240229-v1:0`). A deployment naming a provider
+that is not in the registry is a configuration error, raised here.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.common.config import CatalogModel, Deployment, Providers, ServiceConfig
+from services.common.config import CatalogModel, Deployment, ServiceConfig
 from services.common.metrics import CIRCUIT_STATE
 from services.router.circuit import CircuitBreaker, State
 from services.router.providers import ProviderSet
 from services.router.providers.base import Provider
+from services.router.providers.registry import unknown_provider
 from services.router.strategies import Strategy, make_strategy, update_ewma
 
 
@@ -107,16 +110,6 @@ class Catalog:
             CIRCUIT_STATE.labels(label).set(int(d.breaker.state))
 
 
-def resolve_target(deployment: Deployment, providers: Providers) -> str:
-    if deployment.provider == "azureOpenAI":
-        return providers.azure_open_ai.deployments.get(deployment.target, deployment.target)
-    if deployment.provider == "awsBedrock":
-        for m in providers.aws_bedrock.models:
-            if m.id == deployment.target:
-                return m.model_id
-    return deployment.target
-
-
 def build_catalog(
     config: ServiceConfig,
     providers: ProviderSet,
@@ -136,7 +129,7 @@ def build_catalog(
             deployments[label] = DeploymentState(
                 label=label,
                 provider_name=d.provider,
-                target=resolve_target(d, config.providers),
+                target=providers.resolve_target(d.provider, d.target),
                 provider=providers.on.get(d.provider),
                 off_reason=providers.off.get(d.provider),
                 breaker=CircuitBreaker(
@@ -149,6 +142,9 @@ def build_catalog(
         return deployments[label]
 
     for name, model in config.models.items():
+        for i, d in enumerate(model.deployments):
+            if error := unknown_provider(d.provider):
+                raise ValueError(f"models.{name}.deployments[{i}].provider: {error}")
         members = [Member(i, d.weight, state_for(d)) for i, d in enumerate(model.deployments)]
         strategy = make_strategy(model.strategy, len(members), random.Random(rng.random()))
         models[name] = ModelRoute(name, model, members, strategy, list(model.fallbacks))

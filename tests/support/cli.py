@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qlensctl.local import SERVICE_ORDER, free_port
+from services.router.providers.registry import PROVIDERS
 
 ROOT = Path(__file__).resolve().parents[2]
-# the developer's shell must not leak into a test stack (cloud credentials, keys file, Redis)
-SCRUB = ("AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-         "AWS_PROFILE", "QLENS_API_KEYS_FILE", "QLENS_REDIS_URL", "QLENS_API_KEY", "QLENS_CONFIG")
+# the developer's shell must not leak into a test stack (every variable a provider of the registry
+# reads or is turned on by, keys file, Redis)
+PROVIDER_VARS = tuple(dict.fromkeys(
+    v for p in PROVIDERS.values() for v in (*(c.env_var for c in p.credentials), *p.detect)))
+SCRUB = (*PROVIDER_VARS, "QLENS_API_KEYS_FILE", "QLENS_REDIS_URL", "QLENS_API_KEY", "QLENS_CONFIG")
 
 
 @dataclass

@@ -31,6 +31,7 @@ import yaml
 
 from qlensctl.local import SERVICE_ORDER, Stack, free_port, start_stack, stop_pid, stop_stack
 from services.common.apikeys import KeyEntry, dump_keys, generate_key, hash_key
+from services.router.providers.registry import PROVIDERS
 
 # prices make budgets bite with the echo provider: ~$0.01 per short request at worst case
 BASE_ENV: dict[str, Any] = {
@@ -130,11 +131,12 @@ def running_stack(
     config = directory / "environment.yaml"
     config.write_text(yaml.safe_dump(env, sort_keys=False))
     # the test's own shell must not leak into the stack (a developer's keys file, cloud credentials):
-    # blank the variables that turn providers on, and give boto3 empty AWS config and credentials
-    # files instead of ~/.aws (an empty AWS_PROFILE would be a profile named "" to botocore)
+    # blank the variables that turn providers on (each registry entry's `detect`; the Bedrock
+    # adapter reads an empty AWS_PROFILE as unset), and give boto3 empty AWS config and credentials
+    # files instead of ~/.aws
     aws_config = directory / "aws-config"
     aws_config.touch()
-    proc_env = {"QLENS_API_KEYS_FILE": "", "AZURE_OPENAI_ENDPOINT": "", "AWS_ACCESS_KEY_ID": "",
+    proc_env = {"QLENS_API_KEYS_FILE": "", **{v: "" for p in PROVIDERS.values() for v in p.detect},
                 "AWS_CONFIG_FILE": str(aws_config), "AWS_SHARED_CREDENTIALS_FILE": str(aws_config)}
     generated: dict[str, str] = {}
     if keys:

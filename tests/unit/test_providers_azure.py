@@ -6,9 +6,8 @@ import orjson
 import pytest
 
 from qlensctl.local import free_port
-from services.common.config import AzureOpenAIProvider as AzureConfig
 from services.common.config import Timeouts
-from services.router.providers.azure_openai import AzureOpenAIProvider
+from services.router.providers.azure_openai import AzureConfig, AzureOpenAIProvider
 from services.router.providers.base import ProviderError, Usage
 from services.router.retry import FailureKind
 from tests.fakes.azure_openai import FakeAzureOpenAI

@@ -7,11 +7,11 @@ import asyncio
 import orjson
 import pytest
 
-from services.common.config import AwsBedrockProvider as BedrockConfig
 from services.common.config import Timeouts
 from services.router.providers.base import ChunkWriter, ProviderError, Usage
 from services.router.providers.bedrock import (
     LEADING_USER_TURN,
+    BedrockConfig,
     BedrockProvider,
     from_converse,
     stream_items,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
-from services.common.config import EchoProvider as EchoConfig
 from services.router.providers.base import Usage
 from services.router.providers.echo import (
+    EchoConfig,
     EchoProvider,
     count_tokens,
     echo_answer,

@@ -135,14 +135,9 @@ external-secrets.io/v1beta1
   value: /etc/qlens/keys/keys.json
 {{- end }}
 {{- if eq .service "router" }}
-{{- if $v.providers.azureOpenAI.enabled }}
-{{ include "qlens.secretEnv" (list $root "AZURE_OPENAI_ENDPOINT" "azure-openai-endpoint") }}
-{{ include "qlens.secretEnv" (list $root "AZURE_OPENAI_API_KEY" "azure-openai-api-key") }}
-{{- end }}
-{{- if $v.providers.awsBedrock.enabled }}
-{{ include "qlens.secretEnv" (list $root "AWS_REGION" "aws-region") }}
-{{ include "qlens.secretEnv" (list $root "AWS_ACCESS_KEY_ID" "aws-access-key-id") }}
-{{ include "qlens.secretEnv" (list $root "AWS_SECRET_ACCESS_KEY" "aws-secret-access-key") }}
+{{- /* provider credentials: the list comes with the rendered values (the provider registry) */}}
+{{- range $v.secrets.credentials }}
+{{ include "qlens.secretEnv" (list $root .env .key) }}
 {{- end }}
 {{- end }}
 {{- if include "qlens.usesRedis" . }}

@@ -17,18 +17,31 @@ token metrics) and drop that chunk again when the client did not ask for it.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote
 
 import orjson
+from pydantic import Field
 
-from services.common.config import AzureOpenAIProvider as AzureConfig
+from services.common.config import Pool, Timeouts
 from services.common.sse import SSESplitter
 from services.router.providers.base import Completion, ProviderError, StreamItem, Usage, wants_usage
+from services.router.providers.spec import Credential, ProviderConfig, ProviderSpec
 from services.router.retry import FailureKind, kind_for_status
 
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
+
+
+class AzureConfig(ProviderConfig):
+    """`providers.azureOpenAI`: true, false, or "auto" (on when AZURE_OPENAI_ENDPOINT is set)."""
+
+    api_version: str = Field("2024-06-01", description="Azure OpenAI REST API version")
+    deployments: dict[str, str] = Field(
+        default_factory=dict, description="public name -> Azure deployment name, e.g. {gpt-4: gpt-4}"
+    )
+    timeouts: Timeouts = Timeouts()
+    pool: Pool = Field(Pool(), description="HTTP connection pool to Azure, per router pod")
 
 
 class AzureOpenAIProvider:
@@ -259,3 +272,29 @@ def _status_message(exc: Any) -> str:
         inner = body.get("error", body)
         message = inner.get("message") if isinstance(inner, dict) else None
     return f"Azure OpenAI returned {exc.status_code}: {message or 'no detail'}"
+
+
+# --- the registry entry --------------------------------------------------------------------------
+
+
+def create(config: AzureConfig, env: Mapping[str, str]) -> AzureOpenAIProvider:
+    return AzureOpenAIProvider(config, env["AZURE_OPENAI_ENDPOINT"], env.get("AZURE_OPENAI_API_KEY") or None)
+
+
+def resolve_target(config: AzureConfig, target: str) -> str:
+    """A key of `deployments` names its Azure deployment; anything else is the Azure name itself."""
+    return config.deployments.get(target, target)
+
+
+PROVIDER = ProviderSpec(
+    name="azureOpenAI",
+    config=AzureConfig,
+    create=create,
+    credentials=(
+        Credential("AZURE_OPENAI_ENDPOINT", "azure-openai-endpoint"),
+        Credential("AZURE_OPENAI_API_KEY", "azure-openai-api-key"),  # absent: Entra ID instead
+    ),
+    detect=("AZURE_OPENAI_ENDPOINT",),
+    requires=("AZURE_OPENAI_ENDPOINT",),
+    resolve_target=resolve_target,
+)

@@ -19,11 +19,13 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from services.common.config import AwsBedrockProvider as BedrockConfig
+from pydantic import Field
+
+from services.common.config import Model, Pool, Timeouts
 from services.router.providers.base import (
     ChunkWriter,
     Completion,
@@ -37,6 +39,7 @@ from services.router.providers.base import (
     stop_sequences,
     wants_usage,
 )
+from services.router.providers.spec import Credential, ProviderConfig, ProviderSpec
 from services.router.retry import FailureKind, kind_for_status
 
 # Converse stopReason -> OpenAI finish_reason
@@ -290,3 +293,44 @@ class BedrockProvider:
     async def aclose(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
         self.client.close()
+
+
+# --- the registry entry --------------------------------------------------------------------------
+
+
+class BedrockModel(Model):
+    id: str = Field(description="the name deployments use as their target, e.g. claude-3-sonnet")
+    model_id: str = Field(description="the Bedrock model id, e.g. anthropic.claude-3-sonnet-20240229-v1:0")
+    name: str = ""
+
+
+class BedrockConfig(ProviderConfig):
+    """`providers.awsBedrock`: true, false, or "auto" (on when AWS_ACCESS_KEY_ID or AWS_PROFILE is set)."""
+
+    region: str = Field("us-east-1", description="used when AWS_REGION is not set")
+    models: list[BedrockModel] = Field(default_factory=list)
+    timeouts: Timeouts = Timeouts()
+    pool: Pool = Pool()
+
+
+def create(config: BedrockConfig, env: Mapping[str, str]) -> BedrockProvider:
+    return BedrockProvider(config)  # boto3 reads its credentials from the process environment
+
+
+def resolve_target(config: BedrockConfig, target: str) -> str:
+    """An `id` of `models` names its Bedrock model id; anything else is the model id itself."""
+    return next((m.model_id for m in config.models if m.id == target), target)
+
+
+PROVIDER = ProviderSpec(
+    name="awsBedrock",
+    config=BedrockConfig,
+    create=create,
+    credentials=(
+        Credential("AWS_REGION", "aws-region"),
+        Credential("AWS_ACCESS_KEY_ID", "aws-access-key-id"),
+        Credential("AWS_SECRET_ACCESS_KEY", "aws-secret-access-key"),
+    ),
+    detect=("AWS_ACCESS_KEY_ID", "AWS_PROFILE"),
+    resolve_target=resolve_target,
+)

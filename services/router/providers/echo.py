@@ -17,10 +17,11 @@ import asyncio
 import hashlib
 import math
 import struct
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
-from services.common.config import EchoProvider as EchoConfig
+from pydantic import Field
+
 from services.common.config import Timeouts
 from services.router.providers.base import (
     ChunkWriter,
@@ -36,6 +37,15 @@ from services.router.providers.base import (
     stop_sequences,
     wants_usage,
 )
+from services.router.providers.spec import ProviderConfig, ProviderSpec
+
+
+class EchoConfig(ProviderConfig):
+    """`providers.echo`: the built-in deterministic provider (no network); for local use and tests."""
+
+    enabled: bool = False
+    delay_ms: float = Field(0.0, ge=0, description="wait this long before answering")
+
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4  # role and separators, as chat formats add them
@@ -149,3 +159,10 @@ class EchoProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+def create(config: EchoConfig, env: Mapping[str, str]) -> EchoProvider:
+    return EchoProvider(config)
+
+
+PROVIDER = ProviderSpec(name="echo", config=EchoConfig, create=create)
