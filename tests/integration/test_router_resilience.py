@@ -66,7 +66,8 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with FakeAzureOpenAI(api_key=KEY) as az, FakeBedrock(access_key="AKIDRESILIENCE") as br:
+    with FakeAzureOpenAI.for_environment(CONFIG, api_key=KEY) as az, \
+            FakeBedrock(access_key="AKIDRESILIENCE") as br:
         env = {**az.client_env(), **br.client_env()}
         with router_process(CONFIG, env, tmp_path_factory.mktemp("router")) as router:
             yield router, az, br

@@ -20,7 +20,7 @@ CONFIG = {
     "providers": {
         "azureOpenAI": {
             "enabled": True,
-            "apiVersion": "2024-06-01",
+            "apiVersion": "2024-10-21",  # not the default: the stand-in serves only this one
             "deployments": {"gpt-4": "gpt-4-0613"},
             "pool": {"maxConnections": 8, "maxKeepalive": 4},
         },
@@ -41,7 +41,7 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    with FakeAzureOpenAI(api_key=AZURE_KEY) as azure, \
+    with FakeAzureOpenAI.for_environment(CONFIG, api_key=AZURE_KEY) as azure, \
             FakeBedrock(access_key="AKIDROUTERTEST", secret_key=AWS_SECRET) as bedrock:
         env = {**azure.client_env(), **bedrock.client_env()}
         with router_process(CONFIG, env, tmp_path_factory.mktemp("router")) as router:

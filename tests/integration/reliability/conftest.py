@@ -72,7 +72,8 @@ def production(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Production]
     directory = tmp_path_factory.mktemp("production")
     redis_server = RedisServer(directory / "redis").start()
     try:
-        with FaultyAzure(api_key=secrets["azure api key"]) as azure, \
+        azure_fake = FaultyAzure.for_environment(environment("production"), api_key=secrets["azure api key"])
+        with azure_fake as azure, \
                 FakeBedrock(access_key=secrets["aws access key id"],
                             secret_key=secrets["aws secret access key"]) as bedrock:
             env = {

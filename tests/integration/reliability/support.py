@@ -210,8 +210,8 @@ class FaultyAzure(FakeAzureOpenAI):
     """The Azure stand-in with faults per deployment (`faults["flaky"] = Faults(...)`); deployments
     without an entry behave as the base fake says. Seeded, so a run repeats its fault sequence."""
 
-    def __init__(self, api_key: str, seed: int = 9) -> None:
-        super().__init__(api_key=api_key, seed=seed)
+    def __init__(self, api_key: str, seed: int = 9, **kw: Any) -> None:
+        super().__init__(api_key=api_key, seed=seed, **kw)
         self.faults: dict[str, Faults] = {}
         self._fault_rng = random.Random(seed)
         self._fault_lock = threading.Lock()

@@ -76,7 +76,7 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory):
-    with FaultyAzure(api_key=AZURE_KEY) as fake:
+    with FaultyAzure.for_environment(ENV, api_key=AZURE_KEY) as fake:
         env = {"AZURE_OPENAI_ENDPOINT": fake.url, "AZURE_OPENAI_API_KEY": AZURE_KEY}
         with running_stack(tmp_path_factory.mktemp("provider-faults"), ENV, extra_env=env) as stack:
             yield stack, fake
