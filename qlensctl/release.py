@@ -32,6 +32,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from qlensctl import diagnose
+from qlensctl.diagnose import PodProblem
 from qlensctl.errors import ClusterError, ConfigError, OperationError, QlensError, RefusedError
 from qlensctl.helm import RELEASE, Release, ReleaseNotFoundError
 from qlensctl.kube import SERVICES, DeploymentStatus, Kube, deployment_name, previous_deployment_name
@@ -138,13 +140,15 @@ class DeployResult:
     rolled_back_to: int | None = None
     deployments: list[DeploymentStatus] = field(default_factory=list)
     message: str = ""
+    unready: list[PodProblem] = field(default_factory=list)  # why, seen before the rollback
 
     def as_dict(self) -> dict[str, Any]:
         return {"environment": self.environment, "namespace": self.namespace, "version": self.tag,
                 "ok": self.ok, "revision": self.revision, "status": self.status,
                 "namespaceCreated": self.namespace_created, "secrets": self.secrets,
                 "backup": str(self.backup) if self.backup else None, "rolledBackTo": self.rolled_back_to,
-                "deployments": [d.as_dict() for d in self.deployments], "message": self.message}
+                "deployments": [d.as_dict() for d in self.deployments], "message": self.message,
+                "unready": [p.as_dict() for p in self.unready]}
 
 
 def plan_deploy(environment: Any, helm: Any, version: str | None,
@@ -210,8 +214,9 @@ def _deploy_locked(plan: DeployPlan, kube: Kube, helm: Any, result: DeployResult
             f"(version {plan.tag}){f', waiting up to {timeout:.0f}s for the rollout' if wait else ''}")
     names = [deployment_name(s) for s in SERVICES]
     last: list[DeploymentStatus] = []
+    watch = diagnose.Watch(kube, ns)
     try:
-        _watching(kube, ns, names, on_rollout if wait else None, lambda: helm.upgrade_or_install(
+        _watching(kube, ns, names, watch.wrap(on_rollout) if wait else None, lambda: helm.upgrade_or_install(
             RELEASE, render.chart_dir(), plan.values, ns, wait=wait, atomic=wait, timeout=int(timeout),
             description=description), last)
     except (OperationError, ClusterError) as exc:
@@ -220,10 +225,12 @@ def _deploy_locked(plan: DeployPlan, kube: Kube, helm: Any, result: DeployResult
                           for s in last if not s.done)
         result.status = "failed"
         # what the operator needs at 3 a.m.: which deployments did not come up (Helm's own
-        # message lists every object it waited for)
+        # message lists every object it waited for), and why their pods did not (seen while
+        # waiting: the rollback has removed those pods by now)
         timed_out = any(w in exc.message.lower() for w in ("deadline", "not ready", "timed out"))
         result.message = (f"the rollout did not complete within {timeout:.0f}s ({stuck})"
                           if stuck and timed_out else exc.message)
+        result.unready = watch.problems
         result.deployments = kube.deployments(ns, names)
         if not after:
             result.rolled_back_to = 0 if wait else None
@@ -239,6 +246,19 @@ def _deploy_locked(plan: DeployPlan, kube: Kube, helm: Any, result: DeployResult
     result.deployments = kube.deployments(ns, names)
     result.ok = True
     return result
+
+
+def failure_hint(result: DeployResult) -> str:
+    """What still exists after a failed deploy, and where to look next."""
+    env, ns = result.environment, result.namespace
+    events = f"events stay for about an hour: `kubectl get events -n {ns} --sort-by=.lastTimestamp`"
+    if result.rolled_back_to:
+        return (f"revision {result.rolled_back_to} serves again (`qlensctl status {env}`); the failed pods "
+                f"were removed by the rollback, their reasons are above; {events}")
+    if result.rolled_back_to == 0:
+        return (f"nothing of the release is left in {ns} (`qlensctl status {env}` finds no release); fix "
+                f"the cause above and deploy again; {events}")
+    return f"see `qlensctl status {env}` and `kubectl get pods -n {ns}`; {events}"
 
 
 def _watching(kube: Kube, namespace: str, names: list[str], on_rollout: RolloutProgress | None,
@@ -435,7 +455,8 @@ def rollback(environment: Any, kube: Kube, helm: Any, target: Release, before: l
                       lambda: helm.rollback(RELEASE, ns, revision=target.revision, wait=wait,
                                            timeout=int(timeout)))
         except (OperationError, ClusterError) as exc:
-            ok, message = False, exc.message
+            why = diagnose.summary(diagnose.unready_pods(kube, ns))  # a failed rollback is not undone
+            ok, message = False, exc.message + (f"\nunready pods:\n{why}" if why else "")
     states = kube.deployments(ns, names)
     after = history(helm, ns)
     return RollbackResult(environment.name, ns, ok, before[-1].revision, target.revision,
@@ -497,7 +518,14 @@ def emergency_rollback(environment: Any, kube: Kube, steps: Sequence[EmergencySt
     names = [previous for _, previous in active]
     if not wait:
         return True, kube.deployments(ns, names)
-    return kube.wait_rollout(ns, names, timeout, on_rollout)
+    ok, states = kube.wait_rollout(ns, names, timeout, on_rollout)
+    if not ok:
+        why = diagnose.summary(diagnose.unready_pods(kube, ns))
+        raise OperationError("the previous versions did not become ready in time"
+                             + (f"\nunready pods:\n{why}" if why else ""),
+                             f"check `kubectl get pods -n {ns}`; the current deployments are at 0 replicas: "
+                             f"`qlensctl scale {environment.name} SERVICE N` brings them back")
+    return ok, states
 
 
 # -- status ------------------------------------------------------------------------------------------

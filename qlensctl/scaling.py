@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from qlensctl import diagnose
 from qlensctl.errors import ClusterError, ConfigError, OperationError
 from qlensctl.kube import SERVICES, deployment_name
 
@@ -107,7 +108,9 @@ def wait_healthy(kube: Kube, namespace: str, timeout: float,
         found = {s.name for s in states}
         problems = [f"{s.name}: {s.message}" for s in states if not s.done]
         problems += [f"{n}: missing" for n in names if n not in found]
-        raise OperationError(f"not healthy after {timeout:.0f}s: {'; '.join(problems)}",
+        why = diagnose.summary(diagnose.unready_pods(kube, namespace))
+        raise OperationError(f"not healthy after {timeout:.0f}s: {'; '.join(problems)}"
+                             + (f"\nunready pods:\n{why}" if why else ""),
                              f"inspect with `kubectl get pods -n {namespace}` and "
                              f"`kubectl describe deployment -n {namespace}`")
     return states

@@ -200,9 +200,12 @@ def restore(
         result = release.deploy(plan, kube, helm, wait=wait, timeout=timeout, backup_dir=directory,
                                 on_step=update, operation=operation)
     if not result.ok:
+        from qlensctl import diagnose
+
         note = f"; rolled back to revision {result.rolled_back_to}" if result.rolled_back_to else ""
-        raise OperationError(f"restore of {environment.name} failed: {result.message}{note}",
-                             f"see `qlensctl status {environment.name}`")
+        why = diagnose.summary(result.unready)
+        raise OperationError(f"restore of {environment.name} failed: {result.message}{note}"
+                             + (f"\nunready pods:\n{why}" if why else ""), release.failure_hint(result))
     outcome: dict[str, Any] = {"environment": environment.name, "file": str(saved.path),
                                "revision": result.revision, "previousValues": str(result.backup or ""),
                                "state": None}

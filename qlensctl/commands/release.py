@@ -91,9 +91,11 @@ def deploy(
     helm_kind: str = HELM,
     backup_dir: Path = typer.Option(Path("backup"), "--backup-dir",
                                     help="Where the current values are saved before an upgrade."),
+    strict: bool = typer.Option(False, "--strict", help="Refuse (instead of warning) when the preflight "
+                                                        "check finds the release cannot fit on the nodes."),
 ) -> None:
     """Install or upgrade QLens in ENV; a rollout that fails is rolled back and reported failed."""
-    from qlensctl import release
+    from qlensctl import diagnose, release
     from qlensctl.environments import load_environment
     from qlensctl.errors import OperationError, RefusedError
     from qlensctl.helm import connect
@@ -110,6 +112,7 @@ def deploy(
         _show_diff(plan, release.dry_run(plan, helm))
         return
     plan = release.plan_deploy(environment, helm, version)
+    _preflight(environment, kube, plan, strict)
     verb = "Upgrade" if plan.is_upgrade else "Install"
     if environment.is_production:
         output.confirm(f"{verb} release qlens in {plan.namespace} (context {kube.context}) to version "
@@ -120,12 +123,32 @@ def deploy(
     if result.deployments:
         output.console.print(_rollout_table(result.deployments, f"Deployments in {plan.namespace}"))
     if not result.ok:
+        why = diagnose.summary(result.unready)
         raise OperationError(
-            f"deploy of {environment.name} {plan.tag} failed: {result.message}" + _undo_words(result),
-            f"see `qlensctl status {environment.name}` and `kubectl get pods -n {plan.namespace}`")
+            f"deploy of {environment.name} {plan.tag} failed: {result.message}" + _undo_words(result)
+            + (f"\nunready pods:\n{why}" if why else ""), release.failure_hint(result))
     state = "rolled out" if wait else "applied (not waited for)"
     output.info(f"[green]✓[/green] {environment.name}: release qlens revision {result.revision} "
                 f"({result.status}), version {plan.tag}, {state}")
+
+
+def _preflight(environment: Any, kube: Any, plan: Any, strict: bool) -> None:
+    """The capacity check: a warning, or with --strict a refusal, naming the numbers."""
+    from qlensctl import capacity
+    from qlensctl.errors import RefusedError
+
+    report = capacity.check(kube, plan.namespace, plan.values, plan.is_upgrade)
+    if not report.checked:
+        output.warn(f"preflight: capacity not checked ({report.note})")
+        return
+    if report.fits:
+        return
+    text = (f"preflight: {environment.name} does not fit on the nodes ({report.pods} pods at the peak of "
+            f"the rollout, surge included): {report.describe()}")
+    if strict:
+        raise RefusedError(f"{text}; nothing was changed",
+                           f"lower resources.requests in environments/{environment.name}.yaml, or add nodes")
+    output.warn(f"{text}; pods that do not fit stay Pending (--strict refuses instead)")
 
 
 def _undo_words(result: Any) -> str:

@@ -1,0 +1,61 @@
+"""deploy's preflight capacity check and the diagnosis of a failed rollout, on the real control
+plane with the fake kubelet's node (64 CPUs, 256Gi allocatable). What the pods really say
+(FailedScheduling, CrashLoopBackOff, ...) is checked on the real node (tests/integration/node/)."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tests.integration.cluster.conftest import Target, assert_ok, assert_refused, deploy_staging
+
+pytestmark = pytest.mark.cluster
+
+
+def oversize(target: Target, cpu: str) -> None:
+    path = target.envdir / "staging.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["resources"] = {"requests": {"cpu": cpu, "memory": "256Mi"}, "limits": {"cpu": cpu, "memory": "512Mi"}}
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def test_a_release_larger_than_the_nodes_is_warned_about_or_refused_with_strict(target: Target) -> None:
+    ns = target.staging_ns
+    oversize(target, "30")  # 3 pods x 30 CPUs = 90 > 64
+    before = target.settled_snapshot(ns)
+    refused = target.qlensctl("deploy", "staging", "--version", "v1", "--strict")
+    assert_refused(refused, 2, "preflight: staging does not fit on the nodes (3 pods",
+                   "cpu: the release requests 90000m CPU but the nodes have 64000m CPU free "
+                   "(64000m CPU allocatable, 0m CPU requested by other pods)", "nothing was changed",
+                   "resources.requests in environments/staging.yaml")
+    assert "memory" not in refused.err.split("hint:")[0]  # 768Mi fits: only the short resource is named
+    assert target.snapshot(ns) == before
+
+    oversize(target, "20")  # 60 fits a first install, but an upgrade's surge pods make it 120
+    assert_ok(target.qlensctl("deploy", "staging", "--version", "v1", "--timeout", "60"), "install")
+    upgrade = deploy_staging(target, "v2")
+    warning = " ".join(upgrade.err.split())  # the console wraps long lines
+    assert "warning: preflight: staging does not fit on the nodes (6 pods at the peak" in warning
+    assert "the release requests 120000m CPU but the nodes have 64000m CPU free" in warning
+
+
+def test_a_failed_rollout_names_its_unready_pods_and_what_is_left(target: Target) -> None:
+    ns = target.staging_ns
+    deploy_staging(target, "v1")
+    failed = target.qlensctl("deploy", "staging", "--version", "unready", "--timeout", "8")
+    assert failed.code == 1, failed.text
+    assert "rolled back to revision 1" in failed.err
+    assert "unready pods:" in failed.err
+    for service in ("gateway", "router", "cache"):  # the fake kubelet never starts `:unready` pods
+        assert f"qlens-{service}-" in failed.err.split("unready pods:")[1]
+    assert "Pending, not Ready yet" in failed.err
+    hint = failed.err.split("hint:")[1]
+    assert "revision 1 serves again (`qlensctl status staging`)" in hint
+    assert f"kubectl get events -n {ns}" in hint
+
+
+def test_a_failed_first_install_says_nothing_is_left(target: Target) -> None:
+    failed = target.qlensctl("deploy", "staging", "--version", "unready", "--timeout", "8")
+    assert failed.code == 1, failed.text
+    assert "the failed install was removed" in failed.err and "unready pods:" in failed.err
+    assert "nothing of the release is left" in failed.err.split("hint:")[1]
