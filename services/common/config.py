@@ -181,6 +181,37 @@ class Gateway(Model):
     max_body_bytes: int = Field(1024 * 1024, ge=1024)
 
 
+# --- observability ------------------------------------------------------------------------------
+
+
+class Tracing(Model):
+    """OpenTelemetry traces, exported over OTLP/HTTP from a background thread.
+
+    The standard OTEL_* variables configure the exporter, sampler and resource as the SDK defines
+    them (OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_TRACES_SAMPLER/_ARG, OTEL_SERVICE_NAME,
+    OTEL_RESOURCE_ATTRIBUTES); setting OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT also turns tracing on,
+    OTEL_SDK_DISABLED=true turns it off.
+    """
+
+    enabled: bool = False
+    endpoint: str | None = Field(
+        None, description="OTLP/HTTP collector base URL (http://collector:4318); "
+                          "null = OTEL_EXPORTER_OTLP_ENDPOINT")
+    sample_ratio: float = Field(1.0, ge=0, le=1, description="share of new traces kept (parent-based)")
+
+
+class Observability(Model):
+    # the environment file's observability section also holds the alert thresholds (qlensctl's
+    # part, see qlensctl/environments.py): the services ignore what is not theirs
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True)
+
+    tracing: Tracing = Tracing()
+    tenant_labels: list[str] = Field(
+        default_factory=list, max_length=50,
+        description="tenants that get their own label on the per-tenant token and cost metrics; "
+                    "others are 'other'")
+
+
 class ServicePorts(Model):
     gateway: int = Field(8080, ge=1, le=65535)
     router: int = Field(8081, ge=1, le=65535)
@@ -203,6 +234,7 @@ class ServiceConfig(Model):
     admin: Admin = Admin()
     gateway: Gateway = Gateway()
     ports: ServicePorts = ServicePorts()
+    observability: Observability = Observability()
 
     @model_validator(mode="after")
     def _fallbacks_exist(self) -> ServiceConfig:

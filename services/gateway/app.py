@@ -23,6 +23,7 @@ import orjson
 from fastapi import FastAPI, Request
 from starlette.responses import Response
 
+from services.common import tracing
 from services.common.config import ServiceConfig, load_service_config, secret_env
 from services.common.errors import APIError, install_error_handlers
 from services.common.health import liveness, readiness
@@ -236,6 +237,7 @@ class GatewayApp(FastAPI):
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
     setup_logging(SERVICE)
     gw = Gateway(config or load_service_config())
+    tracing.setup(SERVICE, gw.config.observability.tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -244,6 +246,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             yield
         finally:
             await gw.stop()
+            tracing.shutdown()
 
     # no interactive docs on a public endpoint: the API is OpenAI's, documented there
     app = GatewayApp(title="QLens gateway", lifespan=lifespan, docs_url=None, redoc_url=None)

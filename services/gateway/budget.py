@@ -57,7 +57,7 @@ from services.common.apikeys import NAME_RE
 from services.common.config import CostControls, Pricing
 from services.common.config import ScopeLimits as ScopeLimitsConfig
 from services.common.logging import log_event
-from services.common.metrics import BUDGET_REMAINING, COST
+from services.common.metrics import BUDGET_LIMIT, BUDGET_REMAINING, COST
 from services.gateway import budget_lua
 
 log = logging.getLogger("qlens.gateway.budget")
@@ -406,13 +406,14 @@ def rate_headers(counters: Sequence[Counter], counts: Sequence[tuple[int, int]],
 
 
 class _RemainingGauges:
-    """qlens_budget_remaining_usd: the total's remaining today, and the minimum over the others seen."""
+    """qlens_budget_remaining_usd: the total's remaining today, and the minimum over the others seen;
+    qlens_budget_limit_usd: the daily limit beside it (the dashboard's spend = limit - remaining)."""
 
     MAX_IDS = 10000
 
     def __init__(self) -> None:
         self.day = ""
-        self.seen: dict[str, dict[str, int]] = {}
+        self.seen: dict[str, dict[str, tuple[int, int]]] = {}  # scope -> id -> (remaining, limit)
 
     def update(self, day: str, counters: Sequence[Counter], counts: Sequence[tuple[int, int]]) -> None:
         if day < self.day:
@@ -426,12 +427,15 @@ class _RemainingGauges:
             remaining = max(c.limit - spent - reserved, 0)
             if c.scope == "total":
                 BUDGET_REMAINING.labels(c.scope).set(_usd(remaining))
+                BUDGET_LIMIT.labels(c.scope).set(_usd(c.limit))
                 continue
             seen = self.seen.setdefault(c.scope, {})
             if len(seen) >= self.MAX_IDS and c.key not in seen:
                 seen.clear()
-            seen[c.key] = remaining
-            BUDGET_REMAINING.labels(c.scope).set(_usd(min(seen.values())))
+            seen[c.key] = (remaining, c.limit)
+            closest, limit = min(seen.values())
+            BUDGET_REMAINING.labels(c.scope).set(_usd(closest))
+            BUDGET_LIMIT.labels(c.scope).set(_usd(limit))
 
 
 def ledger_key(day: str, tenant: str) -> str:

@@ -30,10 +30,20 @@ from urllib.parse import quote
 
 import orjson
 
+from services.common import tracing
 from services.common.config import CatalogModel, ServiceConfig
 from services.common.errors import APIError
 from services.common.logging import log_event, log_line, request_id
-from services.common.metrics import CACHE_REQUESTS, GATEWAY_OVERHEAD, REQUEST_DURATION, REQUESTS, TOKENS
+from services.common.metrics import (
+    CACHE_REQUESTS,
+    GATEWAY_OVERHEAD,
+    REQUEST_DURATION,
+    REQUESTS,
+    TENANT_COST,
+    TENANT_TOKENS,
+    TOKENS,
+    TenantLabel,
+)
 from services.gateway.auth import Authenticator, Caller
 from services.gateway.budget import (
     DEFAULT_MAX_COMPLETION_TOKENS,
@@ -67,6 +77,8 @@ _PASSED_HEADERS = ("x-qlens-model", "x-qlens-fallback")
 _JSON = b"application/json"
 _SSE = b"text/event-stream"
 _SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+_NO_FIELDS: dict[str, Any] = {}
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -219,6 +231,8 @@ class Endpoint:
         self._cache_metric = {r: CACHE_REQUESTS.labels(r) for r in ("hit", "miss", "bypass")}
         self._duration = REQUEST_DURATION.labels(SERVICE, self.route)
         self._requests: dict[int, Any] = {}
+        self._tenant_label = TenantLabel(config.observability.tenant_labels)
+        self._span = ("POST " + self.route, {"http.request.method": "POST", "http.route": self.route})
 
     @property
     def budget(self) -> Budget:
@@ -239,6 +253,14 @@ class Endpoint:
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         ex = Exchange(request_id(headers.get("x-request-id")), time.perf_counter())
+        if not tracing.ENABLED:
+            await self._serve_safely(headers, receive, send, ex)
+            return
+        with tracing.server_span(self._span[0], headers, self._span[1]):
+            await self._serve_safely(headers, receive, send, ex)
+
+    async def _serve_safely(self, headers: dict[str, str], receive: Receive, send: Send,
+                            ex: Exchange) -> None:
         try:
             await self._serve(headers, receive, send, ex)
         except APIError as exc:
@@ -253,7 +275,8 @@ class Endpoint:
                 await self._answer(send, ex, 500, INTERNAL_ERROR.to_bytes())
 
     async def _serve(self, headers: dict[str, str], receive: Receive, send: Send, ex: Exchange) -> None:
-        entry = self.auth.check(headers.get("authorization"))
+        with tracing.span("gateway.auth"):
+            entry = self.auth.check(headers.get("authorization"))
         raw = await self._read_body(headers, receive)
         try:
             data = orjson.loads(raw)
@@ -316,7 +339,10 @@ class Endpoint:
             self._cache_metric["bypass"].inc()
             return None
         key = cache_key(caller.tenant, data)
-        got = await self.cache.get(quote(caller.tenant, safe=""), key)
+        with tracing.span("gateway.cache.get", kind="client") as span:
+            got = await self.cache.get(quote(caller.tenant, safe=""), key)
+            if span is not None:
+                span.set_attribute("qlens.cache", "bypass" if got is None else "hit" if got else "miss")
         if got is None:  # unreachable: keep serving without it, and do not try to store either
             self._cache_metric["bypass"].inc()
             return None
@@ -357,9 +383,10 @@ class Endpoint:
         prompt, completion = plan.prompt_tokens, plan.completion_tokens
         worst = worst_case_cost(pricing, prompt, completion)
         try:
-            reservation = await self.budget.reserve(
-                caller.tenant, caller.user, worst, tokens=prompt + completion, key=caller.key,
-                key_limits=caller.key_limits, model=req.model)
+            with tracing.span("gateway.budget.reserve"):
+                reservation = await self.budget.reserve(
+                    caller.tenant, caller.user, worst, tokens=prompt + completion, key=caller.key,
+                    key_limits=caller.key_limits, model=req.model)
         except BudgetExceeded as exc:
             what = "Budget exceeded" if exc.code == "budget_exceeded" else "Rate limit reached"
             raise APIError(429, f"{what}: {exc}.", code=exc.code, headers=exc.headers) from None
@@ -373,7 +400,9 @@ class Endpoint:
                         reservation: Reservation, key: str | None, caller: Caller) -> None:
         t0 = time.perf_counter()
         try:
-            reply = await self.router.complete(body, rheaders, self.api.router_path)
+            with tracing.span("gateway.router", kind="client"):
+                tracing.inject(rheaders)
+                reply = await self.router.complete(body, rheaders, self.api.router_path)
         except BaseException as exc:
             self._background(self._release(reservation))
             if isinstance(exc, PeerError):
@@ -400,7 +429,9 @@ class Endpoint:
                       caller: Caller) -> None:
         t0 = time.perf_counter()
         try:
-            up = await self.router.stream(body, rheaders, self.api.router_path)
+            with tracing.span("gateway.router", kind="client"):
+                tracing.inject(rheaders)
+                up = await self.router.stream(body, rheaders, self.api.router_path)
         except BaseException as exc:
             self._background(self._release(reservation))
             if isinstance(exc, PeerError):
@@ -492,18 +523,24 @@ class Endpoint:
     async def _settle(self, reservation: Reservation, served: str, usage: dict[str, Any] | None) -> None:
         """Charge the actual cost (at the served model's price); without usage, keep the reservation."""
         try:
-            known = served in self.catalog
-            model = served if known else "other"
-            if usage is None:
-                await self.budget.settle(reservation, reservation.usd, model=model)
-                return
-            prompt = int(usage.get("prompt_tokens") or 0)
-            completion = int(usage.get("completion_tokens") or 0)
-            pricing = self.catalog.pricing(served) if known else self.catalog.reservation_pricing(served)
-            await self.budget.settle(reservation, actual_cost(pricing, prompt, completion),
-                                     input_tokens=prompt, output_tokens=completion, model=model)
+            with tracing.span("gateway.budget.settle"):
+                known = served in self.catalog
+                model = served if known else "other"
+                if usage is None:
+                    await self.budget.settle(reservation, reservation.usd, model=model)
+                    return
+                prompt = int(usage.get("prompt_tokens") or 0)
+                completion = int(usage.get("completion_tokens") or 0)
+                pricing = self.catalog.pricing(served) if known else self.catalog.reservation_pricing(served)
+                cost = actual_cost(pricing, prompt, completion)
+                await self.budget.settle(reservation, cost, input_tokens=prompt, output_tokens=completion,
+                                         model=model)
             TOKENS.labels(model, "prompt").inc(prompt)
             TOKENS.labels(model, "completion").inc(completion)
+            tenant = self._tenant_label(reservation.tenant)
+            TENANT_TOKENS.labels(tenant, "prompt").inc(prompt)
+            TENANT_TOKENS.labels(tenant, "completion").inc(completion)
+            TENANT_COST.labels(tenant).inc(cost)
         except Exception as exc:  # the answer is already served: never fail it over bookkeeping
             log_event(log, "budget settle failed", logging.WARNING, error=type(exc).__name__)
 
@@ -534,9 +571,14 @@ class Endpoint:
         counter.inc()
         self._duration.observe(elapsed)
         overhead = min(ex.overhead(), elapsed)
+        traced = _NO_FIELDS
+        if tracing.ENABLED:  # the trace id beside the request id: from a log line to its trace
+            traced = {"trace_id": tracing.trace_id()}
+            tracing.set_attributes({"http.response.status_code": status, "qlens.request_id": ex.rid,
+                                    "qlens.cache": ex.cache, "qlens.model": ex.model or ""})
         log_line(log, "request", request_id=ex.rid, route=self.route, tenant=ex.tenant, user=ex.user,
                  model=ex.model, provider=ex.provider, status=status, cache=ex.cache, stream=ex.stream,
-                 latency_ms=round(elapsed * 1000, 3), overhead_ms=round(overhead * 1000, 3))
+                 latency_ms=round(elapsed * 1000, 3), overhead_ms=round(overhead * 1000, 3), **traced)
 
 
 # --- what the router's answers and failures become for the client ----------------------------------

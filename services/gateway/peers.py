@@ -15,6 +15,7 @@ import os
 from collections.abc import Mapping
 from typing import Literal
 
+from services.common import tracing
 from services.common.logging import log_event
 from services.gateway.http11 import PeerError, Pool, Reply, StreamReply
 
@@ -77,7 +78,8 @@ class Cache:
     async def get(self, tenant: str, key: str) -> bytes | Literal[False] | None:
         """The entry's bytes; False for a miss; None when the cache cannot be reached (bypass)."""
         try:
-            reply = await self.pool.request("GET", f"/v1/cache/{tenant}/{key}", timeout=CACHE_GET_TIMEOUT)
+            reply = await self.pool.request("GET", f"/v1/cache/{tenant}/{key}", headers=_traced(),
+                                            timeout=CACHE_GET_TIMEOUT)
         except PeerError as exc:
             log_event(log, "cache unreachable", logging.WARNING, error=type(exc).__name__)
             return None
@@ -99,9 +101,13 @@ class Cache:
         return await self._put(tenant, key, value, ttl)
 
     async def _put(self, tenant: str, key: str, value: bytes, ttl: int | None) -> bool:
+        with tracing.span("gateway.cache.put", kind="client"):
+            return await self._store(tenant, key, value, ttl)
+
+    async def _store(self, tenant: str, key: str, value: bytes, ttl: int | None) -> bool:
         try:
             reply = await self.pool.request("PUT", f"/v1/cache/{tenant}/{key}?ttl={ttl or self.ttl}", value,
-                                            timeout=CACHE_PUT_TIMEOUT)
+                                            headers=_traced(), timeout=CACHE_PUT_TIMEOUT)
         except PeerError as exc:
             log_event(log, "cache store failed", logging.WARNING, error=type(exc).__name__)
             return False
@@ -115,6 +121,15 @@ class Cache:
         if reply.status != 200:
             raise RuntimeError(f"cache /health answered {reply.status}")
         return self.base_url
+
+
+def _traced() -> dict[str, str] | None:
+    """The current span's traceparent for a call to the cache (None, no headers, when tracing is off)."""
+    if not tracing.ENABLED:
+        return None
+    headers: dict[str, str] = {}
+    tracing.inject(headers)
+    return headers
 
 
 def peer_urls() -> tuple[str, str]:

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common import tracing
 from services.common.config import ServiceConfig, load_service_config
 from services.common.errors import APIError
 from services.common.health import liveness, readiness
@@ -36,6 +37,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if config is None:
         config = _load_config(logger)
+    tracing.setup(SERVICE, config.observability.tracing)
     providers = build_providers(config.providers)
     catalog = build_catalog(config, providers)
     router = Router(catalog, config.routing)
@@ -54,6 +56,7 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         )
         yield
         await providers.aclose()
+        tracing.shutdown()
 
     app = RouterApp(title="QLens router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.router = router

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.common.config import CatalogModel, Deployment, ServiceConfig
-from services.common.metrics import CIRCUIT_STATE
+from services.common.metrics import CIRCUIT_STATE, PROVIDER_UP
 from services.router.circuit import CircuitBreaker, State
 from services.router.providers import ProviderSet
 from services.router.providers.base import Provider
@@ -40,6 +40,12 @@ class DeploymentState:
     breaker: CircuitBreaker
     in_flight: int = 0
     ewma: float | None = None  # seconds, of successful calls (time to first chunk for streams)
+    last_ok: bool | None = None  # the last call's outcome (None: no call yet), for qlens_provider_up
+
+    @property
+    def up(self) -> bool:
+        """Servable as far as the router knows: provider on, circuit closed, last call not failed."""
+        return self.provider is not None and self.breaker.state is State.CLOSED and self.last_ok is not False
 
     def observe_latency(self, seconds: float) -> None:
         self.ewma = update_ewma(self.ewma, seconds)
@@ -108,6 +114,7 @@ class Catalog:
         """Export each circuit's current state (an open circuit turns half-open by time alone)."""
         for label, d in self.deployments.items():
             CIRCUIT_STATE.labels(label).set(int(d.breaker.state))
+            PROVIDER_UP.labels(d.provider_name, label).set(1 if d.up else 0)
 
 
 def build_catalog(

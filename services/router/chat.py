@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from services.common import tracing
 from services.common.errors import APIError
 from services.common.logging import log_line
 from services.common.metrics import REQUEST_DURATION, REQUESTS
@@ -52,6 +53,15 @@ class ChatCompletions:
         self._complete = router.embed if embeddings else router.complete
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if not tracing.ENABLED:
+            await self._handle(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        with tracing.server_span("POST " + self.route, headers,
+                                 {"http.request.method": "POST", "http.route": self.route}):
+            await self._handle(scope, receive, send)
+
+    async def _handle(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request_id = tenant = ""
         for name, value in scope["headers"]:
@@ -124,6 +134,9 @@ class ChatCompletions:
             fields["error"] = error
         if stream_outcome:
             fields["stream"] = stream_outcome
+        if tracing.ENABLED:
+            fields["trace_id"] = tracing.trace_id()
+            tracing.set_attributes({"http.response.status_code": status, "qlens.model": model or ""})
         log_line(self.logger, "request", **fields)  # one write(2), not the logging machinery
 
 

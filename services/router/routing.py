@@ -27,10 +27,18 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from services.common import tracing
 from services.common.config import Routing
 from services.common.errors import APIError
 from services.common.logging import log_event
-from services.common.metrics import FALLBACKS, PROVIDER_LATENCY, PROVIDER_REQUESTS, RETRIES, TOKENS
+from services.common.metrics import (
+    FALLBACKS,
+    PROVIDER_LATENCY,
+    PROVIDER_REQUESTS,
+    RETRIES,
+    TOKENS,
+    observe_llm_latency,
+)
 from services.router.catalog import Catalog, DeploymentState, Member, ModelRoute
 from services.router.circuit import Permit
 from services.router.providers.base import Completion, ProviderError, StreamItem, Usage, sse_event
@@ -84,10 +92,23 @@ class Router:
     async def complete(self, body: dict[str, Any], deadline: float) -> tuple[Completion, Served]:
         async def call(dep: DeploymentState, request: dict[str, Any]) -> Completion:
             assert dep.provider is not None
-            return await dep.provider.complete(dep.target, request)
+            if not tracing.ENABLED:
+                return await dep.provider.complete(dep.target, request)
+            with tracing.span(*_provider_span(dep, request)) as span:
+                try:
+                    completion = await dep.provider.complete(dep.target, request)
+                except ProviderError as exc:
+                    tracing.fail(span, exc.kind.value)
+                    raise
+                u = completion.usage
+                tracing.genai_response(span, completion.body, u.prompt_tokens, u.completion_tokens)
+                return completion
 
+        started = self._clock()
         completion, served = await self._route(body, deadline, call, keeps_in_flight=False)
         _count_tokens(served.model, completion.usage)
+        total = self._clock() - started
+        observe_llm_latency(served.model, total, total, completion.usage.completion_tokens, stream=False)
         return completion, served
 
     async def embed(self, body: dict[str, Any], deadline: float) -> tuple[Completion, Served]:
@@ -107,22 +128,30 @@ class Router:
 
         async def call(
             dep: DeploymentState, request: dict[str, Any]
-        ) -> tuple[AsyncGenerator[StreamItem, None], Any]:
+        ) -> tuple[AsyncGenerator[StreamItem, None], Any, Any]:
             assert dep.provider is not None
+            # the provider span lasts until the stream ends (Relay.close), not only to its first chunk
+            span = tracing.start(*_provider_span(dep, request)) if tracing.ENABLED else None
             events = dep.provider.stream(dep.target, request)
             try:
-                first = await anext(events)
+                with tracing.current(span):
+                    first = await anext(events)
             except StopAsyncIteration:
+                tracing.finish(span, FailureKind.SERVER.value)
                 raise ProviderError(
                     FailureKind.SERVER, f"{dep.label} ended the stream without an event"
                 ) from None
-            except BaseException:
+            except BaseException as exc:
+                tracing.finish(span, exc.kind.value if isinstance(exc, ProviderError) else type(exc).__name__)
                 await events.aclose()
                 raise
-            return events, first
+            return events, first, span
 
-        (events, first), served = await self._route(body, deadline, call, keeps_in_flight=True)
-        return Relay(events, first, served, deadline, self.routing, self._clock)
+        started = self._clock()
+        (events, first, span), served = await self._route(body, deadline, call, keeps_in_flight=True)
+        relay = Relay(events, first, served, deadline, self.routing, self._clock)
+        relay.started, relay.first_at, relay.provider_span = started, self._clock(), span
+        return relay
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -146,12 +175,14 @@ class Router:
             while attempt < retries.max_attempts:
                 if not self._candidates(route, excluded):
                     break
+                pause = 0.0
                 if attempt > 0:
                     RETRIES.inc()
                     pause = backoff_seconds(
                         attempt, retries.backoff_base_ms, retries.backoff_max_ms, self._rng
                     )
-                    await self._sleep(max(0.0, min(pause, deadline - self._clock())))
+                    pause = max(0.0, min(pause, deadline - self._clock()))
+                    await self._sleep(pause)
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     raise _deadline_error(requested, self.routing.deadline_seconds)
@@ -165,11 +196,13 @@ class Router:
                 attempt += 1
                 total_attempts += 1
                 budget = min(dep.provider.timeouts.total, remaining)
+                span = _attempt_span(dep, route.name, total_attempts, pause) if tracing.ENABLED else None
                 dep.in_flight += 1
                 started = self._clock()
                 try:
                     async with asyncio.timeout(budget):
-                        result = await call(dep, request)
+                        with tracing.current(span):
+                            result = await call(dep, request)
                 except (ProviderError, TimeoutError) as exc:
                     dep.in_flight -= 1
                     elapsed = self._clock() - started
@@ -182,6 +215,7 @@ class Router:
                         )
                     )
                     _observe(dep, err.kind.value, elapsed)
+                    tracing.finish(span, err.kind.value, **{"qlens.outcome": err.kind.value})
                     if err.kind is FailureKind.CLIENT:
                         dep.breaker.release(permit)
                         raise _client_error(err) from None
@@ -203,9 +237,10 @@ class Router:
                     )
                     last = err
                     continue
-                except BaseException:  # cancelled (client gone) or a bug: leave the books straight
+                except BaseException as exc:  # cancelled (client gone) or a bug: leave the books straight
                     dep.in_flight -= 1
                     dep.breaker.release(permit)
+                    tracing.finish(span, type(exc).__name__, **{"qlens.outcome": "cancelled"})
                     raise
                 elapsed = self._clock() - started
                 upstream += elapsed
@@ -214,6 +249,7 @@ class Router:
                 dep.breaker.record_success(permit)
                 dep.observe_latency(elapsed)
                 _observe(dep, "success", elapsed)
+                tracing.finish(span, **{"qlens.outcome": "success"})
                 served = Served(requested, route.name, dep, total_attempts, upstream, permit)
                 if served.fallback:
                     FALLBACKS.inc()
@@ -276,6 +312,11 @@ class Relay:
         self._closed = False
         self._timeout: asyncio.Timeout | None = None  # the stream's deadline, while pumping
         self._client_left = False
+        # set by Router.stream: when the request began and its first chunk arrived (clock
+        # seconds, for TTFT/TPOT), and the provider call's span, ended here with the usage
+        self.started: float | None = None
+        self.first_at: float | None = None
+        self.provider_span: Any = None
 
     async def pump(self, send: Callable[[bytes], Awaitable[Any]]) -> None:
         """Pass every event to `send` as it arrives, then [DONE] (or an error event); settle.
@@ -346,6 +387,13 @@ class Relay:
             pass
         if self._usage is not None:
             _count_tokens(self.served.model, self._usage)
+            if self.outcome == "success" and self.started is not None and self.first_at is not None:
+                observe_llm_latency(self.served.model, self.first_at - self.started,
+                                    self._clock() - self.started, self._usage.completion_tokens, stream=True)
+        if self.provider_span is not None:
+            usage = self._usage or Usage(0, 0)
+            tracing.genai_response(self.provider_span, None, usage.prompt_tokens, usage.completion_tokens)
+            tracing.finish(self.provider_span, None if self.outcome == "success" else self.outcome)
         if self.outcome == "client_gone":
             log_event(
                 logger, "client went away during the stream", deployment=dep.label, model=self.served.model
@@ -374,8 +422,23 @@ def route_body(body: dict[str, Any], route: ModelRoute, requested: str) -> dict[
 
 
 def _observe(dep: DeploymentState, outcome: str, seconds: float) -> None:
+    dep.last_ok = outcome == "success"
     child(PROVIDER_REQUESTS, dep.provider_name, dep.label, outcome).inc()
     child(PROVIDER_LATENCY, dep.provider_name, dep.label).observe(seconds)
+
+
+def _attempt_span(dep: DeploymentState, model: str, attempt: int, pause: float) -> Any:
+    return tracing.start("router.attempt", {
+        "qlens.deployment": dep.label, "qlens.provider": dep.provider_name, "qlens.model": model,
+        "qlens.attempt": attempt, "qlens.circuit_state": dep.breaker.state.label,
+        "qlens.retry_delay_ms": round(pause * 1000, 3),
+    })
+
+
+def _provider_span(dep: DeploymentState, request: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+    """Name, attributes and kind of a provider call's span (GenAI conventions: "chat {model}")."""
+    system = getattr(dep.provider, "gen_ai_system", dep.provider_name)
+    return f"chat {dep.target}", tracing.genai_attributes(system, dep.target, request), "client"
 
 
 def _count_tokens(model: str, usage: Usage) -> None:

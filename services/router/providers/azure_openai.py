@@ -46,6 +46,7 @@ class AzureConfig(ProviderConfig):
 
 class AzureOpenAIProvider:
     name = "azureOpenAI"
+    gen_ai_system = "azure.ai.openai"  # OpenTelemetry GenAI semantic conventions
     deterministic = False
 
     def __init__(self, config: AzureConfig, endpoint: str, api_key: str | None = None) -> None:

@@ -65,6 +65,7 @@ StreamItem = bytes | Usage
 class Provider(Protocol):
     name: str  # "azureOpenAI", "awsBedrock", "echo": the provider half of a deployment label
     deterministic: bool  # same request, same answer (echo): reported in /v1/models
+    gen_ai_system: str  # the provider call span's gen_ai.system (OpenTelemetry GenAI conventions)
     timeouts: Timeouts
 
     async def complete(self, target: str, body: dict[str, Any]) -> Completion: ...

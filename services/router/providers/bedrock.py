@@ -216,6 +216,7 @@ _END = object()
 
 class BedrockProvider:
     name = "awsBedrock"
+    gen_ai_system = "aws.bedrock"  # OpenTelemetry GenAI semantic conventions
     deterministic = False
 
     def __init__(self, config: BedrockConfig) -> None:

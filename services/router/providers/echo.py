@@ -109,6 +109,7 @@ def unit_vector(item: str | list[int], dimensions: int) -> list[float]:
 
 class EchoProvider:
     name = "echo"
+    gen_ai_system = "echo"  # not a GenAI semconv value: the local stand-in
     deterministic = True
 
     def __init__(self, config: EchoConfig | None = None) -> None:
