@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from qlensctl import __version__
-from qlensctl.commands import chart, env, keys, local, ops, release, secrets, smoke
+from qlensctl.commands import chart, env, keys, local, ops, release, secrets, smoke, tenants, usage
 from qlensctl.errors import QlensError
 from qlensctl.output import get_console
 
@@ -85,6 +85,8 @@ app.command("restore", rich_help_panel=OPERATE)(ops.restore)
 app.add_typer(ops.maintenance_app, name="maintenance", rich_help_panel=OPERATE)
 app.command("smoke-test", rich_help_panel=OPERATE)(smoke.smoke_test)
 app.add_typer(keys.keys_app, name="keys", rich_help_panel=OPERATE)
+app.add_typer(tenants.tenants_app, name="tenants", rich_help_panel=OPERATE)
+app.command("usage", rich_help_panel=OPERATE)(usage.usage)
 
 # Local: the three services as processes on this machine.
 app.command("up", rich_help_panel=LOCAL)(local.up)

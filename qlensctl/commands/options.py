@@ -13,3 +13,12 @@ HELM = typer.Option("auto", "--helm", envvar="QLENS_HELM",
                          "embedded or binary.")
 YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+
+# the admin API (/admin/v1) of a gateway: `keys` (when the environment has one), `tenants`, `usage`
+ADMIN_KEY = typer.Option(None, "--admin-key", envvar="QLENS_ADMIN_KEY", show_default=False,
+                         help="Admin key (Secret qlens-admin-keys) for the admin API; never printed.")
+URL = typer.Option(None, "--url", show_default=False,
+                   help="The gateway at this URL [default: ENV's local stack or Ingress URL].")
+PORT_FORWARD = typer.Option(False, "--port-forward",
+                            help="Reach svc/qlens-gateway through the Kubernetes API server "
+                                 "(like `kubectl port-forward`).")

@@ -48,7 +48,7 @@ def test_help_lists_every_command_under_its_panel() -> None:
     sections = _help_sections(result.out)
     expected = {
         "Deploy": ["deploy", "rollback", "status", "history"],
-        "Operate": ["scale", "backup", "restore", "smoke-test", "maintenance", "keys"],
+        "Operate": ["scale", "backup", "restore", "smoke-test", "usage", "maintenance", "keys", "tenants"],
         "Local": ["up", "down"],
         "Config": ["render", "template", "lint", "env", "secrets"],
     }
