@@ -113,6 +113,8 @@ class Cache(Model):
     max_entries: int = Field(10000, ge=1)
     max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     cache_streaming: bool = Field(True, description="cache completed streams and replay them as a stream")
+    # how long a stored Responses API response (`store`, `previous_response_id`) is kept
+    responses_ttl_seconds: int = Field(30 * 86400, ge=1, le=30 * 86400)
 
 
 class DailyLimits(Model):

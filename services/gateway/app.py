@@ -38,6 +38,7 @@ from services.gateway.chat import SERVICE, ChatApi, Endpoint, router_error, unkn
 from services.gateway.embeddings import EmbeddingsApi
 from services.gateway.http11 import PeerError
 from services.gateway.peers import Cache, Router, peer_urls
+from services.gateway.responses import ResponsesApi
 from services.gateway.schema import add_chat_completions
 from services.gateway.tenancy import Tenancy
 
@@ -64,7 +65,7 @@ class Gateway:
         self.endpoints = {
             api.route: Endpoint(config, self.catalog, self.auth, self.router, self.cache,
                                 lambda: self.budget, api)
-            for api in (ChatApi(), EmbeddingsApi())
+            for api in (ChatApi(), EmbeddingsApi(), ResponsesApi(config, self.cache))
         }
         self.chat = self.endpoints[CHAT]
 

@@ -116,9 +116,24 @@ def new_completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
+def tool_call(id: str, name: str, arguments: str) -> dict[str, Any]:
+    """One entry of an assistant message's `tool_calls`."""
+    return {"id": id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 def completion_body(
-    *, id: str, model: str, text: str, finish_reason: str, usage: Usage, created: int | None = None
+    *,
+    id: str,
+    model: str,
+    text: str,
+    finish_reason: str,
+    usage: Usage,
+    created: int | None = None,
+    tool_calls: list[dict[str, Any]] | None = None,
 ) -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message = {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
     return orjson.dumps(
         {
             "id": id,
@@ -128,7 +143,7 @@ def completion_body(
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": text},
+                    "message": message,
                     "finish_reason": finish_reason,
                     "logprobs": None,
                 }
@@ -170,6 +185,15 @@ class ChunkWriter:
 
     def content(self, text: str) -> bytes:
         return self._chunk([{"index": 0, "delta": {"content": text}, "finish_reason": None}])
+
+    def tool_call(self, index: int, arguments: str, id: str | None = None, name: str | None = None) -> bytes:
+        """A tool call's delta: the first one of a call carries its id and name, later ones only
+        more `function.arguments` text."""
+        call: dict[str, Any] = {"index": index, "function": {"arguments": arguments}}
+        if id is not None:
+            call = {"index": index, "id": id, "type": "function",
+                    "function": {"name": name or "", "arguments": arguments}}
+        return self._chunk([{"index": 0, "delta": {"tool_calls": [call]}, "finish_reason": None}])
 
     def finish(self, reason: str) -> bytes:
         return self._chunk([{"index": 0, "delta": {}, "finish_reason": reason}])

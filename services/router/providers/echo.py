@@ -9,6 +9,11 @@ a few per message), so budgets and cost reports behave as they would with a real
 Embeddings are unit vectors derived from the input alone (SHAKE-256 of the text or token ids), so
 the same input always has the same vector and different inputs almost surely differ;
 `dimensions` sets their length (default 256).
+
+Tools: when the request offers function tools (and `tool_choice` is not "none") and the last
+message is the user's, echo calls one tool (the one `tool_choice` names, else the first) with
+arguments `{"input": <the user's text>}` (finish_reason "tool_calls"); after a tool result it
+answers `Echo: <the tool's output>`. Enough for an agent loop to run end to end.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import struct
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
+import orjson
 from pydantic import Field
 
 from services.common.config import Timeouts
@@ -35,6 +41,7 @@ from services.router.providers.base import (
     message_text,
     new_completion_id,
     stop_sequences,
+    tool_call,
     wants_usage,
 )
 from services.router.providers.spec import ProviderConfig, ProviderSpec
@@ -66,9 +73,26 @@ def prompt_tokens(messages: list[Any]) -> int:
     return total
 
 
+def echo_tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The tool call echo makes for this request, if any (see the module's docstring)."""
+    tools = [t for t in body.get("tools") or ()
+             if isinstance(t, dict) and isinstance(t.get("function"), dict)]
+    choice = body.get("tool_choice", "auto")
+    messages = body.get("messages") or []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
+    if not tools or choice == "none" or last.get("role") != "user":
+        return None
+    named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    name = str(named or tools[0]["function"].get("name") or "tool")
+    text = message_text(last.get("content"))
+    digest = hashlib.sha256(f"{name}\n{text}".encode()).hexdigest()[:24]
+    return tool_call(f"call_{digest}", name, orjson.dumps({"input": text}).decode())
+
+
 def echo_answer(body: dict[str, Any]) -> tuple[str, str]:
     """The answer text and its finish reason."""
     messages = body.get("messages") or []
+    last = messages[-1] if messages and isinstance(messages[-1], dict) else {}
     last_user = next(
         (
             message_text(m.get("content"))
@@ -77,7 +101,10 @@ def echo_answer(body: dict[str, Any]) -> tuple[str, str]:
         ),
         "",
     )
-    text = f"Echo: {last_user}" if last_user else "Echo: (no user message)"
+    if last.get("role") == "tool":
+        text = f"Echo: {message_text(last.get('content'))}"
+    else:
+        text = f"Echo: {last_user}" if last_user else "Echo: (no user message)"
     finish = "stop"
     for stop in stop_sequences(body):
         if stop and stop in text:
@@ -122,9 +149,15 @@ class EchoProvider:
     async def complete(self, target: str, body: dict[str, Any]) -> Completion:
         if self.delay:
             await asyncio.sleep(self.delay)
+        model = str(body.get("model") or target)
+        call = echo_tool_call(body)
+        if call is not None:
+            usage = self._usage(body, call["function"]["arguments"])
+            answer = completion_body(id=new_completion_id(), model=model, text="", finish_reason="tool_calls",
+                                     usage=usage, tool_calls=[call])
+            return Completion(answer, usage)
         text, finish = echo_answer(body)
         usage = self._usage(body, text)
-        model = str(body.get("model") or target)
         return Completion(
             completion_body(
                 id=new_completion_id(), model=model, text=text, finish_reason=finish, usage=usage
@@ -135,12 +168,21 @@ class EchoProvider:
     async def stream(self, target: str, body: dict[str, Any]) -> AsyncGenerator[StreamItem, None]:
         if self.delay:
             await asyncio.sleep(self.delay)
-        text, finish = echo_answer(body)
-        usage = self._usage(body, text)
         out = ChunkWriter(str(body.get("model") or target), wants_usage(body))
         yield out.role()
-        for piece in split_for_stream(text):
-            yield out.content(piece)
+        call = echo_tool_call(body)
+        if call is not None:
+            args = call["function"]["arguments"]
+            usage = self._usage(body, args)
+            half = len(args) // 2  # in two fragments, as real models stream arguments
+            yield out.tool_call(0, args[:half], id=call["id"], name=call["function"]["name"])
+            yield out.tool_call(0, args[half:])
+            finish = "tool_calls"
+        else:
+            text, finish = echo_answer(body)
+            usage = self._usage(body, text)
+            for piece in split_for_stream(text):
+                yield out.content(piece)
         yield out.finish(finish)
         if out.include_usage:
             yield out.usage(usage)
