@@ -6,6 +6,7 @@ included. Each test uses its own prompt so the shared stack's cache does not mix
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -30,11 +31,14 @@ def test_sync_completion(shared_stack: RunningStack):
     assert completion.choices[0].message.role == "assistant"
     assert completion.choices[0].message.content == "Echo: sync hello"
     assert completion.choices[0].finish_reason == "stop"
-    assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0
+    # echo counts 3 a request, 4 a message and 4 characters a token: 3 + (4 + 2) + (4 + 3), and
+    # "Echo: sync hello" (16 characters)
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens,
+            completion.usage.total_tokens) == (16, 4, 20)
     assert raw.headers["x-qlens-provider"] == "echo/echo"
     assert raw.headers["x-qlens-cache"] == "miss"
-    assert float(raw.headers["x-qlens-overhead-ms"]) >= 0
-    assert raw.headers["x-request-id"]
+    assert re.fullmatch(r"\d+\.\d{3}", raw.headers["x-qlens-overhead-ms"])  # ms, three decimals
+    assert re.fullmatch(r"[0-9a-f]{32}", raw.headers["x-request-id"])  # a fresh uuid4 hex
 
 
 async def test_async_completion(shared_stack: RunningStack):

@@ -3,6 +3,8 @@ Azure OpenAI and Bedrock SDKs (pointed at local stand-ins) and from echo."""
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import openai
 import pytest
@@ -60,6 +62,11 @@ def client(stack):
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello router"}]
 
 
+# (prompt, completion) tokens as each stand-in counts them: 4 characters a token over the text
+# ("be brief hello router", 21 characters, and the answer); echo adds 4 a message and 3 a request
+USAGE = {"gpt-4": (6, 7), "claude-3-sonnet": (6, 14), "echo": (16, 5)}
+
+
 @pytest.mark.parametrize(
     "model,provider,text",
     [
@@ -72,11 +79,15 @@ def test_completion_from_each_provider(client, model, provider, text):
     raw = client.chat.completions.with_raw_response.create(model=model, messages=MESSAGES)
     completion = raw.parse()
     assert completion.choices[0].message.content == text
-    assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0
+    prompt, answer = USAGE[model]
+    assert (completion.usage.prompt_tokens, completion.usage.completion_tokens,
+            completion.usage.total_tokens) == (prompt, answer, prompt + answer)
     assert raw.headers["x-qlens-provider"] == provider
     assert raw.headers["x-qlens-model"] == model
     assert "x-qlens-fallback" not in raw.headers
-    assert float(raw.headers["x-qlens-upstream-ms"]) >= 0
+    # milliseconds with three decimals; a real call takes some time, so never 0.000
+    assert re.fullmatch(r"\d+\.\d{3}", raw.headers["x-qlens-upstream-ms"])
+    assert float(raw.headers["x-qlens-upstream-ms"]) > 0
 
 
 @pytest.mark.parametrize(
@@ -96,7 +107,9 @@ def test_stream_from_each_provider_with_usage(client, model, text):
     assert all(c.object == "chat.completion.chunk" for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) >= 2  # several chunks
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    prompt, answer = USAGE[model]
+    assert chunks[-1].choices == []
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (prompt, answer)
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
 
 

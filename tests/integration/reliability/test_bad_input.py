@@ -270,7 +270,8 @@ REQUEST_LINE = b"POST " + CHAT.encode() + b" HTTP/1.1\r\nHost: gateway\r\n"
 
 def slow_client(url: str, opening: bytes, drip: bytes, bound: float) -> tuple[float, bytes]:
     """Send `opening`, then one byte of `drip` a second; returns (seconds, answer) once the server
-    answers or closes, or (bound, b"") when it still held the connection after `bound` seconds."""
+    answers, closes ("(closed)") or resets ("(reset)") the connection, or (bound, b"") when it
+    still held the connection after `bound` seconds."""
     u = urlparse(url)
     start = time.monotonic()
     with socket.create_connection((u.hostname, u.port), timeout=bound) as s:
@@ -282,6 +283,8 @@ def slow_client(url: str, opening: bytes, drip: bytes, bound: float) -> tuple[fl
                 return time.monotonic() - start, got or b"(closed)"
             except TimeoutError:
                 pass
+            except ConnectionResetError:  # cut off by a reset: the gateway let go, an outcome too
+                return time.monotonic() - start, b"(reset)"
             try:
                 s.sendall(drip[i % len(drip):i % len(drip) + 1])
             except OSError:
@@ -296,17 +299,24 @@ def test_slow_loris_clients_are_cut_off(shared_stack):
                       b" "),
         "slow headers": (REQUEST_LINE, b"X-Slow: yes\r\n"),
     }
-    results: dict[str, tuple[float, bytes]] = {}
+    results: dict[str, tuple[float, bytes] | BaseException] = {}
 
     def run(name: str) -> None:
-        results[name] = slow_client(url, *cases[name], SLOW_CLIENT_BOUND)
+        try:
+            results[name] = slow_client(url, *cases[name], SLOW_CLIENT_BOUND)
+        except BaseException as exc:  # reported below: a client that crashed proves nothing
+            results[name] = exc
 
-    threads = [threading.Thread(target=run, args=(name,)) for name in cases]
+    threads = [threading.Thread(target=run, args=(name,), daemon=True) for name in cases]
     for t in threads:
         t.start()
     for t in threads:
         t.join(SLOW_CLIENT_BOUND + 10)
-    for name, (seconds, answer) in results.items():
+    assert not [t for t in threads if t.is_alive()], "a slow client outlived its join"
+    assert results.keys() == cases.keys()
+    for name, result in results.items():
+        assert not isinstance(result, BaseException), f"{name}: the client failed: {result!r}"
+        seconds, answer = result
         assert answer, f"{name}: the gateway still held the connection after {seconds:.0f} s"
         if answer.startswith(b"HTTP/1.1 "):
             status = int(answer.split(b" ", 2)[1])

@@ -10,6 +10,7 @@ response body or header, metrics or health page.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 
 import httpx
 import pytest
@@ -154,7 +155,11 @@ def test_no_secret_appears_in_any_log_answer_or_page(production):
         seen.append(f"{r.status_code} {dict(r.headers)} {r.text}")
         return r
 
+    # this test's own requests only: the stand-ins are shared by the session
+    production.azure.reset()
+    production.bedrock.reset()
     production.azure.set_faults("gpt-35-turbo", Faults(error_fraction=1.0, status=401))
+    misses: Counter[str] = Counter()  # model -> answers that were not from the cache: provider calls
     tag = uuid.uuid4().hex[:8]
     wrong = f"qlk-SENTINEL-wrong-key-{tag}"
     with client(production, "alice") as alice, \
@@ -163,10 +168,13 @@ def test_no_secret_appears_in_any_log_answer_or_page(production):
         for model, provider in served_by.items():
             r = keep(alice.post(CHAT, json=chat(f"secret hygiene {tag}", model)))
             assert r.status_code == 200 and r.headers["x-qlens-provider"].startswith(provider), r.text
-            keep(alice.post(CHAT, json=chat(f"secret hygiene {tag}", model)))  # cached
+            again = keep(alice.post(CHAT, json=chat(f"secret hygiene {tag}", model)))  # cached, once stored
             with alice.stream("POST", CHAT, json=chat(f"secret stream {tag}", model, stream=True)) as s:
                 s.read()
                 keep(s)
+            for answer in (r, again, s):
+                assert answer.status_code == 200, answer.text
+                misses[model] += answer.headers["x-qlens-cache"] == "miss"
         # Azure refusing our credentials (401): the router says so without repeating them
         r = keep(alice.post(CHAT, json=chat(f"azure refuses {tag}", "gpt-35-turbo")))
         assert r.status_code == 502 and error_of(r)["code"] == "provider_error"
@@ -186,8 +194,12 @@ def test_no_secret_appears_in_any_log_answer_or_page(production):
         keep(httpx.get(stack.url(service) + "/metrics"))
         keep(httpx.get(stack.url(service) + "/health/ready"))
     production.azure.set_faults("gpt-35-turbo", Faults())
-    # the credentials were really used: Azure got its key, Bedrock requests were signed with ours
-    assert "api-key" in production.azure.auth_kinds and production.bedrock.calls() >= 2
+    # the credentials were really used, by this test's calls: Azure got its key, and every Bedrock
+    # call carried a SigV4 signature by our secret (the stand-in verifies it, and refuses with a 403)
+    assert production.azure.auth_kinds == {"api-key"}
+    assert [s.status for s in production.azure.seen if s.target == "gpt-4"] == [200] * misses["gpt-4"]
+    assert [s.status for s in production.bedrock.seen] == [200] * misses["claude-3-sonnet"]
+    assert misses["gpt-4"] >= 2 and misses["claude-3-sonnet"] >= 2  # the first question and the stream
 
     logs = all_logs(stack)
     assert len(logs) >= 3 and all(logs.values())
