@@ -323,12 +323,30 @@ def test_provider_credentials_come_from_qlens_secrets_to_the_router_only() -> No
             assert not set(expected) & set(env_vars(env, s))
 
 
-def test_no_secret_value_in_any_manifest(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "sentinel-azure-key-9c1d")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sentinel-aws-secret-9c1d")
-    monkeypatch.setenv("QLENS_REDIS_URL", "redis://:sentinel-9c1d@redis:6379")
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("providers", "azureOpenAI", "apiKey"),
+        ("providers", "awsBedrock", "secretAccessKey"),
+        ("cache", "redisUrl"),
+        ("secrets", "values"),
+    ],
+)
+def test_a_secret_value_cannot_reach_a_manifest_through_the_environment_file(path: tuple[str, ...]) -> None:
+    """The chart's only input is the values rendered from an environment file, and the file cannot
+    carry a credential: a key for one is refused (unknown keys are errors) before anything renders.
+    Credentials reach pods by reference only (test_provider_credentials_come_from_qlens_secrets_...),
+    and the chart makes no Secret object that could hold one."""
+    data = yaml.safe_load((ROOT / "environments" / "production.yaml").read_text())
+    node = data
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = "sentinel-credential-9c1d"
+    with pytest.raises(ConfigError) as err:
+        parse_environment(data, "production.yaml")
+    assert ".".join(path) in str(err.value) and "9c1d" not in str(err.value)
     for env in ENVS:
-        assert "9c1d" not in template_text(env)
+        assert "Secret" not in kinds(env)
 
 
 def test_production_syncs_secrets_from_key_vault_and_staging_does_not() -> None:

@@ -3,23 +3,25 @@ without --debug, `env list/show` for people and machines, and the parts of `up`/
 no running service (refusals before anything starts, stale state files).
 
 `run_cli` (tests/support/cli.py) calls `qlensctl.main.run`, the console script's entry,
-in-process: that is where errors become messages and exit codes. One test runs the same entry in
-a real subprocess.
+in-process: that is where errors become messages and exit codes. One test runs the installed
+`qlensctl` console script in a real subprocess.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
 import yaml
 
 from qlensctl.local import ServiceProcess, Stack, free_port, load_state, save_state
-from tests.support.cli import ROOT, qlensctl, run_cli
+from tests.support.cli import ROOT, cli_env, run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -95,13 +97,26 @@ def test_debug_adds_the_traceback() -> None:
     assert "error: unknown environment 'qa'" in result.err
 
 
-def test_the_console_script_entry_in_a_real_process() -> None:
-    proc = qlensctl("env", "show", "qa", timeout=60)
+def test_the_installed_console_script_in_a_real_process() -> None:
+    """The `qlensctl` executable pip installed next to this interpreter from pyproject's
+    [project.scripts], run as an operator runs it (not `python -m`)."""
+    from importlib.metadata import entry_points
+
+    (entry,) = entry_points(group="console_scripts", name="qlensctl")
+    assert entry.value == "qlensctl.main:run"
+    script = Path(sysconfig.get_path("scripts")) / "qlensctl"
+    assert script.is_file() and os.access(script, os.X_OK), f"{script} is not installed: pip install -e ."
+
+    def installed(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(script), *args], capture_output=True, text=True, env=cli_env(), cwd=ROOT,
+                              stdin=subprocess.DEVNULL, timeout=timeout)
+
+    proc = installed("env", "show", "qa", timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: unknown environment 'qa'")
     assert "hint:" in proc.stderr
     assert "Traceback" not in proc.stderr
-    ok = qlensctl("env", "list", "--json", timeout=60)
+    ok = installed("env", "list", "--json", timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert [e["name"] for e in json.loads(ok.stdout)] == ["local", "production", "staging"]
 

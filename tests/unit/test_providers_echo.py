@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import orjson
 
 from services.router.providers.base import Usage
@@ -33,11 +36,9 @@ async def test_same_request_same_answer_and_usage():
         "content": "Echo: hello there, how are you today?",
     }
     assert ja["object"] == "chat.completion" and ja["model"] == "echo"
-    assert ja["usage"] == {
-        "prompt_tokens": a.usage.prompt_tokens,
-        "completion_tokens": a.usage.completion_tokens,
-        "total_tokens": a.usage.prompt_tokens + a.usage.completion_tokens,
-    }
+    # 3 a request, 4 a message, 4 characters a token: 3 + (4 + 2) + (4 + 8); the answer has 37 characters
+    assert ja["usage"] == {"prompt_tokens": 21, "completion_tokens": 10, "total_tokens": 31}
+    assert a.usage == b.usage == Usage(21, 10)
 
 
 def test_usage_grows_with_the_prompt_like_a_tokenizer():
@@ -107,7 +108,20 @@ async def test_stream_without_include_usage_has_no_usage_chunk():
     assert isinstance(items[-1], Usage)  # the router still learns the usage
 
 
-async def test_delay_is_configurable():
-    echo = EchoProvider(EchoConfig(enabled=True, delay_ms=20))
-    assert echo.delay == 0.02
-    assert orjson.loads((await echo.complete("echo", body())).body)["choices"]
+async def test_the_configured_delay_holds_the_answer_back():
+    """Measured on the event loop's clock, which is what asyncio.sleep waits on (a lower bound; the
+    loop may run a timer up to its clock resolution early, so that much is allowed)."""
+    loop = asyncio.get_running_loop()
+    slack = time.get_clock_info("monotonic").resolution
+    echo = EchoProvider(EchoConfig(enabled=True, delay_ms=50))
+    start = loop.time()
+    answer = await echo.complete("echo", body())
+    assert loop.time() - start >= 0.050 - slack
+    text = orjson.loads(answer.body)["choices"][0]["message"]["content"]
+    assert text == "Echo: hello there, how are you today?"
+    start = loop.time()
+    stream = echo.stream("echo", body(stream=True))
+    first = await anext(stream)
+    assert loop.time() - start >= 0.050 - slack  # the first chunk waits too
+    assert b'"role":"assistant"' in first
+    await stream.aclose()

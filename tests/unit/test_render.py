@@ -136,6 +136,37 @@ def test_the_service_sections_are_the_environments_service_config() -> None:
         assert rendered.model_dump() == ServiceConfig.model_validate(environment.public_dict()).model_dump()
 
 
+def assert_written_as_in_the_file(raw: object, rendered: object, path: str) -> None:
+    """Every key the file sets is in `rendered` with the file's value (defaults may be added)."""
+    if isinstance(raw, dict):
+        assert isinstance(rendered, dict), f"{path}: {rendered!r} is not a mapping"
+        for key, value in raw.items():
+            assert key in rendered, f"{path}.{key} is in the environment file but not in the values"
+            assert_written_as_in_the_file(value, rendered[key], f"{path}.{key}")
+    elif isinstance(raw, list):
+        assert isinstance(rendered, list) and len(rendered) == len(raw), f"{path}: {rendered!r}"
+        for i, (a, b) in enumerate(zip(raw, rendered, strict=True)):
+            assert_written_as_in_the_file(a, b, f"{path}[{i}]")
+    else:
+        assert rendered == raw, f"{path}: the file says {raw!r}, the values {rendered!r}"
+
+
+def test_every_service_setting_in_the_file_reaches_the_values() -> None:
+    """Against the raw file, not the loaded model: a key dropped on the way whose value equals its
+    default would look the same after validation, and is caught here."""
+    from services.common.config import ServiceConfig
+
+    sections = {f.alias or name for name, f in ServiceConfig.model_fields.items()} - {"name"}
+    for env in ENVS:
+        raw = yaml.safe_load((ROOT / "environments" / f"{env}.yaml").read_text())
+        v = values(env)
+        assert v["environment"] == raw["name"]
+        present = sections & set(raw)
+        assert {"providers", "models", "routing", "cache", "costControls", "auth"} <= present, env
+        for section in sorted(present):
+            assert_written_as_in_the_file(raw[section], v.get(section), section)
+
+
 # --- image tag ---------------------------------------------------------------------------------
 
 

@@ -50,9 +50,16 @@ def test_weighted_follows_weights():
     assert counts[0] + counts[1] == 4000
 
 
-def test_weighted_is_reproducible_with_a_seed():
+def test_weighted_draws_from_its_own_generator():
+    """Same seed, same picks; another seed, other picks: the chooser's randomness is the generator
+    it was given (not the global `random`, which would make runs unrepeatable)."""
     ds = [D(0, weight=1), D(1, weight=2), D(2, weight=5)]
     assert picks(Weighted(random.Random(1)), ds, 50) == picks(Weighted(random.Random(1)), ds, 50)
+    assert picks(Weighted(random.Random(1)), ds, 50) != picks(Weighted(random.Random(2)), ds, 50)
+    random.seed(99)  # the global generator's state changes nothing
+    first = picks(Weighted(random.Random(1)), ds, 50)
+    random.seed(100)
+    assert picks(Weighted(random.Random(1)), ds, 50) == first
 
 
 def test_weighted_only_picks_among_candidates():
