@@ -58,6 +58,13 @@ class PreviousVersion(Model):
     enabled: bool = False
 
 
+class SmokeTest(Model):
+    """What `qlensctl smoke-test ENV` asks (`--model` overrides it)."""
+
+    # the model of the chat completion and cache checks; None: `echo` when served, else the first
+    model: str | None = None
+
+
 class Tls(Model):
     enabled: bool = False
     secret_name: str = "qlens-tls"
@@ -90,6 +97,7 @@ class Environment(ServiceConfig):
     resources: Resources = Resources()
     service_resources: dict[Literal["gateway", "router", "cache"], Resources] = Field(default_factory=dict)
     previous_version: PreviousVersion = PreviousVersion()
+    smoke_test: SmokeTest = SmokeTest()
     tls: Tls = Tls()
     secrets: Secrets = Secrets()
     external_secrets: ExternalSecrets = ExternalSecrets()

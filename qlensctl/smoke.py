@@ -7,8 +7,9 @@ needs a model from /v1/models) is reported as `skip` when that one failed.
 
 The checks: `/health` and `/health/ready` on every service we can reach (all three when
 `service_urls` is given, as for a local stack; otherwise only the gateway, whose readiness body
-must name its router and cache checks), `GET /v1/models`, one chat completion (model `echo` when
-served, else the first listed), the same request again answered from the cache
+must name its router and cache checks), `GET /v1/models`, one chat completion (the model asked
+for: `--model`, else the environment's `smokeTest.model`; else `echo` when served, else the first
+listed), the same request again answered from the cache
 (`x-qlens-cache: hit`, same content), and `/metrics` exposing `qlens_` samples.
 
 `targets(...)` turns the CLI's ENV / `--url` / state folder into those URLs: a local stack's three
@@ -74,6 +75,7 @@ class Targets:
     source: str  # how they were found, for the table's title
     hint: str = "the detail column says why"  # what to do when checks fail
     needs_key: bool = False  # the environment requires an API key (auth.required)
+    model: str | None = None  # the environment's smokeTest.model
 
 
 class _Failed(Exception):
@@ -109,12 +111,13 @@ def targets(env: str | None, url: str | None, state_dir: Path) -> Targets:
         return Targets(public, None, f"{env} ({public}, the gateway's Ingress)",
                        hint=f"the detail column says why; if {environment.domain} is not reachable from "
                             f"here, try `qlensctl smoke-test {env} --port-forward`",
-                       needs_key=environment.auth.required)
+                       needs_key=environment.auth.required, model=environment.smoke_test.model)
     ports = environment.ports
     base = f"http://{local.DEFAULT_HOST}"
     urls = {name: f"{base}:{getattr(ports, name)}" for name in local.SERVICE_ORDER}
     return Targets(urls["gateway"], urls, f"{env} (default ports)",
-                   hint=f"the detail column says why; is it running? `qlensctl up --env {env}`")
+                   hint=f"the detail column says why; is it running? `qlensctl up --env {env}`",
+                   model=environment.smoke_test.model)
 
 
 def environment_url(environment: Any) -> str:
@@ -153,8 +156,10 @@ def run_smoke(
     api_key: str | None = None,
     timeout: float = 30.0,
     progress: Progress | None = None,
+    model: str | None = None,
 ) -> list[CheckResult]:
-    """Run every check against a running QLens; see the module docstring."""
+    """Run every check against a running QLens; see the module docstring. `model`: the one to ask
+    (it must be listed), else `echo` when served, else the first listed."""
     import httpx
 
     gateway_url = gateway_url.rstrip("/")
@@ -189,17 +194,17 @@ def run_smoke(
             check(f"{name} /health", partial(_health, client, urls[name]))
             check(f"{name} /health/ready", partial(_ready, client, urls[name], must_name))
 
-        model: list[str] = []
-        check("models", partial(_models, client, gateway_url, headers, model))
+        chosen: list[str] = []
+        check("models", partial(_models, client, gateway_url, headers, chosen, model))
         request = {
-            "model": model[0] if model else "",
+            "model": chosen[0] if chosen else "",
             # a fresh prompt per run: the first answer must come from a provider, not an old entry
             "messages": [{"role": "user", "content": f"qlens smoke test {uuid.uuid4().hex}"}],
             "max_tokens": 16,
             "temperature": 0,
         }
         first: list[str] = []
-        if not model:
+        if not chosen:
             skip("chat completion", "needs a model from /v1/models")
             skip("cache hit", "needs a chat completion")
         elif not check("chat completion", partial(_completion, client, gateway_url, headers, request, first)):
@@ -223,7 +228,8 @@ class ForwardedRun:
 
 
 def run_through_port_forward(kube: Kube, environment: Environment, api_key: str | None,
-                             timeout: float = 30.0, progress: Progress | None = None) -> ForwardedRun:
+                             timeout: float = 30.0, progress: Progress | None = None,
+                             model: str | None = None) -> ForwardedRun:
     """Forward a free local port to svc/qlens-gateway in the environment's namespace (through the
     API server, like `kubectl port-forward`), run the gateway's checks through it, close it.
     `progress` hears what it is doing, in words ("port-forwarding ...", "checking models")."""
@@ -238,7 +244,8 @@ def run_through_port_forward(kube: Kube, environment: Environment, api_key: str 
     with portforward.forward_service(kube, namespace, GATEWAY_SERVICE, port) as forward:
         route = f"port-forward {forward.url} -> pod/{forward.pod}:{forward.remote_port} in {namespace}"
         results = run_smoke(forward.url, None, api_key, timeout=timeout,
-                            progress=lambda name: say(f"checking {name}"))
+                            progress=lambda name: say(f"checking {name}"),
+                            model=model or environment.smoke_test.model)
     return ForwardedRun(results, forward.url, route, list(dict.fromkeys(forward.errors)))
 
 
@@ -270,7 +277,8 @@ def _ready(client: httpx.Client, base: str, must_name: tuple[str, ...]) -> str:
     return "ready: " + ", ".join(checks) if checks else "ready"
 
 
-def _models(client: httpx.Client, gateway: str, headers: dict[str, str], chosen: list[str]) -> str:
+def _models(client: httpx.Client, gateway: str, headers: dict[str, str], chosen: list[str],
+            wanted: str | None = None) -> str:
     r = client.get(f"{gateway}/v1/models", headers=headers)
     _expect(r, 200)
     body = _json(r)
@@ -279,7 +287,9 @@ def _models(client: httpx.Client, gateway: str, headers: dict[str, str], chosen:
     ids = [str(m["id"]) for m in items if isinstance(m, dict) and m.get("id")]
     if not ids:
         raise _Failed("the gateway serves no models")
-    chosen.append(PREFERRED_MODEL if PREFERRED_MODEL in ids else ids[0])
+    if wanted and wanted not in ids:
+        raise _Failed(f"model {wanted} is not served (the gateway lists {', '.join(ids)}); pass --model")
+    chosen.append(wanted or (PREFERRED_MODEL if PREFERRED_MODEL in ids else ids[0]))
     return f"{len(ids)} model(s); using {chosen[0]}"
 
 

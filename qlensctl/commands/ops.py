@@ -347,7 +347,7 @@ def _smoke(environment: Any, kube: Any, url: str | None, port_forward: bool,
     if not port_forward:
         where = url or smoke.environment_url(environment)
         with output.spinner(f"smoke-testing {where}"):
-            return where, smoke.run_smoke(where, None, api_key)
+            return where, smoke.run_smoke(where, None, api_key, model=environment.smoke_test.model)
     with output.spinner(f"smoke-testing {environment.name} through a port-forward") as update:
         run = smoke.run_through_port_forward(kube, environment, api_key, progress=update)
     for note in run.stream_errors:

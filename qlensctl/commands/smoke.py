@@ -36,6 +36,9 @@ def smoke_test(
     state_dir: Path = typer.Option(None, "--state-dir", help="Where a detached stack was recorded."),
     timeout: float = typer.Option(30.0, "--timeout", help="Seconds each request may take."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    model: str = typer.Option(None, "--model", show_default=False,
+                              help="Model for the completion and cache checks [default: the environment's "
+                                   "smokeTest.model, else echo when served, else the first listed]."),
 ) -> None:
     """Check a running QLens end to end; exit 1 naming every check that failed."""
     from qlensctl import local, smoke
@@ -51,11 +54,11 @@ def smoke_test(
         if not name:
             raise ConfigError("--port-forward needs an environment",
                               "e.g. `qlensctl smoke-test staging --port-forward`")
-        results, where, notes = _through_port_forward(name, kube_context, api_key, timeout)
+        results, where, notes = _through_port_forward(name, kube_context, api_key, timeout, model)
     else:
         where = smoke.targets(name, url, state_dir or local.default_state_dir())
         smoke.require_key(where.needs_key, api_key, name or "local")
-        results, notes = _run(where, api_key, timeout), []
+        results, notes = _run(where, api_key, timeout, model or where.model), []
 
     bad = smoke.failed(results)
     if as_json:
@@ -75,16 +78,16 @@ def smoke_test(
         output.info(f"[green]all {len(results)} checks passed[/green]")
 
 
-def _run(where: Any, api_key: str | None, timeout: float) -> list[Any]:
+def _run(where: Any, api_key: str | None, timeout: float, model: str | None) -> list[Any]:
     from qlensctl import smoke
 
     with output.spinner(f"smoke-testing {where.gateway_url}") as update:
         return smoke.run_smoke(where.gateway_url, where.service_urls, api_key, timeout=timeout,
-                               progress=lambda name: update(f"checking {name}"))
+                               progress=lambda name: update(f"checking {name}"), model=model)
 
 
 def _through_port_forward(env: str, kube_context: str | None, api_key: str | None,
-                          timeout: float) -> tuple[list[Any], Any, list[str]]:
+                          timeout: float, model: str | None) -> tuple[list[Any], Any, list[str]]:
     """The checks through a port-forward to svc/qlens-gateway of `env`.
 
     Returns the results, the targets (for the title) and what went wrong with the forward's
@@ -99,7 +102,8 @@ def _through_port_forward(env: str, kube_context: str | None, api_key: str | Non
     kube = Kube.for_environment(environment, kube_context)  # the context guard, as for deploy
     try:
         with output.spinner(f"smoke-testing {env} through a port-forward") as update:
-            run = smoke.run_through_port_forward(kube, environment, api_key, timeout, progress=update)
+            run = smoke.run_through_port_forward(kube, environment, api_key, timeout, progress=update,
+                                                 model=model)
     finally:
         kube.close()
     hint = f"the detail column says why; `qlensctl status {env}` shows the pods and recent events"

@@ -164,3 +164,34 @@ def test_a_cluster_environment_is_checked_through_its_domain_with_its_key(make_s
     assert table.returncode == 0 and "all 6 checks passed" in table.stdout
     for result in (no_key, keyed, table):
         assert key not in result.stdout + result.stderr
+
+
+def test_smoke_test_asks_the_model_given_with_model(make_stack: StackFactory) -> None:
+    running = make_stack({"models": {"echo-large": {"displayName": "Echo large",
+                                                    "deployments": [{"provider": "echo", "target": "echo"}]}}})
+    url = ("smoke-test", "--url", running.gateway_url, "--json")
+    default = qlensctl(*url)
+    assert default.returncode == 0, default.stdout + default.stderr
+    assert details(default.stdout)["chat completion"].startswith("echo via")  # echo when served
+
+    chosen = qlensctl(*url, "--model", "echo-large")
+    assert chosen.returncode == 0, chosen.stdout + chosen.stderr
+    found = details(chosen.stdout)
+    assert found["models"].endswith("using echo-large")
+    assert found["chat completion"] == "echo-large via echo/echo, cache miss"
+    assert statuses(chosen.stdout)["cache hit"] == "pass"
+
+    missing = qlensctl(*url, "--model", "gpt-4")
+    assert missing.returncode == 1
+    assert details(missing.stdout)["models"] == ("model gpt-4 is not served (the gateway lists echo, "
+                                                 "echo-large); pass --model")
+    assert statuses(missing.stdout)["chat completion"] == "skip"
+
+
+def test_staging_smoke_tests_a_real_provider_model_by_default() -> None:
+    from qlensctl.environments import load_environment
+    from qlensctl.smoke import targets
+
+    assert load_environment("staging").smoke_test.model == "gpt-35-turbo"
+    assert targets("staging", None, Path("/nonexistent")).model == "gpt-35-turbo"
+    assert load_environment("local").smoke_test.model is None  # local: echo
