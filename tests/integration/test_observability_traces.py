@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -35,7 +36,7 @@ SERVER_SPAN = "POST /v1/chat/completions"
 def traced(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[RunningStack, OTLPReceiver, FakeAzureOpenAI]]:
-    with OTLPReceiver() as otlp, FakeAzureOpenAI() as azure:
+    with OTLPReceiver() as otlp, FakeAzureOpenAI(deployments=("gpt-4-prod",)) as azure:
         env = {**otlp.client_env(), **azure.client_env()}
         with running_stack(tmp_path_factory.mktemp("traced"), AZURE_ENV, extra_env=env) as stack:
             yield stack, otlp, azure
@@ -58,6 +59,17 @@ def _trace(otlp: OTLPReceiver, trace_id: str, *, attempts: int) -> list[Received
 
     otlp.wait_for(complete)
     return otlp.trace(trace_id)
+
+
+def _request_lines(stack: RunningStack, service: str, rid: str) -> list[dict]:
+    """The service's request log lines for `rid`, once written (a line follows the answer's bytes)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(x) for x in stack.log(service).splitlines() if x.startswith("{")]
+        mine = [x for x in lines if x.get("request_id") == rid and x.get("msg") == "request"]
+        if mine or time.monotonic() > deadline:
+            return mine
+        time.sleep(0.05)
 
 
 def _one(spans: list[ReceivedSpan], service: str, name: str) -> ReceivedSpan:
@@ -123,8 +135,7 @@ def test_one_request_is_one_trace_across_gateway_router_and_provider(traced) -> 
 
     # the trace id sits beside the request id in both services' log lines
     for service in ("gateway", "router"):
-        lines = [json.loads(line) for line in stack.log(service).splitlines() if line.startswith("{")]
-        mine = [x for x in lines if x.get("request_id") == "trace-test-1" and x.get("msg") == "request"]
+        mine = _request_lines(stack, service, "trace-test-1")
         assert [x["trace_id"] for x in mine] == [trace_id], service
 
 
@@ -163,7 +174,6 @@ def test_tracing_is_off_unless_enabled(make_stack) -> None:
         stack = make_stack({"observability": {"tracing": {"enabled": False, "endpoint": otlp.url}}})
         stack.openai().chat.completions.create(model="echo", messages=[{"role": "user", "content": "quiet"}],
                                                extra_headers={"x-request-id": "untraced-1"})
-        lines = [json.loads(line) for line in stack.log("gateway").splitlines() if line.startswith("{")]
-        mine = [x for x in lines if x.get("request_id") == "untraced-1"]
+        mine = _request_lines(stack, "gateway", "untraced-1")
         assert len(mine) == 1 and "trace_id" not in mine[0]
         assert otlp.requests == 0
