@@ -1,4 +1,4 @@
-"""nox sessions: tests, lint, typecheck, bench. `nox -s tests` equals `scripts/test`."""
+"""nox sessions: tests, lint, typecheck, schema, bench. `nox -s tests` equals `scripts/test`."""
 
 import nox
 
@@ -22,6 +22,13 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("mypy", "qlensctl", "services")
+
+
+@nox.session(python=False)
+def schema(session: nox.Session) -> None:
+    """Regenerate charts/qlens/values.schema.json from the pydantic models (commit the result);
+    `nox -s schema -- --check` only says whether it is up to date."""
+    session.run(".venv/bin/python", "-m", "qlensctl.values_schema", *session.posargs, external=True)
 
 
 @nox.session(python=False)

@@ -24,7 +24,7 @@ ENV_DIR_VAR = "QLENS_ENVIRONMENTS"
 
 
 class Image(Model):
-    repository: str = "ghcr.io/quantumlayer"
+    repository: str = Field("ghcr.io/quantumlayer", min_length=1)
     tag: str | None = "latest"
     pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
@@ -67,12 +67,12 @@ class SmokeTest(Model):
 
 class Tls(Model):
     enabled: bool = False
-    secret_name: str = "qlens-tls"
+    secret_name: str = Field("qlens-tls", min_length=1)
 
 
 class Secrets(Model):
     backend: Literal["kubernetes", "keyVault"] = "kubernetes"
-    name: str = "qlens-secrets"
+    name: str = Field("qlens-secrets", min_length=1)
 
 
 class ExternalSecrets(Model):
