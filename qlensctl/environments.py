@@ -71,8 +71,8 @@ class Tls(Model):
 
 
 class Secrets(Model):
-    backend: Literal["kubernetes", "keyVault"] = "kubernetes"
     name: str = Field("qlens-secrets", min_length=1)
+    backend: Literal["kubernetes", "keyVault"] = "kubernetes"
 
 
 class ExternalSecrets(Model):
