@@ -13,7 +13,9 @@ production:
 - Conversations (`check_conversation`): messages non-empty, each `user` or `assistant` with a
   non-empty list of content blocks (a string is refused), the first from `user`, roles
   alternating, no blank text block, `inferenceConfig` keys only maxTokens, temperature, topP and
-  stopSequences. A refusal is a 400 `ValidationException` with the service's message.
+  stopSequences; with toolUse or toolResult blocks, a `toolConfig` naming tools, and each user turn
+  after an assistant's toolUse blocks answering exactly those ids. A refusal is a 400
+  `ValidationException` with the service's message.
 
 Errors are what botocore parses for rest-json: the status, an `x-amzn-ErrorType` header and
 `{"message": ...}`. Streams are `application/vnd.amazon.eventstream` frames (prelude with total and
@@ -216,6 +218,7 @@ def check_conversation(body: Any) -> None:
         raise _invalid(MUST_START_WITH_USER)
     if any(a["role"] == b["role"] for a, b in zip(messages, messages[1:], strict=False)):
         raise _invalid(MUST_ALTERNATE)
+    _check_tools(messages, body.get("toolConfig"))
     system = body.get("system", [])
     if not isinstance(system, list):
         raise _invalid("1 validation error detected: Value at 'system' failed to satisfy constraint: "
@@ -230,6 +233,41 @@ def check_conversation(body: Any) -> None:
     if unknown:
         raise _invalid(f"The inferenceConfig field contains unknown keys: {', '.join(unknown)}. Valid keys "
                        f"are {', '.join(INFERENCE_CONFIG_KEYS)}.")
+
+
+def _check_tools(messages: list[dict[str, Any]], tool_config: Any) -> None:
+    """Tool use: a toolConfig with tools whenever the conversation has toolUse or toolResult blocks,
+    and each user turn after an assistant turn with toolUse blocks answers exactly those ids."""
+    uses = [b["toolUse"] for m in messages for b in m["content"] if "toolUse" in b]
+    results = [b["toolResult"] for m in messages for b in m["content"] if "toolResult" in b]
+    if (uses or results) and tool_config is None:
+        raise _invalid("The toolConfig field must be defined when using toolUse and toolResult content "
+                       "blocks.")
+    if tool_config is not None:
+        tools = tool_config.get("tools") if isinstance(tool_config, dict) else None
+        if not isinstance(tools, list) or not tools:
+            raise _invalid(f"1 validation error detected: Value '{tools}' at 'toolConfig.tools' failed to "
+                           "satisfy constraint: Member must have length greater than or equal to 1")
+        for k, tool in enumerate(tools):
+            spec = tool.get("toolSpec") if isinstance(tool, dict) else None
+            if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(
+                (spec.get("inputSchema") or {}).get("json"), dict
+            ):
+                raise _invalid(f"The toolSpec at toolConfig.tools.{k} needs a name and an inputSchema.json.")
+    for block in (*uses, *results):
+        if not isinstance(block, dict) or not isinstance(block.get("toolUseId"), str):
+            raise _invalid("Each toolUse and toolResult block needs a toolUseId.")
+    asked: list[str] = []  # the toolUse ids of the previous (assistant) turn
+    for i, m in enumerate(messages):
+        ids = [b["toolResult"]["toolUseId"] for b in m["content"] if "toolResult" in b]
+        if m["role"] == "user":
+            if len(ids) > len(asked) or not set(ids) <= set(asked):
+                raise _invalid(f"The number of toolResult blocks at messages.{i}.content exceeds the number "
+                               "of toolUse blocks of previous turn.")
+            if missing := [t for t in asked if t not in ids]:
+                raise _invalid(f"Expected toolResult blocks at messages.{i}.content for the following Ids: "
+                               + ", ".join(missing))
+        asked = [b["toolUse"]["toolUseId"] for b in m["content"] if "toolUse" in b]
 
 
 def _check_block(block: Any, where: str) -> None:

@@ -56,13 +56,14 @@ def refusal(call: Any) -> tuple[int, str, str]:
     return r["ResponseMetadata"]["HTTPStatusCode"], r["Error"]["Code"], r["Error"]["Message"]
 
 
-def signed_post(fake: FakeBedrock, body: bytes, path: str = f"/model/{MODEL}/converse",
-                secret: str = SECRET) -> httpx.Response:
-    """A raw request signed by botocore's signer as boto3 signs it: what boto3 cannot send."""
-    url = fake.url + path.replace(":", "%3A")
+def signed_post(fake: FakeBedrock, body: bytes, service: str = "bedrock",
+                sent: bytes | None = None) -> httpx.Response:
+    """A Converse request signed by botocore's signer as boto3 signs it, for what boto3 cannot send;
+    `sent`: another body than the one signed."""
+    url = f"{fake.url}/model/{MODEL.replace(':', '%3A')}/converse"
     request = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": "application/json"})
-    SigV4Auth(Credentials(ACCESS_KEY, secret), "bedrock", "eu-west-1").add_auth(request)
-    return httpx.post(url, content=body, headers=dict(request.headers), timeout=10)
+    SigV4Auth(Credentials(ACCESS_KEY, SECRET), service, "eu-west-1").add_auth(request)
+    return httpx.post(url, content=body if sent is None else sent, headers=dict(request.headers), timeout=10)
 
 
 def converse_refusal(fake: FakeBedrock, body: dict[str, Any]) -> tuple[int, str, str]:
@@ -100,22 +101,14 @@ def test_a_signature_for_another_region_is_refused(fake):
 
 
 def test_a_signature_for_another_service_is_refused(fake):
-    body = orjson.dumps({"messages": HELLO})
-    url = f"{fake.url}/model/{MODEL.replace(':', '%3A')}/converse"
-    request = AWSRequest(method="POST", url=url, data=body, headers={"Content-Type": "application/json"})
-    SigV4Auth(Credentials(ACCESS_KEY, SECRET), "s3", "eu-west-1").add_auth(request)
-    r = httpx.post(url, content=body, headers=dict(request.headers), timeout=10)
+    r = signed_post(fake, orjson.dumps({"messages": HELLO}), service="s3")
     assert (r.status_code, r.headers["x-amzn-errortype"].split(":")[0], r.json()["message"]) == (
         403, "InvalidSignatureException", "Credential should be scoped to correct service: 'bedrock'.")
 
 
 def test_a_body_changed_after_signing_is_refused(fake):
-    url = f"{fake.url}/model/{MODEL.replace(':', '%3A')}/converse"
-    request = AWSRequest(method="POST", url=url, data=orjson.dumps({"messages": HELLO}),
-                         headers={"Content-Type": "application/json"})
-    SigV4Auth(Credentials(ACCESS_KEY, SECRET), "bedrock", "eu-west-1").add_auth(request)
     other = orjson.dumps({"messages": [{"role": "user", "content": [{"text": "changed"}]}]})
-    r = httpx.post(url, content=other, headers=dict(request.headers), timeout=10)
+    r = signed_post(fake, orjson.dumps({"messages": HELLO}), sent=other)
     assert r.status_code == 403 and r.headers["x-amzn-errortype"].startswith("InvalidSignatureException")
 
 
@@ -241,3 +234,50 @@ def test_the_rules_use_the_services_own_field_names():
     block = request.members["messages"].member.members["content"].member
     assert frozenset(block.members) == CONTENT_BLOCK_KEYS
     assert model.signing_name == "bedrock"
+
+
+# --- tool use ------------------------------------------------------------------------------------
+
+TOOLS = {"tools": [{"toolSpec": {"name": "add", "inputSchema": {"json": {"type": "object"}}}}]}
+ASKS = {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t1", "name": "add", "input": {"a": 1}}},
+                                         {"toolUse": {"toolUseId": "t2", "name": "add", "input": {"a": 2}}}]}
+
+
+def answers(*ids: str) -> dict[str, Any]:
+    results = [{"toolResult": {"toolUseId": i, "content": [{"text": "3"}]}} for i in ids]
+    return {"role": "user", "content": results}
+
+
+def test_a_whole_tool_exchange_is_served(fake):
+    messages = [*HELLO, ASKS, answers("t2", "t1")]
+    answer = client(fake).converse(modelId=MODEL, messages=messages, toolConfig=TOOLS)
+    assert answer["stopReason"] == "end_turn"
+
+
+def test_tool_blocks_without_a_tool_config_are_refused(fake):
+    messages = [*HELLO, ASKS, answers("t1", "t2")]
+    assert refusal(lambda: client(fake).converse(modelId=MODEL, messages=messages)) == (
+        400, "ValidationException",
+        "The toolConfig field must be defined when using toolUse and toolResult content blocks.")
+
+
+def test_a_tool_config_without_tools_is_refused(fake):
+    status, code, message = converse_refusal(fake, {"messages": HELLO, "toolConfig": {"tools": []}})
+    assert (status, code) == (400, "ValidationException")
+    assert "'toolConfig.tools'" in message and "length greater than or equal to 1" in message
+
+
+def test_every_tool_use_must_get_its_result_in_the_next_turn(fake):
+    messages = [*HELLO, ASKS, answers("t1")]
+    assert refusal(lambda: client(fake).converse(modelId=MODEL, messages=messages, toolConfig=TOOLS)) == (
+        400, "ValidationException",
+        "Expected toolResult blocks at messages.2.content for the following Ids: t2")
+
+
+@pytest.mark.parametrize("ids", [("t1", "t2", "t3"), ("t1", "t9")], ids=["one-too-many", "unknown-id"])
+def test_a_result_for_no_tool_use_of_the_previous_turn_is_refused(fake, ids):
+    messages = [*HELLO, ASKS, answers(*ids)]
+    assert refusal(lambda: client(fake).converse(modelId=MODEL, messages=messages, toolConfig=TOOLS)) == (
+        400, "ValidationException",
+        "The number of toolResult blocks at messages.2.content exceeds the number of toolUse blocks of "
+        "previous turn.")
