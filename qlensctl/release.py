@@ -5,8 +5,9 @@
               -> (failed: rolled back) -> status
     rollback: history -> [confirm] -> deploy lock -> helm rollback to the previous good (or a
               given) revision -> wait
-    emergency rollback: scale qlens-<service> to 0, then qlens-<service>-previous up (the guide's
-              manual procedure), only for services that have a -previous deployment
+    emergency rollback: scale qlens-<service>-previous up, once Ready qlens-<service> to 0 (the
+              guide's manual procedure, in the order that serves throughout), only for services
+              that have a -previous deployment
 
 The upgrade is Helm's atomic one (`--atomic`: wait, and roll back a rollout that fails or times
 out; a failed first install is removed). While Helm waits, the deployments' rollout is read here
@@ -506,26 +507,27 @@ def plan_emergency(environment: Any, kube: Kube) -> list[EmergencyStep]:
 def emergency_rollback(environment: Any, kube: Kube, steps: Sequence[EmergencyStep], *, wait: bool = True,
                        timeout: float = 300, on_step: Step = _quiet,
                        on_rollout: RolloutProgress = _quiet) -> tuple[bool, list[DeploymentStatus]]:
-    """The guide's order: scale the current version down, then the previous one up."""
+    """The guide's two scalings, previous version first: qlens-<service>-previous up, and (with
+    `wait`) only once it is Ready the current version down to 0, so requests are served throughout
+    (scaling the current one down first leaves the Services without endpoints until the previous
+    pods start). A previous version that does not become Ready leaves the current one running."""
     ns = environment.namespace
     active = [(s, s.previous) for s in steps if s.previous is not None]
-    for s, _ in active:
-        on_step(f"scaling {s.current} from {s.current_replicas} to 0")
-        kube.scale(ns, s.current, 0)
     for s, previous in active:
         on_step(f"scaling {previous} from {s.previous_replicas} to {s.target_replicas}")
         kube.scale(ns, previous, s.target_replicas)
     names = [previous for _, previous in active]
-    if not wait:
-        return True, kube.deployments(ns, names)
-    ok, states = kube.wait_rollout(ns, names, timeout, on_rollout)
+    ok, states = (True, []) if not wait else kube.wait_rollout(ns, names, timeout, on_rollout)
     if not ok:
         why = diagnose.summary(diagnose.unready_pods(kube, ns))
-        raise OperationError("the previous versions did not become ready in time"
+        raise OperationError("the previous versions did not become ready in time; the current ones still run"
                              + (f"\nunready pods:\n{why}" if why else ""),
-                             f"check `kubectl get pods -n {ns}`; the current deployments are at 0 replicas: "
-                             f"`qlensctl scale {environment.name} SERVICE N` brings them back")
-    return ok, states
+                             f"check `kubectl get pods -n {ns}`; scale the -previous deployments back to 0 "
+                             f"with `kubectl scale -n {ns} deployment NAME --replicas=0`")
+    for s, _ in active:
+        on_step(f"scaling {s.current} from {s.current_replicas} to 0")
+        kube.scale(ns, s.current, 0)
+    return True, states or kube.deployments(ns, names)
 
 
 # -- status ------------------------------------------------------------------------------------------
