@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import TypeAdapter
 
 from qlensctl import values_schema
-from qlensctl.environments import load_environment
+from qlensctl.environments import Environment, load_environment
 from qlensctl.render import render_values
 from services.router.providers.registry import PROVIDERS
 
@@ -94,3 +95,17 @@ def test_the_models_refuse_a_bad_or_missing_chart_value() -> None:
     without = {k: v for k, v in defaults.items() if k != "rbac"}
     with pytest.raises(ValueError, match="rbac"):
         values_schema.ChartValues.model_validate(without)
+
+
+SERVICE_SECTIONS = ("providers", "models", "routing", "cache", "cost_controls", "auth", "gateway", "ports")
+
+
+@pytest.mark.parametrize("name", SERVICE_SECTIONS)
+def test_values_yaml_documents_the_service_configuration_with_the_models_defaults(name: str) -> None:
+    """values.yaml repeats each service section (so the chart works alone): with the models'
+    defaults, or a default changed in one place would silently differ in the other."""
+    field = Environment.model_fields[name]
+    chart_default = yaml.safe_load(CHART_VALUES.read_text())[field.alias or name]
+    assert field.annotation is not None
+    parsed = TypeAdapter(field.annotation).validate_python(chart_default)
+    assert parsed == field.get_default(call_default_factory=True)
