@@ -8,16 +8,17 @@ secrets, autoscaling. Unknown keys are errors here, so a typo fails before anyth
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from qlensctl.errors import ConfigError
-from services.common.config import Model, ServiceConfig
+from services.common.config import Model, Observability, ServiceConfig
 from services.router.providers.registry import Providers, unknown_provider
 
 ENV_DIR_VAR = "QLENS_ENVIRONMENTS"
@@ -82,6 +83,44 @@ class ExternalSecrets(Model):
     vault_url: str | None = None
 
 
+AlertName = Literal[
+    "QLensServiceDown", "QLensInstanceDown", "QLensHighErrorRate", "QLensDailySpendNearLimit",
+    "QLensDailyLimitReached", "QLensSpendRateHigh", "QLensCircuitOpen", "QLensProviderErrorRatio",
+    "QLensGatewayLatencyHigh", "QLensGatewayOverheadHigh", "QLensTimeToFirstTokenHigh",
+]
+PROM_DURATION = r"^[0-9]+(ms|s|m|h)$"
+
+
+class Alerts(Model):
+    """The PrometheusRule's thresholds and windows (chart values monitoring.alerts)."""
+
+    error_rate: float = Field(0.05, gt=0, le=1, description="share of gateway requests answered 5xx")
+    cost_warning_ratio: float = Field(0.8, gt=0, le=1, description="share of the total daily limit spent")
+    provider_error_ratio: float = Field(0.1, gt=0, le=1, description="share of a deployment's calls failing")
+    latency_p95_seconds: float = Field(10, gt=0)
+    overhead_p95_seconds: float = Field(0.05, gt=0)
+    ttft_p95_seconds: float = Field(10, gt=0)
+    rate_window: str = Field("5m", pattern=PROM_DURATION)
+    # per alert, how long its condition must hold; unnamed alerts keep the chart's default
+    for_: dict[AlertName, str] = Field(default_factory=dict, alias="for")
+
+    @field_validator("for_")
+    @classmethod
+    def _durations(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, duration in value.items():
+            if not re.match(PROM_DURATION, duration):
+                raise ValueError(f"for.{name}: {duration!r} is not a Prometheus duration like 30s or 5m")
+        return value
+
+
+class EnvObservability(Observability):
+    """The services' observability section plus the alerts (deployment only: the services ignore it)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    alerts: Alerts = Alerts()
+
+
 class Environment(ServiceConfig):
     """One deployment target. The file's name and its `name:` must agree."""
 
@@ -91,6 +130,7 @@ class Environment(ServiceConfig):
     domain: str
     kube_context: str | None = None
     monitoring: Literal["basic", "full"] = "basic"
+    observability: EnvObservability = EnvObservability()
     image: Image = Image()
     replicas: Replicas = Replicas()
     autoscaling: Autoscaling = Autoscaling()

@@ -25,8 +25,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, create_model
 
-from qlensctl.environments import Environment, ExternalSecrets, Secrets
-from services.common.config import Model
+from qlensctl.environments import Alerts, Environment, ExternalSecrets, Secrets
+from services.common.config import Model, Observability
 from services.router.providers.registry import PROVIDERS
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "charts" / "qlens" / "values.schema.json"
@@ -56,14 +56,6 @@ class ChartExternalSecrets(ExternalSecrets):
     identity_id: str
     tenant_id: str
     service_principal_secret: str
-
-
-class Alerts(Model):
-    error_rate: float = Field(ge=0)
-    cost_warning_ratio: float = Field(ge=0)
-    provider_error_ratio: float = Field(ge=0)
-    latency_p95_seconds: float = Field(ge=0)
-    overhead_p95_seconds: float = Field(ge=0)
 
 
 MonitoringMode = Environment.model_fields["monitoring"].annotation
@@ -158,6 +150,8 @@ class _ChartOwn(Model):
     pod_security_context: dict[str, Any] = Field(description="a PodSecurityContext")
     security_context: dict[str, Any] = Field(description="a container SecurityContext")
     monitoring: Monitoring
+    # the service configuration's observability section (the environment's alerts go to monitoring)
+    observability: Observability = Observability()
 
 
 # What `qlensctl render` writes as the environment has it: declared by the environment's models

@@ -262,6 +262,7 @@ def test_the_configmap_is_the_environments_service_config() -> None:
             "auth",
             "gateway",
             "ports",
+            "observability",
         }
 
 

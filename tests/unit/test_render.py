@@ -119,7 +119,8 @@ def test_each_environment_renders_its_facts(
     assert v["costControls"]["dailyLimits"] == limits
     assert v["auth"]["required"] is auth
     assert v["tls"]["enabled"] is tls
-    assert v["monitoring"] == {"mode": monitoring}
+    assert v["monitoring"] == {"mode": monitoring,
+                               "alerts": load_environment(env).public_dict()["observability"]["alerts"]}
     assert v["externalSecrets"]["enabled"] is external
     assert v["secrets"]["backend"] == ("keyVault" if external else "kubernetes")
     assert v["domain"] == load_environment(env).domain

@@ -95,7 +95,7 @@ external-secrets.io/v1beta1
 {{/* The service configuration (ServiceConfig) the services read from config.yaml. */}}
 {{- define "qlens.serviceConfig" -}}
 {{- $v := .Values -}}
-{{- $cfg := dict "name" $v.environment "providers" $v.providers "models" $v.models "routing" $v.routing "cache" $v.cache "costControls" $v.costControls "auth" $v.auth "gateway" $v.gateway "ports" $v.ports -}}
+{{- $cfg := dict "name" $v.environment "providers" $v.providers "models" $v.models "routing" $v.routing "cache" $v.cache "costControls" $v.costControls "auth" $v.auth "gateway" $v.gateway "ports" $v.ports "observability" $v.observability -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
@@ -142,6 +142,13 @@ external-secrets.io/v1beta1
 {{- end }}
 {{- if include "qlens.usesRedis" . }}
 {{ include "qlens.secretEnv" (list $root "QLENS_REDIS_URL" "redis-url") }}
+{{- end }}
+{{- if $v.observability.tracing.enabled }}
+{{- /* the trace resource: which service, namespace and environment a span comes from */}}
+- name: OTEL_SERVICE_NAME
+  value: {{ printf "qlens-%s" .service | quote }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ printf "k8s.namespace.name=%s,deployment.environment=%s" $root.Release.Namespace $v.environment | quote }}
 {{- end }}
 {{- end -}}
 
