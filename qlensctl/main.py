@@ -16,7 +16,7 @@ import typer
 from typer.core import TyperGroup
 
 from qlensctl import __version__
-from qlensctl.commands import chart, env, keys, local, ops, release, secrets, smoke, tenants, usage
+from qlensctl.commands import chart, dashboard, env, keys, local, ops, release, secrets, smoke, tenants, usage
 from qlensctl.errors import QlensError
 from qlensctl.output import get_console
 
@@ -97,6 +97,7 @@ app.add_typer(env.env_app, name="env", rich_help_panel=CONFIG)
 app.command("render", rich_help_panel=CONFIG)(chart.render)
 app.command("template", rich_help_panel=CONFIG)(chart.template)
 app.command("lint", rich_help_panel=CONFIG)(chart.lint)
+app.command("dashboard", rich_help_panel=CONFIG)(dashboard.dashboard)
 app.add_typer(secrets.secrets_app, name="secrets", rich_help_panel=CONFIG)
 
 

@@ -119,6 +119,7 @@ class NetworkPolicy(Model):
     monitoring: MonitoringPeers
     provider_ports: list[Port]
     dns_ports: list[Port]
+    otlp_ports: list[Port]
 
 
 class ServiceAccount(Model):

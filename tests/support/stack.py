@@ -72,6 +72,7 @@ class RunningStack:
     directory: Path
     env: dict[str, Any]
     keys: dict[str, str] = field(default_factory=dict)  # name -> API key (real, generated)
+    proc_env: dict[str, str] = field(default_factory=dict)  # what the services were started with
 
     @property
     def gateway_url(self) -> str:
@@ -87,6 +88,17 @@ class RunningStack:
 
     def log(self, service: str) -> str:
         return Path(self.stack.services[service].log).read_text(errors="replace")
+
+    def restart_service(self, service: str, timeout: float = 60.0) -> None:
+        """Start a stopped service again on its port, with the same config and environment."""
+        from qlensctl.local import start_service, wait_ready
+
+        old = self.stack.services[service]
+        peers = {"QLENS_ROUTER_URL": self.url("router"), "QLENS_CACHE_URL": self.url("cache")}
+        svc, proc = start_service(service, old.port, Path(self.stack.config), Path(old.log).parent,
+                                  {**peers, **self.proc_env})
+        self.stack.services[service] = svc
+        wait_ready(svc.url, timeout, alive=lambda: proc.poll() is None)
 
     def stop_service(self, service: str) -> None:
         """Stop one service (e.g. the router, to see the gateway answer 503)."""
@@ -147,7 +159,7 @@ def running_stack(
     ports = _free_ports()
     stack = start_stack(env["name"], config, ports, directory / "logs", extra_env=proc_env, timeout=timeout)
     try:
-        yield RunningStack(stack=stack, directory=directory, env=env, keys=generated)
+        yield RunningStack(stack=stack, directory=directory, env=env, keys=generated, proc_env=proc_env)
     finally:
         stop_stack(stack)
 

@@ -92,7 +92,8 @@ def test_every_environment_renders_the_same_core_objects() -> None:
         k = kinds(env)
         assert sorted(k["Deployment"]) == sorted(f"qlens-{s}" for s in SERVICES)
         assert sorted(k["Service"]) == sorted(f"qlens-{s}" for s in SERVICES)
-        assert k["ConfigMap"] == ["qlens-config"]
+        assert sorted(k["ConfigMap"]) == (["qlens-config", "qlens-dashboard"] if env == "production"
+                                          else ["qlens-config"])
         assert k["Ingress"] == ["qlens-gateway"]
         assert (
             k["ServiceAccount"] == ["qlens"]
