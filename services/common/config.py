@@ -77,6 +77,10 @@ class CatalogModel(Model):
     deployments: list[Deployment] = Field(min_length=1)
     strategy: Literal["round-robin", "weighted", "least-in-flight", "latency"] = "round-robin"
     fallbacks: list[str] = Field(default_factory=list)
+    # fallbacks taken only for one kind of refusal (off unless listed): a prompt too long for this
+    # model's context window, or the provider's content policy
+    context_window_fallbacks: list[str] = Field(default_factory=list)
+    content_policy_fallbacks: list[str] = Field(default_factory=list)
     pricing: Pricing = Pricing()
     display_name: str = ""
     kind: Literal["chat", "embedding"] = Field("chat", description="which API serves the model")
@@ -99,6 +103,8 @@ class CircuitBreaker(Model):
 
 class Routing(Model):
     deadline_seconds: float = Field(120.0, gt=0, description="whole request, retries and fallback included")
+    stream_idle_seconds: float | None = Field(
+        None, gt=0, description="a stream with no event for this long ends with an error")
     retries: Retries = Retries()
     circuit_breaker: CircuitBreaker = CircuitBreaker()
 
@@ -241,7 +247,7 @@ class ServiceConfig(Model):
     @model_validator(mode="after")
     def _fallbacks_exist(self) -> ServiceConfig:
         for name, model in self.models.items():
-            for field in ("fallbacks",):
+            for field in ("fallbacks", "context_window_fallbacks", "content_policy_fallbacks"):
                 for fb in getattr(model, field):
                     if fb not in self.models:
                         raise ValueError(f"models.{name}.{to_camel(field)}: unknown model {fb!r}")

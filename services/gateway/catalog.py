@@ -45,5 +45,5 @@ class Catalog:
             entry = config.models[name]
             top_in = max(top_in, entry.pricing.input)
             top_out = max(top_out, entry.pricing.output)
-            todo.extend(entry.fallbacks)
+            todo.extend(entry.fallbacks + entry.context_window_fallbacks + entry.content_policy_fallbacks)
         return Pricing(input=top_in, output=top_out)

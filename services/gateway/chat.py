@@ -73,7 +73,7 @@ SERVICE = "gateway"
 ROUTE = "/v1/chat/completions"
 TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")
 # router headers the client sees too: which model served, and whether it was a fallback
-_PASSED_HEADERS = ("x-qlens-model", "x-qlens-fallback")
+_PASSED_HEADERS = ("x-qlens-model", "x-qlens-fallback", "x-qlens-fallback-reason")
 _JSON = b"application/json"
 _SSE = b"text/event-stream"
 _SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
@@ -298,11 +298,11 @@ class Endpoint:
         key = await self._lookup(send, ex, req, data, headers, caller)
         if key is ANSWERED:
             return  # answered from the cache
-        reservation, body = await self._reserve(req, data, raw, caller, model)
+        reservation, body, plan = await self._reserve(req, data, raw, caller, model)
         rheaders = {"content-type": "application/json", "x-request-id": ex.rid,
                     "x-qlens-tenant": caller.tenant}
         if req.stream:
-            await self._stream(receive, send, ex, req, body, rheaders, reservation, key, caller)
+            await self._stream(receive, send, ex, req, body, rheaders, reservation, key, caller, plan)
         else:
             await self._complete(send, ex, req, body, rheaders, reservation, key, caller)
 
@@ -368,7 +368,7 @@ class Endpoint:
         return ANSWERED
 
     async def _reserve(self, req: Any, data: dict[str, Any], raw: bytes, caller: Caller,
-                       model: CatalogModel) -> tuple[Reservation, bytes]:
+                       model: CatalogModel) -> tuple[Reservation, bytes, Plan]:
         """Reserve the worst case; the body to forward (carrying the output cap the reservation
         assumed, so the provider cannot answer past what was reserved)."""
         plan = self.api.plan(req, data, model)
@@ -394,7 +394,7 @@ class Endpoint:
             raise APIError(503, "The budget store is unavailable and this environment refuses requests "
                                 "it cannot account for (costControls.onStoreFailure: failClosed). "
                                 "Retry shortly.", code="budget_unavailable") from None
-        return reservation, body
+        return reservation, body, plan
 
     async def _complete(self, send: Send, ex: Exchange, req: Any, body: bytes, rheaders: dict[str, str],
                         reservation: Reservation, key: str | None, caller: Caller) -> None:
@@ -426,7 +426,7 @@ class Endpoint:
 
     async def _stream(self, receive: Receive, send: Send, ex: Exchange, req: Any, body: bytes,
                       rheaders: dict[str, str], reservation: Reservation, key: str | None,
-                      caller: Caller) -> None:
+                      caller: Caller, plan: Plan) -> None:
         t0 = time.perf_counter()
         try:
             with tracing.span("gateway.router", kind="client"):
@@ -460,8 +460,11 @@ class Endpoint:
         headers = ex.headers(_SSE, extra + _SSE_HEADERS)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         status = await self._relay(receive, send, up, relay, self.api.view(req, caller))
-        # after the first byte the provider may have billed: without usage, keep the worst case
-        self._background(self._settle(reservation, served, relay.usage))
+        # a stream without usage (the client left, the provider broke off) is charged for what was
+        # relayed: the prompt's bound and the relayed text's bytes (each at most a token), capped
+        usage = relay.usage or {"prompt_tokens": plan.prompt_tokens,
+                                "completion_tokens": min(relay.relayed, plan.completion_tokens)}
+        self._background(self._settle(reservation, served, usage))
         if key is not None and status == 200:
             completion = relay.completion()
             if completion is not None:

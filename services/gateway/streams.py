@@ -41,6 +41,7 @@ class StreamRelay:
         self.done = False
         self.failed = False
         self.chunks: list[dict[str, Any]] = []
+        self.relayed = 0  # bytes of text and tool-call arguments relayed: bounds their tokens
 
     def event(self, event: bytes) -> bytes | None:
         """The bytes to send for one upstream event, or None to drop it."""
@@ -50,6 +51,7 @@ class StreamRelay:
         if payload == b"[DONE]":
             self.done = True
             return DONE
+        self.relayed += text_bytes(payload)
         if not self.collect and b'"usage"' not in payload and b'"error"' not in payload:
             return event + b"\n\n"  # the hot path: a content chunk forwarded as it came
         try:
@@ -78,6 +80,24 @@ class StreamRelay:
         if not (self.collect and self.done and not self.failed and self.usage and self.chunks):
             return None
         return completion_from_chunks(self.chunks, self.usage)
+
+
+_TEXT_FIELDS = (b'"content":"', b'"arguments":"')
+
+
+def text_bytes(payload: bytes) -> int:
+    """The bytes of a chunk's delta text and tool-call arguments (JSON escapes included: an upper
+    bound, like every token bound here, since no token is shorter than a byte); a scan, not a parse."""
+    n = 0
+    for field in _TEXT_FIELDS:
+        i = payload.find(field)
+        if i < 0:
+            continue
+        start = end = i + len(field)
+        while (end := payload.find(b'"', end)) > 0 and payload[end - 1] == 0x5C:  # an escaped quote
+            end += 1
+        n += (end if end > 0 else len(payload)) - start
+    return n
 
 
 def completion_from_chunks(chunks: list[dict[str, Any]], usage: dict[str, Any]) -> dict[str, Any] | None:

@@ -40,6 +40,7 @@ class DeploymentState:
     breaker: CircuitBreaker
     in_flight: int = 0
     ewma: float | None = None  # seconds, of successful calls (time to first chunk for streams)
+    cooldown_until: float = 0.0  # clock time before which it is not called (the provider's Retry-After)
     last_ok: bool | None = None  # the last call's outcome (None: no call yet), for qlens_provider_up
 
     @property

@@ -215,6 +215,8 @@ def served_headers(served: Served, request_id: str) -> list[tuple[bytes, bytes]]
     ]
     if served.fallback:
         headers.append((b"x-qlens-fallback", served.requested.encode("latin-1")))
+        if served.reason:  # a context-window or content-policy fallback
+            headers.append((b"x-qlens-fallback-reason", served.reason.encode("latin-1")))
     if request_id:
         headers.append((b"x-request-id", request_id.encode("latin-1")))
     return headers

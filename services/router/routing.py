@@ -14,14 +14,20 @@ How it ends:
   limit, 502 `provider_error` if it was a misconfigured deployment or a malformed answer,
   else 503 `no_healthy_deployment`.
 
-A stream counts as answered once its first chunk arrived: only failures before it are retried.
+A stream counts as answered once a chunk with content, a tool call or a finish arrived (a
+role-only first chunk, as Bedrock sends, does not): only failures before it are retried. A 429 or
+503 that says how long to wait (`Retry-After`, Azure's `retry-after-ms`) cools that deployment
+down for that long; when every deployment is cooling down the client is told the real wait.
+A stream with no event for `routing.streamIdleSeconds` ends with an error event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
+import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
@@ -60,6 +66,7 @@ class Served:
     attempts: int
     upstream_seconds: float
     permit: Permit | None = None  # the circuit's permit of the call that answered
+    reason: str | None = None  # a special fallback's cause: "context_window" or "content_policy"
 
     @property
     def fallback(self) -> bool:
@@ -128,19 +135,16 @@ class Router:
 
         async def call(
             dep: DeploymentState, request: dict[str, Any]
-        ) -> tuple[AsyncGenerator[StreamItem, None], Any, Any]:
+        ) -> tuple[AsyncGenerator[StreamItem, None], list[StreamItem], Any]:
             assert dep.provider is not None
             # the provider span lasts until the stream ends (Relay.close), not only to its first chunk
             span = tracing.start(*_provider_span(dep, request)) if tracing.ENABLED else None
             events = dep.provider.stream(dep.target, request)
             try:
                 with tracing.current(span):
-                    first = await anext(events)
-            except StopAsyncIteration:
-                tracing.finish(span, FailureKind.SERVER.value)
-                raise ProviderError(
-                    FailureKind.SERVER, f"{dep.label} ended the stream without an event"
-                ) from None
+                    first = await until_committed(events)
+                if not first:
+                    raise ProviderError(FailureKind.SERVER, f"{dep.label} ended the stream without an event")
             except BaseException as exc:
                 tracing.finish(span, exc.kind.value if isinstance(exc, ProviderError) else type(exc).__name__)
                 await events.aclose()
@@ -167,17 +171,30 @@ class Router:
         last: ProviderError | None = None
         upstream = 0.0
         total_attempts = 0
-        for route in self.catalog.chain(requested):
+        queue = self.catalog.chain(requested)
+        reason: str | None = None  # why a special fallback was taken
+        while queue:
+            route = queue.pop(0)
             request = route_body(body, route, requested)
             tried: set[str] = set()
             excluded: set[str] = set()  # misconfigured for this request: never again
             attempt = 0
             while attempt < retries.max_attempts:
+                cooled = False
                 if not self._candidates(route, excluded):
-                    break
+                    # every deployment is cooling down as its provider asked: with no fallback
+                    # left, wait for the first one if that fits in the deadline, else stop here
+                    wait = None if queue else self._cooling(route, excluded)
+                    if wait is None or self._clock() + wait >= deadline:
+                        break
+                    await self._sleep(wait)
+                    cooled = True
+                    if not self._candidates(route, excluded):
+                        break
                 pause = 0.0
                 if attempt > 0:
                     RETRIES.inc()
+                if attempt > 0 and not cooled:  # after a cooldown the provider's wait was the pause
                     pause = backoff_seconds(
                         attempt, retries.backoff_base_ms, retries.backoff_max_ms, self._rng
                     )
@@ -218,13 +235,23 @@ class Router:
                     tracing.finish(span, err.kind.value, **{"qlens.outcome": err.kind.value})
                     if err.kind is FailureKind.CLIENT:
                         dep.breaker.release(permit)
-                        raise _client_error(err) from None
+                        special = _special_fallbacks(route, err)
+                        if not special:
+                            raise _client_error(err) from None
+                        # the prompt is too long for this model, or its provider's policy refused
+                        # it: only the fallbacks configured for that, in their order
+                        queue[:] = [self.catalog.models[f] for f in special if f in self.catalog.models]
+                        last, reason = err, err.reason
+                        break
                     if err.kind is FailureKind.TIMEOUT and budget < dep.provider.timeouts.total:
                         dep.breaker.release(permit)  # our deadline cut it short: says nothing of its health
                     else:
                         dep.breaker.record_failure(permit)
                     if err.kind is FailureKind.DEPLOYMENT:
                         excluded.add(dep.label)
+                    if err.retry_after is not None:  # the provider said how long: cool down that long
+                        wait = min(err.retry_after, MAX_COOLDOWN_SECONDS)
+                        dep.cooldown_until = max(dep.cooldown_until, self._clock() + wait)
                     log_event(
                         logger,
                         "provider call failed",
@@ -250,7 +277,7 @@ class Router:
                 dep.observe_latency(elapsed)
                 _observe(dep, "success", elapsed)
                 tracing.finish(span, **{"qlens.outcome": "success"})
-                served = Served(requested, route.name, dep, total_attempts, upstream, permit)
+                served = Served(requested, route.name, dep, total_attempts, upstream, permit, reason)
                 if served.fallback:
                     FALLBACKS.inc()
                     log_event(
@@ -264,12 +291,37 @@ class Router:
                 return result, served
         if self._clock() >= deadline:
             raise _deadline_error(requested, self.routing.deadline_seconds)
-        raise _exhausted_error(requested, last)
+        if last is not None and last.kind is FailureKind.CLIENT:  # no special fallback could answer
+            raise _client_error(last)
+        raise _exhausted_error(requested, last, self._cooldown_left(requested))
 
     def _candidates(self, route: ModelRoute, excluded: set[str]) -> list[Member]:
+        now = self._clock()
         return [
-            m for m in route.usable if m.deployment.label not in excluded and m.deployment.breaker.available()
+            m
+            for m in route.usable
+            if m.deployment.label not in excluded
+            and m.deployment.cooldown_until <= now
+            and m.deployment.breaker.available()
         ]
+
+    def _cooling(self, route: ModelRoute, excluded: set[str]) -> float | None:
+        """Seconds until one of the route's deployments stops cooling down (None: none is)."""
+        now = self._clock()
+        waits = [
+            m.deployment.cooldown_until - now
+            for m in route.usable
+            if m.deployment.label not in excluded and m.deployment.breaker.available()
+        ]
+        waits = [w for w in waits if w > 0]
+        return min(waits) if waits else None
+
+    def _cooldown_left(self, requested: str) -> float | None:
+        """Seconds until the first deployment of the chain stops cooling down (None: none is)."""
+        now = self._clock()
+        waits = [m.deployment.cooldown_until - now for r in self.catalog.chain(requested) for m in r.usable]
+        waits = [w for w in waits if w > 0]
+        return min(waits) if waits else None
 
     def _pick(self, route: ModelRoute, tried: set[str], excluded: set[str]) -> tuple[Member, Permit] | None:
         """A member to call and its circuit's permit (among candidates, so the permit is granted)."""
@@ -294,7 +346,7 @@ class Relay:
     def __init__(
         self,
         events: AsyncGenerator[StreamItem, None],
-        first: StreamItem,
+        first: list[StreamItem],
         served: Served,
         deadline: float,
         routing: Routing,
@@ -325,17 +377,24 @@ class Relay:
         per event, and a timeout around a generator's `yield` would fire in its consumer instead.
         """
         dep = self.served.deployment
+        loop = asyncio.get_running_loop()
+        idle = self._routing.stream_idle_seconds
+        end = loop.time() + (self._deadline - self._clock())  # the request deadline, in loop time
         try:
-            async with asyncio.timeout(self._deadline - self._clock()) as self._timeout:
-                if isinstance(self._first, Usage):
-                    self._usage = self._first
-                else:
-                    await send(self._first)
+            async with asyncio.timeout_at(min(end, loop.time() + idle) if idle else end) as self._timeout:
+                for item in self._first:
+                    if isinstance(item, Usage):
+                        self._usage = item
+                    else:
+                        await send(item)
+                idle = self._routing.stream_idle_seconds
                 async for item in self._events:
                     if isinstance(item, Usage):
                         self._usage = item
                     else:
                         await send(item)
+                    if idle is not None:  # the next event is due within streamIdleSeconds
+                        self._timeout.reschedule(min(end, loop.time() + idle))
             self._timeout = None
             self.outcome = "success"
             await send(DONE)
@@ -345,6 +404,9 @@ class Relay:
                 return  # `abort` ended the wait: nobody to tell, the provider did nothing wrong
             if isinstance(exc, ProviderError):
                 self.outcome, code, message = exc.kind.value, "provider_error", exc.message
+            elif idle is not None and loop.time() < end:
+                self.outcome, code = "idle_timeout", "stream_idle_timeout"
+                message = f"the provider sent no event for {idle:g}s (routing.streamIdleSeconds)"
             else:
                 self.outcome, code = "timeout", "deadline_exceeded"
                 message = (
@@ -406,6 +468,28 @@ class Relay:
 
 
 _TOKEN_PARAMS = ("max_tokens", "max_completion_tokens")
+MAX_COOLDOWN_SECONDS = 300.0  # a provider's Retry-After is honoured up to this
+# a chunk that commits the stream: text, a tool call or a finish (a role-only chunk does not)
+_COMMITS = re.compile(rb'"(?:content|refusal)":"[^"]|"tool_calls":\[|"finish_reason":"')
+
+
+async def until_committed(events: AsyncGenerator[StreamItem, None]) -> list[StreamItem]:
+    """The stream's first items, up to the first that commits the answer (all of them if it ended
+    first). A failure before then is retried or falls back: the client has seen nothing that counts."""
+    head: list[StreamItem] = []
+    async for item in events:
+        head.append(item)
+        if isinstance(item, bytes) and _COMMITS.search(item):
+            break
+    return head
+
+
+def _special_fallbacks(route: ModelRoute, err: ProviderError) -> list[str]:
+    if err.reason == "context_window":
+        return list(route.config.context_window_fallbacks)
+    if err.reason == "content_policy":
+        return list(route.config.content_policy_fallbacks)
+    return []
 
 
 def route_body(body: dict[str, Any], route: ModelRoute, requested: str) -> dict[str, Any]:
@@ -462,7 +546,15 @@ def _deadline_error(model: str, seconds: float) -> APIError:
     )
 
 
-def _exhausted_error(model: str, last: ProviderError | None) -> APIError:
+def _exhausted_error(model: str, last: ProviderError | None, cooldown: float | None = None) -> APIError:
+    if cooldown is not None and (last is None or last.kind in (FailureKind.RATE_LIMITED, FailureKind.SERVER)):
+        return APIError(
+            429 if last is None or last.kind is FailureKind.RATE_LIMITED else 503,
+            f"every deployment for model `{model}` is cooling down as its provider asked; "
+            f"retry after {math.ceil(cooldown)}s",
+            code="provider_rate_limited",
+            headers={"retry-after": str(math.ceil(cooldown))},
+        )
     if last is None:
         return APIError(
             503,

@@ -13,7 +13,10 @@ Behaviour, applied to each request in this order: answer `fail_status` to the ne
 requests (every request while `fail_times` is null); else fail a `fail_fraction` of them (seeded,
 so runs repeat); wait `delay` seconds before answering the next `delay_times` requests (all while
 it is null): a timeout, seen from a client with a shorter one; in a stream, wait `chunk_delay`
-between chunks and, with `fail_mid_stream`, break off with an error after the first content chunk.
+between chunks and, with `fail_mid_stream`, break off with an error after the first content chunk
+(with `fail_before_content`, after the role-only first event); `stall` seconds of silence after the
+first content chunk; `drop_terminator`: end without [DONE] / messageStop. A failure's body names
+`fail_code`; a 429/503 says `retry_after_ms` in Retry-After and Azure's retry-after-ms headers.
 
 `router_process` runs the real router (`python -m services.router`) against these fakes.
 """
@@ -48,6 +51,11 @@ class Behaviour:
     delay_times: int | None = None
     chunk_delay: float = 0.0
     fail_mid_stream: bool = False
+    fail_code: str | None = None  # the error code a failure's body names (e.g. context_length_exceeded)
+    retry_after_ms: int | None = None  # a 429/503 asks to wait this long (Retry-After and retry-after-ms)
+    fail_before_content: bool = False  # a stream breaks off after its role-only first event
+    drop_terminator: bool = False  # a stream ends without its terminator ([DONE], messageStop)
+    stall: float = 0.0  # a stream goes quiet this long after its first content chunk
 
 
 @dataclass

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -400,6 +401,11 @@ class FakeAzureOpenAI(FakeServer):
         if record:
             self._record(deployment, stream, status)
         extra = [(b"retry-after", b"1")] if status == 429 else []
+        wait = self.behaviour.retry_after_ms
+        if wait is not None and status in (429, 503):
+            extra = [(b"retry-after", str(math.ceil(wait / 1000)).encode()),
+                     (b"retry-after-ms", str(wait).encode()), (b"x-ms-retry-after-ms", str(wait).encode())]
+        code = code or self.behaviour.fail_code
         await send_bytes(send, status, azure_error(status, message, code), headers=extra)
 
     async def _stream(
@@ -431,10 +437,16 @@ class FakeAzureOpenAI(FakeServer):
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
         await emit(chunk({"role": "assistant", "content": ""}))
+        if self.behaviour.fail_before_content:
+            error = {"error": {"code": "InternalServerError", "message": "fake failure before content"}}
+            await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(error) + b"\n\n"})
+            return
         for i, piece in enumerate(words(text)):
             if self.behaviour.chunk_delay:
                 await asyncio.sleep(self.behaviour.chunk_delay)
             await emit(chunk({"content": piece}))
+            if i == 0 and self.behaviour.stall:
+                await asyncio.sleep(self.behaviour.stall)
             if i == 0 and self.behaviour.fail_mid_stream:
                 error = {"error": {"code": "InternalServerError", "message": "fake failure mid-stream"}}
                 await send({"type": "http.response.body", "body": b"data: " + orjson.dumps(error) + b"\n\n"})
@@ -442,6 +454,9 @@ class FakeAzureOpenAI(FakeServer):
         await emit(chunk({}, "stop"))
         if with_usage:
             await emit(b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n")
+        if self.behaviour.drop_terminator:
+            await send({"type": "http.response.body", "body": b""})
+            return
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
         self.streams_finished += 1
 

@@ -433,10 +433,16 @@ class FakeBedrock(FakeServer):
             await send({"type": "http.response.body", "body": frame, "more_body": True})
 
         await emit(event_frame("messageStart", {"role": "assistant"}))
+        if self.behaviour.fail_before_content:
+            await send({"type": "http.response.body",
+                        "body": exception_frame("internalServerException", "fake failure before content")})
+            return
         for i, piece in enumerate(words(text)):
             if self.behaviour.chunk_delay:
                 await asyncio.sleep(self.behaviour.chunk_delay)
             await emit(event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}}))
+            if i == 0 and self.behaviour.stall:
+                await asyncio.sleep(self.behaviour.stall)
             if i == 0 and self.behaviour.fail_mid_stream:
                 await send(
                     {
@@ -446,6 +452,9 @@ class FakeBedrock(FakeServer):
                 )
                 return
         await emit(event_frame("contentBlockStop", {"contentBlockIndex": 0}))
+        if self.behaviour.drop_terminator:  # cut off: no messageStop (nor metadata)
+            await send({"type": "http.response.body", "body": b""})
+            return
         await emit(event_frame("messageStop", {"stopReason": stop}))
         await send(
             {

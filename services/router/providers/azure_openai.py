@@ -26,10 +26,18 @@ from pydantic import Field
 
 from services.common.config import Pool, Timeouts
 from services.common.sse import SSESplitter
-from services.router.providers.base import Completion, ProviderError, StreamItem, Usage, wants_usage
+from services.router.providers.base import (
+    Completion,
+    ProviderError,
+    StreamItem,
+    Usage,
+    retry_after_seconds,
+    wants_usage,
+)
 from services.router.providers.spec import Credential, ProviderConfig, ProviderSpec
 from services.router.retry import FailureKind, kind_for_status
 
+CUT_OFF = "Azure OpenAI ended the stream without [DONE]"
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 
@@ -131,6 +139,8 @@ class AzureOpenAIProvider:
                 else:  # ended without [DONE]: a last event may lack its blank line
                     for event in events.feed(b"\n\n"):
                         yield event
+                    if not events.finished:  # cut off: what was relayed is not the whole answer
+                        raise ProviderError(FailureKind.SERVER, CUT_OFF)
         finally:
             await response.aclose()
         yield events.usage
@@ -238,7 +248,11 @@ class _translate_errors:
 
         if isinstance(exc, openai.APIStatusError):
             raise ProviderError(
-                kind_for_status(exc.status_code), _status_message(exc), exc.status_code
+                kind_for_status(exc.status_code),
+                _status_message(exc),
+                exc.status_code,
+                retry_after=retry_after_seconds(exc.response.headers),
+                reason=_refusal_reason(exc),
             ) from None
         if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException) and not _refused(exc):
             raise ProviderError(FailureKind.TIMEOUT, "Azure OpenAI timed out") from None
@@ -263,6 +277,18 @@ def _refused(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+# Azure's error codes for a prompt too long for the model and for its content filter
+_REFUSALS = {"context_length_exceeded": "context_window", "content_filter": "content_policy",
+             "ResponsibleAIPolicyViolation": "content_policy"}
+
+
+def _refusal_reason(exc: Any) -> str | None:
+    body = getattr(exc, "body", None)
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    code = inner.get("code") if isinstance(inner, dict) else None
+    return _REFUSALS.get(code) if isinstance(code, str) and exc.status_code == 400 else None
 
 
 def _status_message(exc: Any) -> str:

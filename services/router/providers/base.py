@@ -19,11 +19,13 @@ the router may still retry; afterwards it may not.
 from __future__ import annotations
 
 import base64
+import math
 import secrets
 import struct
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import orjson
@@ -52,11 +54,42 @@ class Completion:
 
 
 class ProviderError(Exception):
-    def __init__(self, kind: FailureKind, message: str, status: int | None = None) -> None:
+    """`retry_after`: seconds the provider asked to wait (Retry-After, retry-after-ms);
+    `reason`: why a CLIENT error refused the request, when a special fallback may answer it
+    ("context_window": the prompt is too long for the model; "content_policy": the provider's
+    content filter refused it)."""
+
+    def __init__(self, kind: FailureKind, message: str, status: int | None = None,
+                 retry_after: float | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status = status
+        self.retry_after = retry_after
+        self.reason = reason
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """The wait a 429/503 asks for: Azure's `retry-after-ms` / `x-ms-retry-after-ms` (milliseconds)
+    or `Retry-After` (seconds, or an HTTP date); None when absent or unreadable."""
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("x-ms-retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if not value:
+            continue
+        try:
+            seconds = float(value) / scale
+        except ValueError:
+            if scale != 1.0:
+                continue
+            try:
+                seconds = parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                continue
+        if math.isfinite(seconds):
+            return max(seconds, 0.0)
+    return None
 
 
 StreamItem = bytes | Usage

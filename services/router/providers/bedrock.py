@@ -170,6 +170,7 @@ def from_converse(response: dict[str, Any], model: str) -> Completion:
 def stream_items(events: Iterator[dict[str, Any]], out: ChunkWriter) -> Iterator[StreamItem]:
     """OpenAI chunks for ConverseStream events, then the usage (from the `metadata` event)."""
     usage = Usage(0, 0)
+    stopped = False
     for event in events:
         if "messageStart" in event:
             yield out.role()
@@ -178,9 +179,12 @@ def stream_items(events: Iterator[dict[str, Any]], out: ChunkWriter) -> Iterator
             if text:
                 yield out.content(text)
         elif "messageStop" in event:
+            stopped = True
             yield out.finish(FINISH_REASONS.get(str(event["messageStop"].get("stopReason")), "stop"))
         elif "metadata" in event:
             usage = _usage(event["metadata"].get("usage"))
+    if not stopped:  # cut off: what was relayed is not the whole answer
+        raise ProviderError(FailureKind.SERVER, "Bedrock ended the stream without messageStop")
     if out.include_usage:
         yield out.usage(usage)
     yield usage
@@ -199,7 +203,10 @@ def provider_error(exc: BaseException) -> ProviderError:
         status = (exc.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
         kind = ERROR_KINDS.get(code) or kind_for_status(int(status or 500))
         message = str(error.get("Message") or code or "error")
-        return ProviderError(kind, f"Bedrock returned {code or status}: {message}", status)
+        # Bedrock says a prompt is too long for the model in a ValidationException's message
+        too_long = kind is FailureKind.CLIENT and "too long" in message.lower()
+        return ProviderError(kind, f"Bedrock returned {code or status}: {message}", status,
+                             reason="context_window" if too_long else None)
     if isinstance(exc, bx.ReadTimeoutError | bx.ConnectTimeoutError):
         return ProviderError(FailureKind.TIMEOUT, "Bedrock timed out")
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
