@@ -22,7 +22,12 @@ Errors are what botocore parses for rest-json: the status, an `x-amzn-ErrorType`
 header lengths and its CRC32, string headers `:message-type`, `:event-type`, `:content-type`, the
 JSON payload, the message CRC32), one per event: messageStart, contentBlockDelta...,
 contentBlockStop, messageStop, metadata (usage). A failure inside a stream is an `exception`
-frame, as Bedrock sends it. The answer names the model and repeats the last user message.
+frame, as Bedrock sends it. The answer names the model and repeats the last user message, noting
+its images (`(+1 image/png)`); image blocks must carry a png/jpeg/gif/webp format and base64 bytes.
+Tools: while the toolConfig offers a tool the conversation has not called yet (and toolChoice is
+not none), the answer is a toolUse of the next such tool with input `{"input": <the first user
+text>}` (stopReason tool_use; streamed as contentBlockStart + two input fragments); once every
+tool was called, the text answer lists the tool results: `[model] results: a; b`.
 Misbehaviour: see `_common.py`.
 
     python -m tests.fakes.bedrock --port 9200 [--access-key AKID...] [--secret-key ...] [--region ...]
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import binascii
 import hashlib
 import hmac
@@ -69,6 +75,7 @@ ERROR_TYPES = {
 
 
 SERVICE = "bedrock"  # the signing name of bedrock-runtime
+IMAGE_FORMATS = ("png", "jpeg", "gif", "webp")
 MAX_SKEW_SECONDS = 300  # how far a request's X-Amz-Date may be from the service's clock
 SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"
 AUTHORIZATION = re.compile(
@@ -273,9 +280,36 @@ def _check_tools(messages: list[dict[str, Any]], tool_config: Any) -> None:
 def _check_block(block: Any, where: str) -> None:
     if not isinstance(block, dict) or len(block) != 1 or next(iter(block)) not in CONTENT_BLOCK_KEYS:
         raise _invalid(f"The ContentBlock object at {where} must set exactly one of its members.")
+    if "image" in block:
+        image = block["image"]
+        source = image.get("source") if isinstance(image, dict) else None
+        if not isinstance(image, dict) or image.get("format") not in IMAGE_FORMATS:
+            raise _invalid(f"1 validation error detected: Value at '{where}.image.format' failed to satisfy "
+                           f"constraint: Member must satisfy enum value set: [{', '.join(IMAGE_FORMATS)}]")
+        try:
+            base64.b64decode(source["bytes"], validate=True)  # a blob travels as base64 in JSON
+        except (TypeError, KeyError, ValueError, binascii.Error):
+            raise _invalid(f"The image source at {where} must carry base64 bytes.") from None
     if "text" in block and (not isinstance(block["text"], str) or not block["text"].strip()):
         raise _invalid(f"The text field in the ContentBlock object at {where} is blank. Add text to the "
                        "text field, and try again.")
+
+
+def next_tool_use(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The toolUse block the fake answers with: the next offered tool not called yet (see above)."""
+    config = body.get("toolConfig") or {}
+    names = [t["toolSpec"]["name"] for t in config.get("tools") or () if "toolSpec" in t]
+    choice = config.get("toolChoice") or {}
+    if "tool" in choice:
+        names = [choice["tool"]["name"]]
+    called = {b["toolUse"]["name"] for m in body["messages"] for b in m["content"] if "toolUse" in b}
+    todo = [n for n in names if n not in called]
+    if not todo:
+        return None
+    first_user = next((str(b["text"]) for m in body["messages"] if m["role"] == "user"
+                       for b in m["content"] if "text" in b), "")
+    digest = hashlib.sha256(f"{todo[0]}|{len(called)}|{first_user}".encode()).hexdigest()[:20]
+    return {"toolUseId": f"tooluse_{digest}", "name": todo[0], "input": {"input": first_user}}
 
 
 def encode_frame(headers: dict[str, str], payload: bytes) -> bytes:
@@ -377,7 +411,13 @@ class FakeBedrock(FakeServer):
         if failure is not None:
             await self._error(send, model_id, stream, failure, f"fake failure {failure}", record=False)
             return
-        text = f"[{model_id}] {last_user_text(messages)}"
+        use = next_tool_use(body)
+        images = [b["image"]["format"] for m in messages for b in m["content"] if "image" in b]
+        text = f"[{model_id}] {last_user_text(messages)}" + "".join(f" (+1 image/{f})" for f in images)
+        results = [b["toolResult"] for m in messages for b in m["content"] if "toolResult" in b]
+        if results and use is None:
+            said = [str(c.get("text", "")) for r in results for c in r.get("content", [])]
+            text = f"[{model_id}] results: " + "; ".join(said)
         limit = (body.get("inferenceConfig") or {}).get("maxTokens")
         stop = "end_turn"
         if isinstance(limit, int) and count_tokens(text) > limit:
@@ -386,11 +426,15 @@ class FakeBedrock(FakeServer):
         prompt = " ".join(str(b["text"]) for b in blocks if "text" in b)
         usage = {"inputTokens": count_tokens(prompt), "outputTokens": count_tokens(text)}
         usage["totalTokens"] = usage["inputTokens"] + usage["outputTokens"]
+        if use is not None:
+            stop = "tool_use"
+            usage["outputTokens"] = count_tokens(orjson.dumps(use["input"]).decode())
         if stream:
-            await self._stream(send, text, stop, usage)
+            await self._stream(send, text, stop, usage, use)
             return
+        content = [{"toolUse": use}] if use is not None else [{"text": text}]
         answer = {
-            "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+            "output": {"message": {"role": "assistant", "content": content}},
             "stopReason": stop,
             "usage": usage,
             "metrics": {"latencyMs": 1},
@@ -417,7 +461,8 @@ class FakeBedrock(FakeServer):
             headers=[(b"x-amzn-errortype", f"{error_type}:http://internal.amazon.com/".encode())],
         )
 
-    async def _stream(self, send: Any, text: str, stop: str, usage: dict[str, int]) -> None:
+    async def _stream(self, send: Any, text: str, stop: str, usage: dict[str, int],
+                      use: dict[str, Any] | None = None) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -437,7 +482,14 @@ class FakeBedrock(FakeServer):
             await send({"type": "http.response.body",
                         "body": exception_frame("internalServerException", "fake failure before content")})
             return
-        for i, piece in enumerate(words(text)):
+        if use is not None:  # a toolUse block: its start, then its input JSON in two fragments
+            start = {"toolUse": {"toolUseId": use["toolUseId"], "name": use["name"]}}
+            await emit(event_frame("contentBlockStart", {"contentBlockIndex": 0, "start": start}))
+            raw = orjson.dumps(use["input"]).decode()
+            for piece in (raw[: len(raw) // 2], raw[len(raw) // 2:]):
+                await emit(event_frame("contentBlockDelta", {"contentBlockIndex": 0,
+                                                             "delta": {"toolUse": {"input": piece}}}))
+        for i, piece in enumerate(words(text) if use is None else []):
             if self.behaviour.chunk_delay:
                 await asyncio.sleep(self.behaviour.chunk_delay)
             await emit(event_frame("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": piece}}))

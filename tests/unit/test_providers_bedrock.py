@@ -90,7 +90,8 @@ def test_a_leading_assistant_turn_gets_a_user_turn_before_it():
     assert req["messages"] == [
         {"role": "user", "content": [{"text": "(conversation start)"}]},
         {"role": "assistant", "content": [{"text": "How can I help?"}, {"text": "Ask away."}]},
-        {"role": "user", "content": [{"text": "what is 2+2?"}, {"text": "4"}]},
+        {"role": "user", "content": [{"text": "what is 2+2?"},
+                                     {"toolResult": {"toolUseId": "c1", "content": [{"text": "4"}]}}]},
     ]
     assert LEADING_USER_TURN == "(conversation start)"
 

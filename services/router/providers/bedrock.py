@@ -17,12 +17,16 @@ The translation OpenAI <-> Converse lives in plain functions (`to_converse`, `fr
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import os
+import re
 import threading
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 from pydantic import Field
 
 from services.common.config import Model, Pool, Timeouts
@@ -37,6 +41,7 @@ from services.router.providers.base import (
     message_text,
     new_completion_id,
     stop_sequences,
+    tool_call,
     wants_usage,
 )
 from services.router.providers.spec import Credential, ProviderConfig, ProviderSpec
@@ -73,24 +78,91 @@ ERROR_KINDS = {
 # --- OpenAI -> Converse ----------------------------------------------------------------------
 
 
-def _text_blocks(content: Any) -> list[dict[str, str]]:
-    """Converse content blocks of an OpenAI message content (string or parts); text only, and no
-    blank text (Converse refuses a block that is empty or only whitespace)."""
+# image_url data URLs Converse takes: data:image/<format>;base64,<bytes>
+_DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg|gif|webp);base64,(.+)$", re.S)
+
+
+def _refuse(message: str) -> ProviderError:
+    return ProviderError(FailureKind.CLIENT, message, status=400)
+
+
+def _image_block(part: dict[str, Any]) -> dict[str, Any]:
+    """An `image_url` part as a Converse image block; only data URLs (QLens never fetches a URL
+    on a client's behalf)."""
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str):
+        raise _refuse("an image_url part needs image_url.url")
+    if url.startswith(("http://", "https://")):
+        raise _refuse("image URLs are not fetched for awsBedrock models: send the image as a data URL "
+                      "(data:image/png;base64,...)")
+    m = _DATA_URL.match(url)
+    if m is None:
+        raise _refuse("an image for awsBedrock models must be a base64 data URL of a png, jpeg, gif or webp")
+    try:
+        data = base64.b64decode(m.group(2), validate=True)
+    except (binascii.Error, ValueError):
+        raise _refuse("the image data URL is not valid base64") from None
+    fmt = "jpeg" if m.group(1) == "jpg" else m.group(1)
+    return {"image": {"format": fmt, "source": {"bytes": data}}}
+
+
+def _content_blocks(content: Any) -> list[dict[str, Any]]:
+    """Converse content blocks of an OpenAI message content (string or parts): text and images,
+    and no blank text (Converse refuses a block that is empty or only whitespace)."""
     if isinstance(content, list):
-        blocks = []
+        blocks: list[dict[str, Any]] = []
         for part in content:
             if not isinstance(part, dict):
                 continue
-            if part.get("type") != "text":
-                raise ProviderError(
-                    FailureKind.CLIENT,
-                    f"content part type {part.get('type')!r} is not supported by awsBedrock models",
-                )
-            if str(part.get("text") or "").strip():
+            if part.get("type") == "image_url":
+                blocks.append(_image_block(part))
+            elif part.get("type") != "text":
+                raise _refuse(f"content part type {part.get('type')!r} is not supported by awsBedrock models")
+            elif str(part.get("text") or "").strip():
                 blocks.append({"text": str(part["text"])})
         return blocks
     text = message_text(content)
     return [{"text": text}] if text.strip() else []
+
+
+def _tool_use_blocks(calls: Any) -> list[dict[str, Any]]:
+    """An assistant's `tool_calls` as Converse toolUse blocks (arguments parsed: Converse wants JSON)."""
+    blocks = []
+    for call in calls if isinstance(calls, list) else ():
+        fn = call.get("function") or {} if isinstance(call, dict) else {}
+        try:
+            args = orjson.loads(fn.get("arguments") or "{}")
+        except orjson.JSONDecodeError:
+            raise _refuse(f"tool call {call.get('id')!r} has arguments that are not JSON") from None
+        blocks.append({"toolUse": {"toolUseId": str(call.get("id")), "name": str(fn.get("name")),
+                                   "input": args}})
+    return blocks
+
+
+def _tool_config(body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI `tools` / `tool_choice` as Converse's toolConfig (None: no tools, or tool_choice none)."""
+    tools = [t.get("function") for t in body.get("tools") or () if isinstance(t, dict)]
+    choice = body.get("tool_choice", "auto")
+    if not tools or choice == "none":
+        return None
+    specs = []
+    for fn in tools:
+        if not isinstance(fn, dict) or not fn.get("name"):
+            raise _refuse("each tool needs a function name")
+        schema = fn.get("parameters") or {"type": "object", "properties": {}}
+        spec: dict[str, Any] = {"name": fn["name"], "inputSchema": {"json": schema}}
+        if fn.get("description"):
+            spec["description"] = fn["description"]
+        specs.append({"toolSpec": spec})
+    config: dict[str, Any] = {"tools": specs}
+    if choice == "required":
+        config["toolChoice"] = {"any": {}}
+    elif isinstance(choice, dict):
+        config["toolChoice"] = {"tool": {"name": str((choice.get("function") or {}).get("name"))}}
+    elif choice == "auto":
+        config["toolChoice"] = {"auto": {}}
+    return config
 
 
 # Before a conversation that opens with the assistant (a greeting the client shows, a history cut
@@ -108,18 +180,31 @@ def to_converse(model_id: str, body: dict[str, Any]) -> dict[str, Any]:
     System (and developer) messages become `system` blocks; user and assistant messages keep
     their order, with consecutive messages of one role merged (Converse wants the roles to
     alternate) and a placeholder user turn before a leading assistant turn (Converse wants the
-    user first); tool results are passed as user text; messages without text are left out.
+    user first); messages without content are left out. Images (data URLs) become image blocks,
+    an assistant's `tool_calls` toolUse blocks, and `tool` messages toolResult blocks of one user
+    turn; `tools`/`tool_choice` become `toolConfig`. `response_format` other than text is refused:
+    Converse has no JSON mode.
     """
-    system: list[dict[str, str]] = []
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
+        raise _refuse(f"response_format {fmt.get('type')!r} is not supported by awsBedrock models")
+    system: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     for m in body.get("messages") or []:
         if not isinstance(m, dict):
             continue
         role = m.get("role")
-        blocks = _text_blocks(m.get("content"))
+        if role == "tool":
+            result = message_text(m.get("content")) or "(empty)"
+            answer = {"toolUseId": str(m.get("tool_call_id")), "content": [{"text": result}]}
+            blocks: list[dict[str, Any]] = [{"toolResult": answer}]
+        else:
+            blocks = _content_blocks(m.get("content"))
         if role in ("system", "developer"):
-            system.extend(blocks)
+            system.extend(b for b in blocks if "text" in b)
             continue
+        if role == "assistant":
+            blocks += _tool_use_blocks(m.get("tool_calls"))
         role = "assistant" if role == "assistant" else "user"
         if not blocks:
             continue
@@ -145,6 +230,8 @@ def to_converse(model_id: str, body: dict[str, Any]) -> dict[str, Any]:
         inference["stopSequences"] = stops
     if inference:
         request["inferenceConfig"] = inference
+    if (tools := _tool_config(body)) is not None:
+        request["toolConfig"] = tools
     return request
 
 
@@ -159,10 +246,17 @@ def _usage(usage: Any) -> Usage:
 def from_converse(response: dict[str, Any], model: str) -> Completion:
     content = (((response.get("output") or {}).get("message") or {}).get("content")) or []
     text = "".join(str(block.get("text", "")) for block in content if isinstance(block, dict))
+    calls = [
+        tool_call(str(use.get("toolUseId")), str(use.get("name")),
+                  orjson.dumps(use.get("input", {})).decode())
+        for block in content
+        if isinstance(block, dict) and isinstance(use := block.get("toolUse"), dict)
+    ]
     usage = _usage(response.get("usage"))
     finish = FINISH_REASONS.get(str(response.get("stopReason")), "stop")
     return Completion(
-        completion_body(id=new_completion_id(), model=model, text=text, finish_reason=finish, usage=usage),
+        completion_body(id=new_completion_id(), model=model, text=text, finish_reason=finish, usage=usage,
+                        tool_calls=calls),
         usage,
     )
 
@@ -171,13 +265,24 @@ def stream_items(events: Iterator[dict[str, Any]], out: ChunkWriter) -> Iterator
     """OpenAI chunks for ConverseStream events, then the usage (from the `metadata` event)."""
     usage = Usage(0, 0)
     stopped = False
+    tools: dict[int, int] = {}  # content block index -> OpenAI tool-call index
     for event in events:
         if "messageStart" in event:
             yield out.role()
+        elif "contentBlockStart" in event:
+            start = event["contentBlockStart"]
+            use = (start.get("start") or {}).get("toolUse")
+            if isinstance(use, dict):
+                index = tools[int(start.get("contentBlockIndex", 0))] = len(tools)
+                yield out.tool_call(index, "", id=str(use.get("toolUseId")), name=str(use.get("name")))
         elif "contentBlockDelta" in event:
-            text = (event["contentBlockDelta"].get("delta") or {}).get("text")
-            if text:
-                yield out.content(text)
+            block = event["contentBlockDelta"]
+            delta = block.get("delta") or {}
+            if delta.get("text"):
+                yield out.content(delta["text"])
+            elif isinstance(delta.get("toolUse"), dict) and delta["toolUse"].get("input"):
+                index = tools.get(int(block.get("contentBlockIndex", 0)), 0)
+                yield out.tool_call(index, str(delta["toolUse"]["input"]))
         elif "messageStop" in event:
             stopped = True
             yield out.finish(FINISH_REASONS.get(str(event["messageStop"].get("stopReason")), "stop"))
