@@ -34,8 +34,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import hashlib
 import math
 import re
+import struct
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -55,7 +58,8 @@ from tests.fakes._common import (
     words,
 )
 
-PATH = re.compile(r"^/openai/deployments/([^/]+)/chat/completions$")
+PATH = re.compile(r"^/openai/deployments/([^/]+)/(chat/completions|embeddings)$")
+EMBEDDING_DIMENSIONS = 1536
 
 ERROR_CODES = {
     400: "BadRequest",
@@ -317,6 +321,9 @@ class FakeAzureOpenAI(FakeServer):
                               "payload, but what was sent was not valid JSON.") from None
             if not isinstance(body, dict):
                 raise Invalid(f"{orjson.dumps(body).decode()[:100]} is not of type 'object'")
+            if match.group(2) == "embeddings":
+                await self._embeddings(send, deployment, body)
+                return
             check_messages(body.get("messages"))
         except Invalid as invalid:
             self._record(deployment, False, 400)
@@ -393,6 +400,34 @@ class FakeAzureOpenAI(FakeServer):
         if bearer.startswith("Bearer ") and bearer[7:] in self.tokens:
             return "bearer"
         return None
+
+    async def _embeddings(self, send: Any, deployment: str, body: dict[str, Any]) -> None:
+        """Deterministic unit vectors of each input (SHA-256 expanded), as floats or base64 float32."""
+        items = body.get("input")
+        items = [items] if isinstance(items, str) or (items and isinstance(items[0], int)) else items
+        if not isinstance(items, list) or not items:
+            raise Invalid("'input' is a required property")
+        dims = body.get("dimensions") or EMBEDDING_DIMENSIONS
+        failure = self._failure()
+        self._record(deployment, False, failure or 200)
+        if failure is not None:
+            await self._error(send, deployment, False, failure, f"fake failure {failure}", record=False)
+            return
+        data = []
+        for i, item in enumerate(items):
+            seed = item.encode() if isinstance(item, str) else orjson.dumps(item)
+            raw = b"".join(hashlib.sha256(seed + n.to_bytes(4, "big")).digest() for n in range(dims // 8 + 1))
+            vector = [b / 127.5 - 1.0 for b in raw[:dims]]
+            norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+            vector = [v / norm for v in vector]
+            out: Any = vector
+            if body.get("encoding_format") == "base64":
+                out = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": out})
+        tokens = sum(count_tokens(t) if isinstance(t, str) else len(t) for t in items)
+        answer = {"object": "list", "data": data, "model": deployment,
+                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        await send_bytes(send, 200, orjson.dumps(answer))
 
     async def _error(
         self, send: Any, deployment: str, stream: bool, status: int, message: str, record: bool = True,

@@ -76,6 +76,7 @@ ERROR_TYPES = {
 
 SERVICE = "bedrock"  # the signing name of bedrock-runtime
 IMAGE_FORMATS = ("png", "jpeg", "gif", "webp")
+COHERE_INPUT_TYPES = ("search_document", "search_query", "classification", "clustering")
 MAX_SKEW_SECONDS = 300  # how far a request's X-Amz-Date may be from the service's clock
 SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"
 AUTHORIZATION = re.compile(
@@ -295,6 +296,15 @@ def _check_block(block: Any, where: str) -> None:
                        "text field, and try again.")
 
 
+def _vector(text: str, dims: int) -> list[float]:
+    """A deterministic unit vector for a text (SHA-256 expanded)."""
+    seed = text.encode()
+    raw = b"".join(hashlib.sha256(seed + n.to_bytes(4, "big")).digest() for n in range(dims // 32 + 1))
+    vector = [b / 127.5 - 1.0 for b in raw[:dims]]
+    norm = sum(v * v for v in vector) ** 0.5 or 1.0
+    return [v / norm for v in vector]
+
+
 def next_tool_use(body: dict[str, Any]) -> dict[str, Any] | None:
     """The toolUse block the fake answers with: the next offered tool not called yet (see above)."""
     config = body.get("toolConfig") or {}
@@ -376,7 +386,7 @@ class FakeBedrock(FakeServer):
             scope["method"] != "POST"
             or len(parts) != 4
             or parts[1] != "model"
-            or parts[3] not in ("converse", "converse-stream")
+            or parts[3] not in ("converse", "converse-stream", "invoke")
         ):
             await send_bytes(
                 send,
@@ -399,6 +409,9 @@ class FakeBedrock(FakeServer):
                 body = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 raise _invalid("Malformed input request, please reformat your input and try again.") from None
+            if parts[3] == "invoke":
+                await self._invoke(send, model_id, body)
+                return
             check_conversation(body)
         except Refusal as refusal:
             await self._error(send, model_id, stream, refusal.status, refusal.message, refusal.error_type)
@@ -440,6 +453,37 @@ class FakeBedrock(FakeServer):
             "metrics": {"latencyMs": 1},
         }
         await send_bytes(send, 200, orjson.dumps(answer), headers=[(b"x-amzn-requestid", b"fake-request")])
+
+    async def _invoke(self, send: Any, model_id: str, body: Any) -> None:
+        """InvokeModel for the embedding models: Titan Text Embeddings v2 (one `inputText`,
+        `dimensions` 256/512/1024, `inputTextTokenCount` back) and Cohere Embed (`texts` (1-96) and
+        an `input_type`; the token count in the x-amzn-bedrock-input-token-count header)."""
+        if model_id.startswith("amazon.titan-embed-text-v2"):
+            text, dims = body.get("inputText"), body.get("dimensions", 1024)
+            if not isinstance(text, str) or not text.strip():
+                raise _invalid("Malformed input request: #: required key [inputText] not found")
+            if dims not in (256, 512, 1024):
+                raise _invalid("Malformed input request: #/dimensions: 300 is not a valid enum value"
+                               .replace("300", str(dims)))
+            self._record(model_id, False, 200)
+            answer = {"embedding": _vector(text, dims), "inputTextTokenCount": count_tokens(text)}
+            await send_bytes(send, 200, orjson.dumps(answer))
+            return
+        if model_id.startswith("cohere.embed"):
+            texts = body.get("texts")
+            ok = isinstance(texts, list) and 1 <= len(texts) <= 96 and all(isinstance(t, str) for t in texts)
+            if not ok:
+                raise _invalid("Malformed input request: #/texts: expected 1 to 96 strings")
+            if body.get("input_type") not in COHERE_INPUT_TYPES:
+                raise _invalid("Malformed input request: #: required key [input_type] not found")
+            self._record(model_id, False, 200)
+            answer = {"id": "fake", "response_type": "embeddings_floats", "texts": texts,
+                      "embeddings": [_vector(t, 1024) for t in texts]}
+            tokens = sum(count_tokens(t) for t in texts)
+            await send_bytes(send, 200, orjson.dumps(answer),
+                             headers=[(b"x-amzn-bedrock-input-token-count", str(tokens).encode())])
+            return
+        raise Refusal(400, "ValidationException", f"The provided model identifier is invalid: {model_id}")
 
     async def _error(
         self,

@@ -135,3 +135,66 @@ def test_metrics_and_log_line(stack: RunningStack):
     assert re.search(r'qlens_tokens_total\{kind="prompt",model="embed"\} [1-9]', metrics)
     assert '"route":"/v1/embeddings"' in stack.log("gateway")
     assert "zeta metrics" not in stack.log("gateway")  # never the input
+
+
+# --- Azure OpenAI embedding deployments, through the openai SDK -------------------------------------
+
+AZURE_ENV = {
+    "providers": {"azureOpenAI": {"enabled": True}},
+    "models": {"ada": {"kind": "embedding", "pricing": {"input": PRICE},
+                       "deployments": [{"provider": "azureOpenAI", "target": "text-embedding-3-small"}]}},
+}
+
+
+def test_azure_embeddings_float_and_base64(tmp_path):
+    from tests.fakes.azure_openai import FakeAzureOpenAI
+
+    with FakeAzureOpenAI.for_environment(AZURE_ENV) as az, \
+            running_stack(tmp_path, AZURE_ENV, extra_env=az.client_env()) as s:
+        client = s.openai()
+        raw = client.embeddings.with_raw_response.create(model="ada", input=["north", "south"],
+                                                         encoding_format="float", dimensions=64)
+        floats = raw.parse()
+        assert raw.headers["x-qlens-provider"] == "azureOpenAI/text-embedding-3-small"
+        assert [len(d.embedding) for d in floats.data] == [64, 64]
+        assert math.isclose(sum(v * v for v in floats.data[0].embedding), 1.0, rel_tol=1e-9)
+        assert floats.usage.prompt_tokens == 4
+        decoded = client.embeddings.create(model="ada", input=["north", "south"], dimensions=64)  # base64
+        assert decoded.data[1].embedding == pytest.approx(floats.data[1].embedding, abs=1e-6)
+        assert az.calls("text-embedding-3-small") == 2
+
+
+# --- Bedrock embedding models through invoke_model: Titan Text Embeddings v2 and Cohere Embed -----
+
+TITAN, COHERE = "amazon.titan-embed-text-v2:0", "cohere.embed-english-v3"
+BEDROCK_ENV = {
+    "providers": {"awsBedrock": {"enabled": True}},
+    "models": {
+        "titan": {"kind": "embedding", "deployments": [{"provider": "awsBedrock", "target": TITAN}]},
+        "cohere": {"kind": "embedding", "deployments": [{"provider": "awsBedrock", "target": COHERE}]},
+    },
+}
+
+
+def test_bedrock_titan_and_cohere_embeddings(tmp_path):
+    from tests.fakes.bedrock import FakeBedrock
+
+    with FakeBedrock(access_key="AKIDEMBED") as br, \
+            running_stack(tmp_path, BEDROCK_ENV, extra_env=br.client_env()) as s:
+        client = s.openai()
+        titan = client.embeddings.create(model="titan", input=["east", "west"], dimensions=256,
+                                         encoding_format="float")
+        assert [len(d.embedding) for d in titan.data] == [256, 256] and titan.usage.prompt_tokens == 2
+        assert br.calls(TITAN) == 2  # Titan embeds one text per call
+        texts = [f"text {i}" for i in range(100)]
+        cohere = client.embeddings.create(model="cohere", input=texts)  # base64, decoded by the SDK
+        assert len(cohere.data) == 100 and len(cohere.data[0].embedding) == 1024
+        assert cohere.usage.prompt_tokens == 200  # from the token-count header, 2 per text
+        assert br.calls(COHERE) == 2  # batched: 96 + 4
+        assert math.isclose(sum(v * v for v in cohere.data[99].embedding), 1.0, rel_tol=1e-5)
+        refusals = (("cohere", {"dimensions": 256}, "dimensions is not supported"),
+                    ("titan", {"dimensions": 300}, "dimensions must be one of 256, 512, 1024"),
+                    ("titan", {"input": [[1, 2]]}, "token-array inputs are not supported"))
+        for model, extra, message in refusals:
+            r = httpx.post(s.gateway_url + "/v1/embeddings", json={"model": model, "input": "x", **extra})
+            assert r.status_code == 400 and message in r.json()["error"]["message"]

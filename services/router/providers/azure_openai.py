@@ -114,6 +114,22 @@ class AzureOpenAIProvider:
             raise ProviderError(FailureKind.DEPLOYMENT, "Azure OpenAI answered with malformed JSON") from None
         return Completion(content, usage or Usage(0, 0))
 
+    async def embed(self, target: str, body: dict[str, Any]) -> Completion:
+        """An embedding deployment: the body as the client sent it, Azure's answer as its bytes
+        (`encoding_format` and `dimensions` are Azure's to honour)."""
+        import httpx2
+
+        url = self._url(target).removesuffix("/chat/completions") + "/embeddings"
+        async with _translate_errors():
+            response = await self.client.post(url, content=orjson.dumps({**body, "model": target}),
+                                              cast_to=httpx2.Response)
+        try:
+            usage = orjson.loads(response.content).get("usage") or {}
+            prompt = int(usage.get("prompt_tokens") or 0)
+        except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
+            raise ProviderError(FailureKind.DEPLOYMENT, "Azure OpenAI answered with malformed JSON") from None
+        return Completion(response.content, Usage(prompt, 0))
+
     async def stream(self, target: str, body: dict[str, Any]) -> AsyncGenerator[StreamItem, None]:
         import httpx2
 

@@ -37,10 +37,12 @@ from services.router.providers.base import (
     StreamItem,
     Usage,
     completion_body,
+    embedding_body,
     max_tokens,
     message_text,
     new_completion_id,
     stop_sequences,
+    text_inputs,
     tool_call,
     wants_usage,
 )
@@ -77,6 +79,9 @@ ERROR_KINDS = {
 
 # --- OpenAI -> Converse ----------------------------------------------------------------------
 
+
+TITAN_DIMENSIONS = (256, 512, 1024)
+COHERE_BATCH = 96  # Cohere Embed's limit of texts per call
 
 # image_url data URLs Converse takes: data:image/<format>;base64,<bytes>
 _DATA_URL = re.compile(r"^data:image/(png|jpeg|jpg|gif|webp);base64,(.+)$", re.S)
@@ -362,6 +367,48 @@ class BedrockProvider:
         except Exception as exc:
             raise provider_error(exc) from None
         return from_converse(response, str(body.get("model") or target))
+
+    async def embed(self, target: str, body: dict[str, Any]) -> Completion:
+        """Embedding models through InvokeModel: Titan Text Embeddings v2 takes one text per call
+        (`dimensions` 256, 512 or 1024); Cohere Embed takes up to 96 texts per call and no
+        `dimensions`. Token arrays are refused: these models take text."""
+        texts = text_inputs(body, "awsBedrock")
+        dims = body.get("dimensions")
+        if target.startswith("amazon.titan-embed-text-v2"):
+            if dims is not None and dims not in TITAN_DIMENSIONS:
+                allowed = ", ".join(map(str, TITAN_DIMENSIONS))
+                raise _refuse(f"dimensions must be one of {allowed} for {target}")
+            extra = {"dimensions": dims} if dims else {}
+            calls = [{"inputText": t, "normalize": True, **extra} for t in texts]
+        elif target.startswith("cohere.embed"):
+            if dims is not None:
+                raise _refuse(f"dimensions is not supported by {target}")
+            calls = [{"texts": texts[i:i + COHERE_BATCH], "input_type": "search_document"}
+                     for i in range(0, len(texts), COHERE_BATCH)]
+        else:
+            raise ProviderError(FailureKind.DEPLOYMENT, f"{target} is not an embedding model QLens can call "
+                                                        "(Titan Text Embeddings v2, Cohere Embed)")
+        loop = asyncio.get_running_loop()
+        vectors: list[list[float]] = []
+        tokens = 0
+        for call in calls:
+            def invoke(call: dict[str, Any] = call) -> tuple[dict[str, Any], dict[str, Any]]:
+                response = self.client.invoke_model(modelId=target, body=orjson.dumps(call),
+                                                    contentType="application/json", accept="application/json")
+                return orjson.loads(response["body"].read()), response["ResponseMetadata"]["HTTPHeaders"]
+            try:
+                answer, headers = await loop.run_in_executor(self._threads, invoke)
+            except Exception as exc:
+                raise provider_error(exc) from None
+            if "embedding" in answer:  # Titan
+                vectors.append(answer["embedding"])
+                tokens += int(answer.get("inputTextTokenCount") or 0)
+            else:  # Cohere: the count comes in a header
+                vectors.extend(answer.get("embeddings") or [])
+                tokens += int(headers.get("x-amzn-bedrock-input-token-count") or 0)
+        model = str(body.get("model") or target)
+        answer_bytes = embedding_body(vectors, model, tokens, body.get("encoding_format"))
+        return Completion(answer_bytes, Usage(tokens, 0))
 
     async def stream(self, target: str, body: dict[str, Any]) -> AsyncGenerator[StreamItem, None]:
         request = to_converse(target, body)
