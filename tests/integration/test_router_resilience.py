@@ -105,6 +105,7 @@ def ready_state(router, deployment: str) -> str:
 def test_retryable_failures_are_retried_until_success(stack, fakes, client, model, status):
     router, az, _ = stack
     retries_before = metric(router, "qlens_retries_total")
+    az.behaviour.retry_after_ms = 20  # a 429 says how long to wait: briefly, so the deadline is not the test
     az.fail(status, times=2)
     completion = client.chat.completions.create(model=model, messages=MESSAGES)
     assert completion.choices[0].message.content == f"[{model}] are you there?"
