@@ -35,6 +35,8 @@ BINARIES = ("kube-apiserver", "kube-controller-manager", "etcd")
 DEFAULT_ASSETS = Path.home() / ".cache" / "qlens" / "k8s-v1.20.2"
 BUILD_HINT = "run `tests/k8s/control-plane build` (once per machine, ~5 min) or set KUBEBUILDER_ASSETS"
 CONTEXT = "local"
+# ClusterIPs; the node (tests/k8s/node) routes this range to kube-proxy, so both must agree
+SERVICE_CIDR = "10.0.0.0/24"
 
 
 class ControlPlaneError(RuntimeError):
@@ -214,13 +216,16 @@ class ControlPlane:
             str(a / "kube-apiserver"), f"--etcd-servers={etcd}",
             "--bind-address=127.0.0.1", f"--secure-port={api_port}", "--advertise-address=127.0.0.1",
             "--endpoint-reconciler-type=none",
+            # the real node (tests/k8s/node) registers by IP; dial kubelets by address, never by a
+            # host name the host cannot resolve (logs, exec, port-forward go apiserver -> kubelet)
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true", "--profiling=false",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true", "--profiling=false",
             f"--cert-dir={pki / 'generated'}",
         ], tie_to_parent)
         ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
