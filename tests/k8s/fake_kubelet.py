@@ -41,6 +41,8 @@ def _node_status() -> dict[str, Any]:
     }
 
 
+FAKE_NODE_TAINT = {"key": "qlens.test/fake-kubelet", "value": "true", "effect": "NoSchedule"}
+
 class FakeKubelet:
     """One fake Node serving `namespaces` (None: every namespace). Thread-safe start/stop/serve."""
 
@@ -64,7 +66,10 @@ class FakeKubelet:
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> FakeKubelet:
         try:
-            self._core.create_node({"metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}}})
+            # tainted: it binds its own pods, and a real scheduler (tests/k8s/node) running in the
+            # same session must never place a real node's pods on this one
+            self._core.create_node({"metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
+                                    "spec": {"taints": [FAKE_NODE_TAINT]}})
         except self._api_exception as exc:
             if exc.status != 409:
                 raise

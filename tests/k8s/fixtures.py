@@ -9,6 +9,14 @@ third-party kinds the chart uses. If the binaries are missing the fixture FAILS 
 
 `fake_kubelet` (session): a `FakeKubelet` that serves the namespaces a test hands it with
 `fake_kubelet.serve(ns)`, so Deployments in them roll out (image tag `:unready`: never Ready).
+
+`real_node` (session, marker `node`): ONE real node (tests/k8s/node: containerd, kubelet,
+kube-proxy, kube-scheduler, DNS) on the session's control plane, where pods really run. It yields
+a `NodeCluster`: `.kubeconfig`, `.node` (the `RealNode`), `.images(tag)` to build the three
+service images from the Dockerfile and import them (once per tag and session). The node is stopped
+at the end of the session, leaving nothing behind. If it cannot start, the fixture FAILS (never
+skips) with the reason and the log folder. Do not use `fake_kubelet` in the same session: both
+would claim the pods.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import yaml
 
 from tests.k8s.controlplane import BUILD_HINT, ControlPlane, ControlPlaneError, assets_dir, missing_binaries
 from tests.k8s.fake_kubelet import FakeKubelet
+from tests.k8s.images import ServiceImages, build_images
+from tests.k8s.node import NodeError, RealNode
 
 CRDS = Path(__file__).resolve().parent / "crds.yaml"
 _names = itertools.count(1)
@@ -142,3 +152,37 @@ def fake_kubelet(kube_cluster: KubeCluster) -> Iterator[FakeKubelet]:
         yield kubelet
     finally:
         kubelet.stop()
+
+
+class NodeCluster:
+    """The session's control plane plus its one real node, as node tests see them."""
+
+    def __init__(self, cluster: KubeCluster, node: RealNode, image_dir: Path) -> None:
+        self.cluster = cluster
+        self.node = node
+        self.kubeconfig: Path = cluster.kubeconfig
+        self._image_dir = image_dir
+        self._images: dict[str, ServiceImages] = {}
+
+    def images(self, tag: str) -> ServiceImages:
+        """The gateway, router and cache images tagged `tag`, built from the Dockerfile and imported
+        into the node (once per tag in a session). Deploy them with repository `.repository`,
+        `tag` and `pullPolicy: Never`."""
+        if tag not in self._images:
+            images = build_images(tag, self._image_dir)
+            for tar in images.archives.values():
+                self.node.import_image(tar)
+            self._images[tag] = images
+        return self._images[tag]
+
+
+@pytest.fixture(scope="session")
+def real_node(kube_cluster: KubeCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeCluster]:
+    try:
+        node = RealNode.start(tmp_path_factory.mktemp("node"), kube_cluster.kubeconfig)
+    except NodeError as exc:
+        pytest.fail(f"the real node did not start: {exc}", pytrace=False)
+    try:
+        yield NodeCluster(kube_cluster, node, tmp_path_factory.mktemp("images"))
+    finally:
+        node.stop()
