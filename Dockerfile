@@ -7,27 +7,35 @@
 #   docker build --target router  -t ghcr.io/quantumlayer/qlens-router:v1.0.0 .
 #   docker build --target cache   -t ghcr.io/quantumlayer/qlens-cache:v1.0.0 .
 #
-# Small: python slim plus only what the services import (no qlensctl, Kubernetes client or Helm
-# SDK). Non-root: uid/gid 10001, the chart's runAsUser. Read-only root filesystem friendly: the
-# code is byte-compiled at build time and nothing is written outside /tmp (an emptyDir in the pod).
-# Configuration arrives at run time (QLENS_CONFIG, mounted Secrets); no secret is baked in.
+# Without a Docker engine, scripts/build-images builds the same file with buildah (daemonless) from
+# a Debian bookworm base made with mmdebstrap (BASE=localhost/qlens-python-base:bookworm) and writes
+# OCI archives; see the README's "Building the images".
+#
+# Reproducible: the services' runtime dependencies are installed from requirements/services.txt,
+# pinned with hashes (--require-hashes; refresh with `nox -s lock`). Small: only what the services
+# import (no qlensctl, Kubernetes client or Helm SDK), no pip/setuptools and no packages' test
+# folders in the runtime image. Non-root: uid/gid 10001, the chart's runAsUser. Read-only root
+# filesystem friendly: code is byte-compiled at build time and nothing is written outside /tmp
+# (an emptyDir in the pod). Configuration arrives at run time (QLENS_CONFIG, mounted Secrets); no
+# secret is baked in. /bin/sh is there for `kubectl exec` (troubleshooting in the guide).
 
-ARG PYTHON_VERSION=3.11
+# Any Debian-like image with Python 3.11 on PATH as `python` and the venv module.
+ARG BASE=python:3.11-slim
 
-# --- build: a virtualenv with the services' runtime dependencies ----------------------------------
-FROM python:${PYTHON_VERSION}-slim AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/qlens
-# The services' share of pyproject.toml's dependencies (the rest is qlensctl's).
-RUN /opt/qlens/bin/pip install \
-      "fastapi>=0.110" "uvicorn[standard]>=0.29" "httpx>=0.27" "aiohttp>=3.9" "openai>=1.30" \
-      "boto3>=1.34" "azure-identity>=1.15" "redis>=5" "prometheus-client>=0.20" "pydantic>=2.6" \
-      "orjson>=3.9" "pyyaml>=6"
+# --- build: a virtualenv with the services' locked runtime dependencies ---------------------------
+FROM ${BASE} AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+COPY requirements/services.txt /tmp/services.txt
+RUN python -m venv /opt/qlens \
+ && /opt/qlens/bin/pip install --require-hashes --no-deps --only-binary=:all: -r /tmp/services.txt \
+ && /opt/qlens/bin/pip uninstall -y -q pip setuptools \
+ && find /opt/qlens -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} + \
+ && rm -f /opt/qlens/bin/activate* /opt/qlens/bin/Activate.ps1
 COPY services /app/services
-RUN /opt/qlens/bin/python -m compileall -q /app/services
+RUN /opt/qlens/bin/python -m compileall -q /opt/qlens/lib /app/services
 
 # --- runtime: what all three images share ---------------------------------------------------------
-FROM python:${PYTHON_VERSION}-slim AS runtime
+FROM ${BASE} AS runtime
 RUN groupadd --system --gid 10001 qlens \
  && useradd --system --uid 10001 --gid qlens --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin qlens
 COPY --from=build /opt/qlens /opt/qlens
@@ -39,6 +47,13 @@ ENV PATH=/opt/qlens/bin:$PATH \
     QLENS_CONFIG=/etc/qlens/config.yaml
 WORKDIR /app
 USER 10001:10001
+# OCI labels (scripts/build-images passes them; last, so a new revision reuses every layer above)
+ARG VERSION=dev REVISION=unknown CREATED=1970-01-01T00:00:00Z SOURCE=https://github.com/quantumlayer/qlens
+LABEL org.opencontainers.image.title="QLens" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.source="${SOURCE}"
 
 # --- one target per service (liveness GET /health, readiness GET /health/ready, metrics /metrics) -
 FROM runtime AS cache

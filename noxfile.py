@@ -1,4 +1,4 @@
-"""nox sessions: tests, lint, typecheck, schema, bench. `nox -s tests` equals `scripts/test`."""
+"""nox sessions: tests, lint, typecheck, schema, bench, lock. `nox -s tests` equals `scripts/test`."""
 
 import nox
 
@@ -35,3 +35,20 @@ def schema(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """The benchmark harness (bench/README.md); not part of the test suite."""
     session.run(".venv/bin/python", "-m", "bench", *session.posargs, external=True)
+
+
+@nox.session
+def lock(session: nox.Session) -> None:
+    """Refresh requirements/services.txt, the services' runtime dependencies pinned with hashes
+    that the Dockerfile installs (--require-hashes), from requirements/services.in.
+
+    Only the public package index is consulted (no local wheel folders or mirrors from pip's
+    configuration), so every hash is the one a build elsewhere downloads."""
+    session.install("pip-tools>=7.4")
+    session.run(
+        "pip-compile", "--quiet", "--generate-hashes", "--allow-unsafe", "--strip-extras",
+        "--no-emit-index-url", "--no-emit-find-links", "--upgrade",
+        "--output-file", "requirements/services.txt", "requirements/services.in",
+        env={"PIP_CONFIG_FILE": "/dev/null", "PIP_FIND_LINKS": "",
+             "CUSTOM_COMPILE_COMMAND": "nox -s lock"},
+    )
