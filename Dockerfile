@@ -12,9 +12,9 @@
 # OCI archives; see the README's "Building the images".
 #
 # Reproducible: the services' runtime dependencies are installed from requirements/services.txt,
-# pinned with hashes (--require-hashes; refresh with `nox -s lock`). Small: only what the services
-# import (no qlensctl, Kubernetes client or Helm SDK), no pip/setuptools and no packages' test
-# folders in the runtime image. Non-root: uid/gid 10001, the chart's runAsUser. Read-only root
+# pinned with hashes by `uv pip compile --universal` (--require-hashes; refresh: `nox -s lock`).
+# Small: only what the services import (no qlensctl, Kubernetes client or Helm SDK), no
+# pip/setuptools and no packages' test folders in the runtime image. Non-root: uid/gid 10001, the chart's runAsUser. Read-only root
 # filesystem friendly: code is byte-compiled at build time and nothing is written outside /tmp
 # (an emptyDir in the pod). Configuration arrives at run time (QLENS_CONFIG, mounted Secrets); no
 # secret is baked in. /bin/sh is there for `kubectl exec` (troubleshooting in the guide).

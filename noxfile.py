@@ -42,13 +42,12 @@ def lock(session: nox.Session) -> None:
     """Refresh requirements/services.txt, the services' runtime dependencies pinned with hashes
     that the Dockerfile installs (--require-hashes), from requirements/services.in.
 
-    Only the public package index is consulted (no local wheel folders or mirrors from pip's
-    configuration), so every hash is the one a build elsewhere downloads."""
-    session.install("pip-tools>=7.4")
+    `uv pip compile --universal`: one lock valid for every Python 3.11.x the images may have (the
+    Debian base's 3.11.2 needs async-timeout for redis, a newer 3.11 does not), with markers; only
+    the public package index is consulted, so every hash is the one a build elsewhere downloads."""
+    session.install("uv>=0.4")
     session.run(
-        "pip-compile", "--quiet", "--generate-hashes", "--allow-unsafe", "--strip-extras",
-        "--no-emit-index-url", "--no-emit-find-links", "--upgrade",
-        "--output-file", "requirements/services.txt", "requirements/services.in",
-        env={"PIP_CONFIG_FILE": "/dev/null", "PIP_FIND_LINKS": "",
-             "CUSTOM_COMPILE_COMMAND": "nox -s lock"},
+        "uv", "pip", "compile", "--quiet", "--universal", "--python-version", "3.11", "--generate-hashes",
+        "--upgrade", "--output-file", "requirements/services.txt", "requirements/services.in",
+        env={"UV_CUSTOM_COMPILE_COMMAND": "nox -s lock", "UV_NATIVE_TLS": "1"},
     )
