@@ -174,11 +174,15 @@ def test_image_tag_falls_back_to_the_charts_app_version() -> None:
     assert f"ghcr.io/quantumlayer/qlens-gateway:{app_version}" in text
 
 
-def test_default_resources_are_the_guides() -> None:
+def test_resources_are_each_environments() -> None:
+    """Production (and local, by default): the guide's sizing; staging: small requests for a shared
+    cluster, the same limits."""
+    guide = {"cpu": "1000m", "memory": "1Gi"}
+    requests = {"local": guide, "production": guide, "staging": {"cpu": "250m", "memory": "256Mi"}}
     for env in ENVS:
         for s in SERVICES:
             assert container(env, s)["resources"] == {
-                "requests": {"cpu": "1000m", "memory": "1Gi"},
+                "requests": requests[env],
                 "limits": {"cpu": "2000m", "memory": "2Gi"},
             }
 
@@ -195,6 +199,8 @@ def test_resources_are_overridable_per_service(tmp_path: Path) -> None:
     cache = objs[("Deployment", "qlens-cache")]["spec"]["template"]["spec"]["containers"][0]["resources"]
     gateway = objs[("Deployment", "qlens-gateway")]["spec"]["template"]["spec"]["containers"][0]["resources"]
     assert cache["limits"] == {"cpu": "2000m", "memory": "4Gi"}
+    # a serviceResources entry is a whole Resources model: its unset requests are the model's
+    # default (1000m/1Gi), not the environment's (staging: 250m/256Mi)
     assert cache["requests"] == {"cpu": "1000m", "memory": "1Gi"}
     assert gateway["limits"] == {"cpu": "2000m", "memory": "2Gi"}
 
