@@ -219,6 +219,9 @@ class ControlPlane:
             # the real node (tests/k8s/node) registers by IP; dial kubelets by address, never by a
             # host name the host cannot resolve (logs, exec, port-forward go apiserver -> kubelet)
             "--kubelet-preferred-address-types=InternalIP,Hostname",
+            # a namespace's annotation scheduler.alpha.kubernetes.io/defaultTolerations gives its
+            # pods tolerations: how real-node tests' pods (and only theirs) tolerate the node's taint
+            "--enable-admission-plugins=PodTolerationRestriction",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}", f"--token-auth-file={pki / 'tokens.csv'}",
             "--authorization-mode=Node,RBAC",

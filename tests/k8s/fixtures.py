@@ -12,11 +12,12 @@ third-party kinds the chart uses. If the binaries are missing the fixture FAILS 
 
 `real_node` (session, marker `node`): ONE real node (tests/k8s/node: containerd, kubelet,
 kube-proxy, kube-scheduler, DNS) on the session's control plane, where pods really run. It yields
-a `NodeCluster`: `.kubeconfig`, `.node` (the `RealNode`), `.images(tag)` to build the three
-service images from the Dockerfile and import them (once per tag and session). The node is stopped
-at the end of the session, leaving nothing behind. If it cannot start, the fixture FAILS (never
-skips) with the reason and the log folder. Do not use `fake_kubelet` in the same session: both
-would claim the pods.
+a `NodeCluster`: `.kubeconfig`, `.node` (the `RealNode`), `.new_namespace()` for a namespace whose
+pods run there, `.images(tag)` to build the three service images from the Dockerfile and import
+them (once per tag and session). The node is tainted and only those namespaces' pods tolerate it,
+so the fake kubelet's pods (in the same session) never land on it, nor its pods on the fake Node
+(tainted too). The node is stopped at the end of the session, leaving nothing behind. If it cannot
+start, the fixture FAILS (never skips) with the reason and the log folder.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import yaml
 from tests.k8s.controlplane import BUILD_HINT, ControlPlane, ControlPlaneError, assets_dir, missing_binaries
 from tests.k8s.fake_kubelet import FakeKubelet
 from tests.k8s.images import ServiceImages, build_images
-from tests.k8s.node import NodeError, RealNode
+from tests.k8s.node import TOLERATION_ANNOTATION, NodeError, RealNode
 
 CRDS = Path(__file__).resolve().parent / "crds.yaml"
 _names = itertools.count(1)
@@ -58,7 +59,8 @@ class KubeCluster:
             self._api = config.new_client_from_config(config_file=str(self.kubeconfig))
         return self._api
 
-    def new_namespace(self, prefix: str = "t", create: bool = True) -> str:
+    def new_namespace(self, prefix: str = "t", create: bool = True,
+                      annotations: dict[str, str] | None = None) -> str:
         """A namespace name unique in this session; created (and its default ServiceAccount
         waited for, so Pods are admitted at once) unless create=False."""
         from kubernetes import client
@@ -66,7 +68,7 @@ class KubeCluster:
         name = f"{prefix}-{next(_names)}"
         if create:
             core = client.CoreV1Api(self.api)
-            core.create_namespace({"metadata": {"name": name}})
+            core.create_namespace({"metadata": {"name": name, "annotations": annotations or {}}})
             self.wait_for_default_service_account(name)
         return name
 
@@ -163,6 +165,11 @@ class NodeCluster:
         self.kubeconfig: Path = cluster.kubeconfig
         self._image_dir = image_dir
         self._images: dict[str, ServiceImages] = {}
+
+    def new_namespace(self, prefix: str = "node") -> str:
+        """A namespace whose pods run on the real node (they tolerate its taint). Create the
+        namespace a release goes to with this before deploying."""
+        return self.cluster.new_namespace(prefix, annotations=TOLERATION_ANNOTATION)
 
     def images(self, tag: str) -> ServiceImages:
         """The gateway, router and cache images tagged `tag`, built from the Dockerfile and imported

@@ -24,6 +24,15 @@ from tests.k8s.controlplane import SERVICE_CIDR, assets_dir
 NODE_SCRIPT = Path(__file__).resolve().parent / "node"
 BUILD_HINT = "run `tests/k8s/node build` as root (once per machine; scripts/test does it)"
 NODE_BINARIES = ("kubelet", "kube-proxy", "kube-scheduler")
+# The node registers with this taint, so the scheduler places there only pods that tolerate it:
+# never the fake kubelet's pods (its namespaces have no toleration) when both run in one session.
+# `TOLERATION_ANNOTATION` on a namespace makes every pod in it tolerate the taint (the control
+# plane runs the PodTolerationRestriction admission plugin), so charts need no tolerations value.
+TAINT_KEY = "qlens.test/real-node"
+TOLERATION_ANNOTATION = {
+    "scheduler.alpha.kubernetes.io/defaultTolerations":
+        f'[{{"key": "{TAINT_KEY}", "operator": "Exists", "effect": "NoSchedule"}}]',
+}
 
 
 class NodeError(RuntimeError):
@@ -39,7 +48,8 @@ def missing_assets() -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "K8S_ASSETS": str(assets_dir()), "NODE_SERVICE_CIDR": SERVICE_CIDR}
+    return {**os.environ, "K8S_ASSETS": str(assets_dir()), "NODE_SERVICE_CIDR": SERVICE_CIDR,
+            "NODE_TAINTS": f"{TAINT_KEY}=true:NoSchedule"}
 
 
 def _run(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:

@@ -36,7 +36,7 @@ def test_the_node_is_ready_and_runs_a_pod(real_node: NodeCluster) -> None:
     assert node.status.node_info.kubelet_version == "v1.20.2"
     assert node.status.node_info.container_runtime_version.startswith("containerd://1.6")
 
-    ns = real_node.cluster.new_namespace("node")
+    ns = real_node.new_namespace()
     core.create_namespaced_pod(ns, {
         "metadata": {"name": "sleeper"},
         "spec": {"containers": [{"name": "pause", "image": "localhost/pause:3.4",
