@@ -50,9 +50,11 @@ MAX_STATE_KEYS = 1_000_000  # a bound on the scan, far above any real deployment
 # -- secret defence ------------------------------------------------------------------------------
 # a key "looks secret" when one of these words is in it (case and separators ignored) ...
 _SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential")
-# ... unless it names or points at a secret rather than holding one (secretName, keysFile, vaultUrl)
+# ... unless it names or points at a secret rather than holding one (secretName, keysFile, vaultUrl),
+# or names something else (a model's tokenParameter: "max_tokens")
 _REFERENCE_SUFFIXES = ("name", "ref", "url", "uri", "file", "path", "enabled", "backend", "mount",
-                       "mountpath", "interval", "seconds", "ttl", "header", "prefix", "store", "vault")
+                       "mountpath", "interval", "seconds", "ttl", "header", "prefix", "store", "vault",
+                       "parameter")
 _URL_CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
 
 

@@ -186,3 +186,14 @@ def test_header_lying_about_the_environment_is_caught_by_the_values(tmp_path: Pa
 
 def test_state_file_sits_beside_its_values_file() -> None:
     assert state_file_for(Path("b/values-20260314-092653.yaml")) == Path("b/state-20260314-092653.json")
+
+
+@pytest.mark.parametrize("env", ["local", "staging", "production"])
+def test_rendered_values_lose_nothing_to_redaction(env: str) -> None:
+    """The rendered values hold Secret names, never secrets: a backup of them must be complete,
+    so no key of theirs may look secret (a model's `tokenParameter` once did, and a restore
+    silently lost it)."""
+    from qlensctl.render import render_values
+
+    values = render_values(load_environment(env), version="v1.0.0")
+    assert redact(values) == (values, [])
