@@ -55,6 +55,9 @@ _SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential")
 _REFERENCE_SUFFIXES = ("name", "ref", "url", "uri", "file", "path", "enabled", "backend", "mount",
                        "mountpath", "interval", "seconds", "ttl", "header", "prefix", "store", "vault",
                        "parameter")
+# ... and the Secret key each provider credential is stored under (`secrets.credentials[i].key`:
+# "azure-openai-api-key" names where the value is, the chart maps it to the container's env)
+_REFERENCE_PATHS = re.compile(r"^secrets\.credentials\[\d+\]\.key$")
 _URL_CREDENTIALS = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
 
 
@@ -106,7 +109,7 @@ def redact(values: Any, path: str = "") -> tuple[Any, list[str]]:
         out: dict[str, Any] = {}
         for k, v in values.items():
             where = f"{path}.{k}" if path else str(k)
-            if isinstance(v, str) and v and is_secret_key(k):
+            if isinstance(v, str) and v and is_secret_key(k) and not _REFERENCE_PATHS.match(where):
                 dropped.append(where)
                 continue
             clean, more = redact(v, where)

@@ -197,3 +197,10 @@ def test_rendered_values_lose_nothing_to_redaction(env: str) -> None:
 
     values = render_values(load_environment(env), version="v1.0.0")
     assert redact(values) == (values, [])
+
+
+def test_only_the_credential_key_names_are_exempt() -> None:
+    values = {"secrets": {"credentials": [{"env": "X_API_KEY", "key": "x-api-key", "password": "hunter2"}]},
+              "other": {"key": "sk-live-123"}}
+    assert redact(values) == ({"secrets": {"credentials": [{"env": "X_API_KEY", "key": "x-api-key"}]},
+                               "other": {}}, ["secrets.credentials[0].password", "other.key"])
