@@ -49,6 +49,9 @@ class Tenancy:
         self.tenants: dict[str, dict[str, Any]] = {}
         self._version: bytes | None = None
         self._task: asyncio.Task[None] | None = None
+        # one reload at a time: a poll that read the store before a write must not land after the
+        # reload that follows the write (this replica would forget its own change for a poll)
+        self._lock = asyncio.Lock()
         self._last_warning = -float("inf")
 
     # --- the request path: lookups in the snapshot --------------------------------------------
@@ -79,13 +82,18 @@ class Tenancy:
             await asyncio.sleep(self.poll_seconds)
             await self.refresh()
 
-    async def refresh(self) -> bool:
+    async def refresh(self, force: bool = False) -> bool:
         """Reload the snapshot if the store's version moved; False if the store could not be read."""
         if self.redis is None:
             return True
+        async with self._lock:
+            return await self._reload(force)
+
+    async def _reload(self, force: bool) -> bool:
+        assert self.redis is not None
         try:
             version = await self.redis.get(VERSION_KEY)
-            if version == self._version and self._version is not None:
+            if version == self._version and self._version is not None and not force:
                 return True
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.get(VERSION_KEY)
@@ -107,22 +115,24 @@ class Tenancy:
     # --- writes (the admin API) -------------------------------------------------------------------
 
     async def put_key(self, digest: str, entry: KeyEntry) -> None:
+        if self.redis is None:
+            self.keys = {**self.keys, digest: entry}
+            return
         await self._write(KEYS_HASH, digest, orjson.dumps(entry.to_json()))
-        self.keys = {**self.keys, digest: entry}
 
     async def put_tenant(self, tenant: str, limits: Mapping[str, Any] | None) -> None:
         """Set a tenant's overrides; None clears them (back to the environment's defaults)."""
+        if self.redis is None:
+            tenants = {k: v for k, v in self.tenants.items() if k != tenant}
+            if limits is not None:
+                tenants[tenant] = dict(limits)
+            self.tenants = tenants
+            return
         await self._write(TENANTS_HASH, tenant, None if limits is None else orjson.dumps(dict(limits)))
-        tenants = dict(self.tenants)
-        if limits is None:
-            tenants.pop(tenant, None)
-        else:
-            tenants[tenant] = dict(limits)
-        self.tenants = tenants
 
     async def _write(self, hash_name: str, field: str, value: bytes | None) -> None:
-        if self.redis is None:
-            return
+        """The change and a version bump in one MULTI, then this replica's snapshot reloaded."""
+        assert self.redis is not None
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 if value is None:
@@ -133,6 +143,7 @@ class Tenancy:
                 await pipe.execute()
         except STORE_ERRORS as exc:
             raise BudgetUnavailable(f"the budget store is unreachable ({type(exc).__name__})") from exc
+        await self.refresh(force=True)
 
 
 def _key_entry(raw: Any) -> KeyEntry:

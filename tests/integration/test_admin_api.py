@@ -137,7 +137,8 @@ def test_create_returns_the_key_once_and_it_works_on_both_replicas(replicas: Rep
     assert key not in listing.text
     got = replicas.admin("GET", f"/admin/v1/keys/{fp}", url=replicas.b_url)
     assert got.status_code == 200 and "key" not in got.json() and got.json()["tenant"] == "gamma"
-    assert chat(replicas.a.gateway_url, key).status_code == 200
+    r = chat(replicas.a.gateway_url, key)
+    assert r.status_code == 200, r.text
     assert within(1.0, lambda: chat(replicas.b_url, key).status_code == 200)
     assert key not in replicas.a.log("gateway")
 
