@@ -113,10 +113,15 @@ class MonitoringPeers(Model):
     namespace_selector: LabelSelector
 
 
+class AdminPeers(Model):
+    from_: list[dict[str, Any]] = Field(alias="from", description="NetworkPolicy peers of the admin API")
+
+
 class NetworkPolicy(Model):
     enabled: bool
     ingress_controller: IngressControllerPeers
     monitoring: MonitoringPeers
+    admin: AdminPeers
     provider_ports: list[Port]
     dns_ports: list[Port]
     otlp_ports: list[Port]
@@ -142,6 +147,7 @@ class _ChartOwn(Model):
     pod_disruption_budget: PodDisruptionBudget
     secrets: ChartSecrets = ChartSecrets()
     api_keys: ApiKeys
+    admin_keys: ApiKeys
     external_secrets: ChartExternalSecrets
     redis: Redis
     ingress: Ingress
@@ -159,7 +165,7 @@ class _ChartOwn(Model):
 # (the service configuration among them: ConfigMap qlens-config), taken from there, not repeated.
 FROM_ENVIRONMENT = ("image", "previous_version", "replicas", "resources", "service_resources",
                     "autoscaling", "tls", "providers", "models", "routing", "cache", "cost_controls", "auth",
-                    "gateway", "ports")
+                    "usage", "admin", "gateway", "ports")
 _FIELDS = Environment.model_fields
 
 ChartValues: type[Model] = create_model(  # type: ignore[call-overload]

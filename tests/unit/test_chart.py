@@ -267,6 +267,8 @@ def test_the_configmap_is_the_environments_service_config() -> None:
             "cache",
             "costControls",
             "auth",
+            "usage",
+            "admin",
             "gateway",
             "ports",
             "observability",
@@ -810,3 +812,33 @@ def test_dockerfile_builds_the_images_the_chart_runs() -> None:
     assert "--uid 10001" in text and "--gid 10001" in text
     ignore = (ROOT / ".dockerignore").read_text().split()
     assert ignore[ignore.index("*") + 1] == "!services/"  # nothing but the services in the build context
+
+
+def test_admin_api_mounts_its_keys_and_opens_its_network_policy_rule() -> None:
+    """admin.enabled: Secret qlens-admin-keys mounted (optional) + QLENS_ADMIN_KEYS_FILE, and the
+    gateway's NetworkPolicy admits networkPolicy.admin.from; off (every environment today): neither."""
+    def render(admin: bool) -> dict[tuple[str, str], dict[str, Any]]:
+        text = template_text("production", admin={"enabled": admin, "keysFile": None})
+        return {(o["kind"], o["metadata"]["name"]): o for o in manifests(text)}
+
+    on, off = render(True), render(False)
+    for objs, enabled in ((on, True), (off, False)):
+        pod = objs[("Deployment", "qlens-gateway")]["spec"]["template"]["spec"]
+        gateway = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in gateway["env"]}
+        mounts = {m["name"]: m["mountPath"] for m in gateway["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        rules = objs[("NetworkPolicy", "qlens-gateway-network-policy")]["spec"]["ingress"]
+        admin_rule = {"from": [{"podSelector": {"matchLabels": {"qlens.io/admin-client": "true"}}}],
+                      "ports": [{"protocol": "TCP", "port": 8080}]}
+        assert (admin_rule in rules) is enabled
+        if enabled:
+            assert env["QLENS_ADMIN_KEYS_FILE"] == "/etc/qlens/admin-keys/keys.json"
+            assert mounts["admin-keys"] == "/etc/qlens/admin-keys"
+            assert volumes["admin-keys"]["secret"] == {"secretName": "qlens-admin-keys", "optional": True}
+        else:
+            assert "QLENS_ADMIN_KEYS_FILE" not in env and "admin-keys" not in mounts
+        cfg = yaml.safe_load(objs[("ConfigMap", "qlens-config")]["data"]["config.yaml"])
+        assert cfg["admin"]["enabled"] is enabled and cfg["usage"] == {"enabled": True, "retentionDays": 400}
+        assert cfg["costControls"]["limits"]["perTenant"] == {"daily": None, "monthly": None, "rpm": None,
+                                                              "tpm": None}

@@ -95,7 +95,7 @@ external-secrets.io/v1beta1
 {{/* The service configuration (ServiceConfig) the services read from config.yaml. */}}
 {{- define "qlens.serviceConfig" -}}
 {{- $v := .Values -}}
-{{- $cfg := dict "name" $v.environment "providers" $v.providers "models" $v.models "routing" $v.routing "cache" $v.cache "costControls" $v.costControls "auth" $v.auth "gateway" $v.gateway "ports" $v.ports "observability" $v.observability -}}
+{{- $cfg := dict "name" $v.environment "providers" $v.providers "models" $v.models "routing" $v.routing "cache" $v.cache "costControls" $v.costControls "auth" $v.auth "usage" $v.usage "admin" $v.admin "gateway" $v.gateway "ports" $v.ports "observability" $v.observability -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 
@@ -133,6 +133,10 @@ external-secrets.io/v1beta1
   value: {{ printf "http://%s-cache:%v" (include "qlens.name" $root) $v.ports.cache | quote }}
 - name: QLENS_API_KEYS_FILE
   value: /etc/qlens/keys/keys.json
+{{- if $v.admin.enabled }}
+- name: QLENS_ADMIN_KEYS_FILE
+  value: /etc/qlens/admin-keys/keys.json
+{{- end }}
 {{- end }}
 {{- if eq .service "router" }}
 {{- /* provider credentials: the list comes with the rendered values (the provider registry) */}}
@@ -271,6 +275,11 @@ spec:
             - name: api-keys
               mountPath: /etc/qlens/keys
               readOnly: true
+            {{- if $v.admin.enabled }}
+            - name: admin-keys
+              mountPath: /etc/qlens/admin-keys
+              readOnly: true
+            {{- end }}
             {{- end }}
       volumes:
         - name: config
@@ -285,6 +294,12 @@ spec:
           secret:
             secretName: {{ $v.apiKeys.secretName }}
             optional: true
+        {{- if $v.admin.enabled }}
+        - name: admin-keys
+          secret:
+            secretName: {{ $v.adminKeys.secretName }}
+            optional: true
+        {{- end }}
         {{- end }}
 {{- end -}}
 
