@@ -280,6 +280,8 @@ def maintenance_end(
     api_key: str = typer.Option(None, "--api-key", envvar="QLENS_API_KEY", show_default=False,
                                 help="API key for the smoke test (never printed)."),
     timeout: float = typer.Option(120.0, "--timeout", min=1, help="Seconds to wait for every deployment."),
+    model: str = typer.Option(None, "--model", show_default=False,
+                              help="Model the smoke test asks (as smoke-test) [default: smokeTest.model]."),
     kube_context: str = KUBE_CONTEXT,
     yes: bool = YES,
     as_json: bool = JSON,
@@ -309,7 +311,8 @@ def maintenance_end(
                 states = scaling.wait_healthy(kube, ns, timeout)
             except OperationError as exc:
                 raise OperationError(f"{exc.message}; replicas left as they are", exc.hint) from None
-        where, smoke_results = _smoke(environment, kube, smoke_url, port_forward, api_key)
+        where, smoke_results = _smoke(environment, kube, smoke_url, port_forward, api_key,
+                                      model or environment.smoke_test.model)
         bad = smoke.failed(smoke_results)
         if bad:
             hint = f"fix it and run `qlensctl maintenance end {environment.name}` again"
@@ -338,7 +341,7 @@ def maintenance_end(
 
 
 def _smoke(environment: Any, kube: Any, url: str | None, port_forward: bool,
-           api_key: str | None) -> tuple[str, list[Any]]:
+           api_key: str | None, model: str | None) -> tuple[str, list[Any]]:
     """The smoke checks against --url, a port-forward to svc/qlens-gateway, or the environment's
     URL; returns where they ran (for messages) and the results. Problems of the forward's streams
     during the checks are warnings: they explain failed checks."""
@@ -347,9 +350,9 @@ def _smoke(environment: Any, kube: Any, url: str | None, port_forward: bool,
     if not port_forward:
         where = url or smoke.environment_url(environment)
         with output.spinner(f"smoke-testing {where}"):
-            return where, smoke.run_smoke(where, None, api_key, model=environment.smoke_test.model)
+            return where, smoke.run_smoke(where, None, api_key, model=model)
     with output.spinner(f"smoke-testing {environment.name} through a port-forward") as update:
-        run = smoke.run_through_port_forward(kube, environment, api_key, progress=update)
+        run = smoke.run_through_port_forward(kube, environment, api_key, progress=update, model=model)
     for note in run.stream_errors:
         output.warn(f"port-forward: {note}")
     return f"svc/{smoke.GATEWAY_SERVICE} ({run.route})", run.results

@@ -167,8 +167,8 @@ def test_a_cluster_environment_is_checked_through_its_domain_with_its_key(make_s
 
 
 def test_smoke_test_asks_the_model_given_with_model(make_stack: StackFactory) -> None:
-    running = make_stack({"models": {"echo-large": {"displayName": "Echo large",
-                                                    "deployments": [{"provider": "echo", "target": "echo"}]}}})
+    echo = [{"provider": "echo", "target": "echo"}]
+    running = make_stack({"models": {"echo-large": {"displayName": "Echo large", "deployments": echo}}})
     url = ("smoke-test", "--url", running.gateway_url, "--json")
     default = qlensctl(*url)
     assert default.returncode == 0, default.stdout + default.stderr

@@ -84,7 +84,8 @@ def test_each_kind_of_unready_pod_gets_its_reason():
         [pod("a-pending", phase="Pending", node=None,
              conditions=[V1PodCondition(type="PodScheduled", status="False", reason="Unschedulable",
                                         message="condition message")]),
-         pod("b-pull", containers=[status(waiting=("ErrImageNeverPull", 'Container image "x" is not present'))]),
+         pod("b-pull",
+             containers=[status(waiting=("ErrImageNeverPull", 'Container image "x" is not present'))]),
          pod("c-crash", containers=[status(waiting=("CrashLoopBackOff", "back-off 10s"), last_exit=3,
                                            restarts=2)]),
          pod("d-probe", containers=[status()]),
@@ -138,6 +139,7 @@ def test_watch_keeps_the_last_diagnosis_seen():
     watch.check(busy)
     assert watch.problems == []  # not its turn yet
     watch.check(busy)
-    assert [p.reason for p in watch.problems] == ["ImagePullBackOff: image ghcr.io/quantumlayer/qlens-gateway:v9"]
+    pulled = "ImagePullBackOff: image ghcr.io/quantumlayer/qlens-gateway:v9"
+    assert [p.reason for p in watch.problems] == [pulled]
     core.pods = []  # the rollback removed the pods: what was seen is kept
     assert [p.pod for p in watch.now()] == ["p"]

@@ -335,7 +335,7 @@ def test_a_real_port_forward_through_the_api_server_passes_every_check(
     deploy_staging(target)
     [pod] = ready_gateway_pods(target, ns)
 
-    result = target.qlensctl("smoke-test", "staging", "--port-forward", "--json")
+    result = target.qlensctl("smoke-test", "staging", "--port-forward", "--model", "echo", "--json")
     assert result.code == 0, result.text
     report = json.loads(result.out)
     assert report["ok"] is True

@@ -140,7 +140,7 @@ def test_maintenance_round_trip(staging: OpsCluster, cli: Cli, shared_stack) -> 
 
     # the smoke test goes to the environment's URL (here its domain is a real local gateway)
     _point_domain_at(staging, "staging", shared_stack.gateway_url.removeprefix("http://"))
-    end = cli("maintenance", "end", "staging", "--timeout", "60")
+    end = cli("maintenance", "end", "staging", "--timeout", "60", "--model", "echo")  # a local echo stack
     assert end.code == 0, end
     assert "PASS" in end.out and "Maintenance ended" in end.out
     assert f"Smoke test of {shared_stack.gateway_url}: all 6 checks passed" in end.out
@@ -151,7 +151,8 @@ def test_maintenance_round_trip(staging: OpsCluster, cli: Cli, shared_stack) -> 
     assert staging.replicas("staging") == {"gateway": 3, "router": 3, "cache": 3}
     assert "Backed up the values" in to_n.out
     # --url: any gateway, here the same one
-    by_url = cli("maintenance", "end", "staging", "--url", shared_stack.gateway_url, "--json")
+    by_url = cli("maintenance", "end", "staging", "--url", shared_stack.gateway_url, "--model", "echo",
+                 "--json")
     assert by_url.code == 0, by_url
     report = json.loads(by_url.out)
     assert report["smoke"]["target"] == shared_stack.gateway_url

@@ -28,7 +28,8 @@ def test_maintenance_end_smoke_tests_through_a_port_forward(
     deploy_staging(target, "v1")
     assert_ok(target.qlensctl("maintenance", "start", "staging"), "maintenance start")
 
-    end = target.qlensctl("maintenance", "end", "staging", "--port-forward", "--timeout", "60", "--json")
+    end = target.qlensctl("maintenance", "end", "staging", "--port-forward", "--timeout", "60",
+                         "--model", "echo", "--json")  # the stand-in pods serve echo
     assert_ok(end, "maintenance end")
     report = json.loads(end.out)
     pod = report["smoke"]["target"].split("-> pod/", 1)[1].split(":", 1)[0]
