@@ -1,17 +1,18 @@
-"""The Helm adapter: one small interface, two engines.
+"""The Helm adapter: one small interface and the engine behind it.
 
 qlensctl needs eight Helm operations: upgrade_or_install (atomic, wait, timeout), rollback,
 history, status, get_values, template, lint and uninstall. `Helm` fixes their signatures and
-results (`Release`, `LintReport`, plain dicts and text) and two classes implement them:
+results (`Release`, `LintReport`, plain dicts and text) and one class implements them:
 
 - `EmbeddedHelm`: the Helm SDK in-process (`helm_python`, package helm-python-sdk: Helm's Go code
   behind a C ABI). Nothing to install, so it works on any machine with the Python package.
-- `BinaryHelm`: the user's `helm` binary (3.x or 4.x) driven through `pyhelm3`, for teams whose
-  Helm version, plugins or credentials helpers must be the ones that run.
 
-`select_helm("auto")` takes the binary when a `helm` >= 3 is on PATH, else the embedded SDK.
-Both store releases the same way (Secrets in the release namespace), so they can take turns on
-one release. Every failure is raised as a qlensctl.errors type with a hint; nothing here prints.
+There used to be a second engine, the user's `helm` binary through pyhelm3. No `helm` binary can be
+installed where QLens is built and tested, so that engine never ran in the test suite while
+`auto` picked it on most operators' machines: the engine users got was not the one we tested. It
+was removed; `auto` (the default) and `embedded` both mean the SDK. Releases are stored as Helm
+stores them (Secrets in the release namespace), so a `helm` CLI can still read and roll them back.
+Every failure is raised as a qlensctl.errors type with a hint; nothing here prints.
 Heavy imports (helm_python loads an 85 MB library) happen inside the methods that need them.
 """
 
@@ -20,8 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -38,7 +37,7 @@ if TYPE_CHECKING:
 RELEASE = "qlens"
 DEFAULT_TIMEOUT = 300  # seconds, for waits on rollouts
 HISTORY_MAX = 10  # revisions Helm keeps per release
-MODES = ("auto", "embedded", "binary")
+MODES = ("auto", "embedded")
 
 # Helm's install order (releaseutil.InstallOrder): `template` output follows it, like `helm template`.
 _INSTALL_ORDER = (
@@ -457,271 +456,6 @@ def image_tag(values: Any) -> str:
     return str(tag) if tag not in (None, "") else ""
 
 
-# --- the helm binary through pyhelm3 ---------------------------------------------------------------
-
-
-class BinaryHelm(Helm):
-    """The user's `helm` (3.x or 4.x) through pyhelm3's Command (async; run to completion here)."""
-
-    kind = "binary"
-
-    def __init__(
-        self,
-        *,
-        kubeconfig: str | Path | None = None,
-        kube_context: str | None = None,
-        executable: str = "helm",
-    ) -> None:
-        super().__init__(kubeconfig=kubeconfig, kube_context=kube_context)
-        version = binary_version(executable)
-        if version is None or version[0] < 3:
-            found = ".".join(map(str, version)) if version else "none"
-            raise ConfigError(
-                f"no usable helm binary: need Helm 3 or newer on PATH (found: {found})",
-                "install Helm 3+, or use --helm embedded",
-            )
-        self.version = version
-        self.executable = shutil.which(executable) or executable
-
-    def _command(self, timeout: int = DEFAULT_TIMEOUT, *, cluster: bool = True) -> Any:
-        from pyhelm3 import Command
-
-        if cluster:
-            check_kubeconfig(self.kubeconfig)
-
-        return Command(
-            executable=self.executable,
-            kubeconfig=Path(self.kubeconfig) if self.kubeconfig else None,
-            kubecontext=self.kube_context,
-            default_timeout=f"{int(timeout)}s",
-            history_max_revisions=HISTORY_MAX,
-        )
-
-    def _run(self, action: str, release: str, namespace: str, coro_fn: Any, *, atomic: bool = False) -> Any:
-        import asyncio
-
-        from pyhelm3 import errors as perr
-
-        try:
-            return asyncio.run(coro_fn())
-        except perr.ReleaseNotFoundError:
-            raise _not_found(release, namespace) from None
-        except perr.ConnectionError as exc:
-            raise _cluster_error(_stderr(exc)) from None
-        except perr.Error as exc:
-            detail = _stderr(exc)
-            if "release: not found" in detail.lower():
-                raise _not_found(release, namespace) from None
-            if "kubernetes cluster unreachable" in detail.lower():
-                raise _cluster_error(detail) from None
-            raise _classify(
-                detail,
-                action,
-                release,
-                namespace,
-                atomic=atomic,
-                timed_out="context deadline exceeded" in detail,
-            ) from None
-
-    def _upgrade_or_install(
-        self, release: str, chart: str, values: dict[str, Any], namespace: str, options: UpgradeOptions
-    ) -> Release:
-        args: list[Any] = [
-            "upgrade",
-            release,
-            chart,
-            "--install",
-            "--namespace",
-            namespace,
-            "--output",
-            "json",
-            "--values",
-            "-",
-            "--timeout",
-            f"{options.timeout}s",
-            "--history-max",
-            HISTORY_MAX,
-        ]
-        if options.atomic:
-            args.append("--atomic" if self.version[0] == 3 else "--rollback-on-failure")
-        if options.wait:
-            args.append("--wait")
-        if options.create_namespace:
-            args.append("--create-namespace")
-        if options.dry_run:
-            args.append("--dry-run=server")
-        if options.description:
-            args += ["--description", options.description]
-        cmd = self._command(options.timeout)
-        raw = self._run(
-            "upgrade", release, namespace, lambda: cmd.run(args, json.dumps(values).encode()),
-            atomic=options.atomic,
-        )
-        text = raw.decode()
-        return _release_from_helm_json(json.loads(text[text.index("{") :]), namespace)
-
-    def rollback(self, release: str, namespace: str, *, revision: int | None = None, wait: bool = True,
-                 timeout: int = DEFAULT_TIMEOUT) -> Release:
-        cmd = self._command(timeout)
-        self._run(
-            "roll back",
-            release,
-            namespace,
-            lambda: cmd.rollback(
-                release, revision, namespace=namespace, wait=wait, timeout=f"{int(timeout)}s"
-            ),
-        )
-        return self.status(release, namespace)  # the new revision; one read, not the whole history
-
-    def history(self, release: str, namespace: str, *, max_revisions: int | None = None) -> list[Release]:
-        cmd = self._command()
-        rows = self._run(
-            "read the history of",
-            release,
-            namespace,
-            lambda: cmd.history(release, max_revisions=max_revisions or 256, namespace=namespace),
-        )
-        out = []
-        for row in rows:
-            chart = str(row.get("chart", ""))
-            revision = int(row.get("revision", 0))
-            out.append(
-                Release(
-                    name=release,
-                    namespace=namespace,
-                    revision=revision,
-                    status=str(row.get("status", "")),
-                    chart=chart,
-                    chart_version=chart.rsplit("-", 1)[-1] if "-" in chart else "",
-                    # `helm history` shows the chart's appVersion; the revision's values say what runs
-                    app_version=self._tag_of(release, namespace, revision) or str(row.get("app_version", "")),
-                    updated=str(row.get("updated", "")),
-                    description=str(row.get("description", "")),
-                )
-            )
-        return sorted(out, key=lambda r: r.revision)
-
-    def _tag_of(self, release: str, namespace: str, revision: int) -> str:
-        try:
-            return image_tag(self.get_values(release, namespace, revision=revision))
-        except ReleaseNotFoundError:  # pruned (history-max) since the history was read
-            return ""
-
-    def status(self, release: str, namespace: str) -> Release:
-        cmd = self._command()
-        data = self._run(
-            "read the status of", release, namespace, lambda: cmd.status(release, namespace=namespace)
-        )
-        return _release_from_helm_json(data, namespace)
-
-    def get_values(self, release: str, namespace: str, *, revision: int | None = None,
-                   all_values: bool = False) -> dict[str, Any]:
-        cmd = self._command()
-        values = self._run(
-            "read the values of",
-            release,
-            namespace,
-            lambda: cmd.get_values(release, computed=all_values, namespace=namespace, revision=revision),
-        )
-        return dict(values or {})
-
-    def template(self, chart: str | Path, values: dict[str, Any], namespace: str, *, release: str = RELEASE,
-                 kube_version: str | None = None, api_versions: Sequence[str] = ()) -> str:
-        args: list[Any] = ["template", release, str(chart), "--namespace", namespace, "--values", "-"]
-        if kube_version:
-            args += ["--kube-version", _v(kube_version)]
-        for api in api_versions:
-            args += ["--api-versions", api]
-        cmd = self._command(cluster=False)
-        return self._run(
-            "render", release, namespace, lambda: cmd.run(args, json.dumps(values).encode())
-        ).decode()
-
-    def lint(self, chart: str | Path, values: dict[str, Any], namespace: str, *,
-             kube_version: str | None = None) -> LintReport:
-        import asyncio
-
-        from pyhelm3 import errors as perr
-
-        args: list[Any] = ["lint", str(chart), "--strict", "--namespace", namespace, "--values", "-"]
-        if kube_version:
-            args += ["--kube-version", _v(kube_version)]
-        cmd = self._command(cluster=False)
-        try:
-            out = asyncio.run(cmd.run(args, json.dumps(values).encode())).decode()
-        except perr.Error as exc:  # lint findings exit 1: they are the report, not a failure
-            out = (exc.stdout or b"").decode() + (exc.stderr or b"").decode()
-        return _parse_lint_text(out)
-
-    def uninstall(self, release: str, namespace: str, *, wait: bool = False,
-                  timeout: int = DEFAULT_TIMEOUT) -> None:
-        cmd = self._command(timeout)
-        self._run(
-            "uninstall",
-            release,
-            namespace,
-            lambda: cmd.uninstall(release, namespace=namespace, wait=wait, timeout=f"{int(timeout)}s"),
-        )
-
-
-def binary_version(executable: str = "helm") -> tuple[int, int, int] | None:
-    """(major, minor, patch) of the `helm` on PATH, or None when there is none that answers."""
-    path = shutil.which(executable)
-    if not path:
-        return None
-    try:
-        proc = subprocess.run(
-            [path, "version", "--template", "{{ .Version }}"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    m = re.search(r"v?(\d+)\.(\d+)\.(\d+)", proc.stdout)
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m and proc.returncode == 0 else None
-
-
-def _stderr(exc: Any) -> str:
-    raw = getattr(exc, "stderr", b"") or b""
-    text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-    return (text or str(exc)).strip().removeprefix("Error: ").strip()
-
-
-def _release_from_helm_json(data: dict[str, Any], namespace: str) -> Release:
-    """`helm status/upgrade -o json` (a full release object) -> Release."""
-    info = data.get("info", {}) or {}
-    meta = (data.get("chart", {}) or {}).get("metadata", {}) or {}
-    name, version = str(meta.get("name", "")), str(meta.get("version", ""))
-    return Release(
-        name=str(data.get("name", "")),
-        namespace=str(data.get("namespace", namespace)),
-        revision=int(data.get("version", 0)),
-        status=str(info.get("status", "")),
-        chart=f"{name}-{version}" if name else version,
-        chart_version=version,
-        app_version=image_tag(data.get("config")) or str(meta.get("appVersion", "")),
-        updated=str(info.get("last_deployed", "")),
-        description=str(info.get("description", "")),
-        manifest=str(data.get("manifest", "") or ""),
-    )
-
-
-_LINT_LINE = re.compile(r"^\[(INFO|WARNING|ERROR)\]\s+([^:]*):\s*(.*)$")
-
-
-def _parse_lint_text(text: str) -> LintReport:
-    messages = []
-    for line in text.splitlines():
-        m = _LINT_LINE.match(line.strip())
-        if m:
-            messages.append(LintMessage(m.group(1).lower(), m.group(2), m.group(3)))
-        elif line.strip().startswith("Error:") and "chart(s) failed" not in line:
-            messages.append(LintMessage("error", "", line.strip().removeprefix("Error:").strip()))
-    return LintReport(tuple(messages))
-
-
 # --- shared: errors, output, selection ----------------------------------------------------------------
 
 
@@ -858,13 +592,12 @@ def manifests(text: str) -> list[dict[str, Any]]:
 def select_helm(
     mode: str = "auto", *, kubeconfig: str | Path | None = None, kube_context: str | None = None
 ) -> Helm:
-    """auto: the `helm` binary when Helm >= 3 is on PATH, else the embedded SDK."""
+    """The embedded Helm SDK: `auto` and `embedded` are the same engine, the one the suite tests."""
+    if mode == "binary":
+        raise ConfigError("--helm binary is no longer offered: qlensctl runs Helm in-process",
+                          "drop --helm (or use --helm embedded); releases stay readable by a helm CLI")
     if mode not in MODES:
-        raise ConfigError(
-            f"--helm {mode!r} is not one of {', '.join(MODES)}", "use --helm auto, embedded or binary"
-        )
-    if mode == "binary" or (mode == "auto" and (binary_version() or (0,))[0] >= 3):
-        return BinaryHelm(kubeconfig=kubeconfig, kube_context=kube_context)
+        raise ConfigError(f"--helm {mode!r} is not one of {', '.join(MODES)}", "use --helm auto or embedded")
     return EmbeddedHelm(kubeconfig=kubeconfig, kube_context=kube_context)
 
 

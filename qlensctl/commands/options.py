@@ -9,8 +9,7 @@ KUBE_CONTEXT = typer.Option(None, "--kube-context", show_default=False,
                             help="Kube context [default: the current one; an environment that pins one "
                                  "(production) only that one].")
 HELM = typer.Option("auto", "--helm", envvar="QLENS_HELM",
-                    help="Helm engine: auto (the `helm` binary if Helm >= 3 is on PATH, else embedded), "
-                         "embedded or binary.")
+                    help="Helm engine: auto or embedded, both the Helm SDK in-process.")
 YES = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation.")
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 

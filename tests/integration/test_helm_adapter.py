@@ -1,11 +1,10 @@
 """The Helm adapter against a real API server (the session's control plane, Kubernetes 1.20, with
 the fake kubelet so rollouts and waits are real), and the chart accepted by that server.
 
-1. One contract suite, parametrized over both implementations (EmbeddedHelm: the Helm SDK
-   in-process; BinaryHelm: pyhelm3 over a `helm` binary): install, upgrade, history, get values,
-   rollback (previous and given revision), status, uninstall, an atomic upgrade that never gets
-   Ready and is rolled back, dry runs, errors. The binary leg is skipped, saying why, when no
-   `helm` >= 3 is on PATH; the embedded leg always runs.
+1. One contract suite for the engine qlensctl uses (EmbeddedHelm, the Helm SDK in-process, which
+   `--helm auto` selects): install, upgrade, history, get values, rollback (previous and given
+   revision), status, uninstall, an atomic upgrade that never gets Ready and is rolled back, dry
+   runs, errors.
 2. The rendered manifests of local, staging and production are accepted by the API server with
    server-side dry run, validate strictly against that server's own OpenAPI document (1.20: the
    oldest Kubernetes the chart supports), and a live install picks the API versions the cluster
@@ -23,7 +22,7 @@ import pytest
 
 from qlensctl.environments import load_environment
 from qlensctl.errors import ClusterError, ConfigError, OperationError
-from qlensctl.helm import Helm, ReleaseNotFoundError, binary_version, manifests, select_helm
+from qlensctl.helm import Helm, ReleaseNotFoundError, manifests, select_helm
 from qlensctl.render import chart_dir, render_values
 
 pytestmark = pytest.mark.cluster
@@ -34,20 +33,9 @@ SERVICES = ("gateway", "router", "cache")
 CRD_KINDS = {"SecretStore", "ExternalSecret", "ServiceMonitor", "PrometheusRule"}
 
 
-def _binary_skip_reason() -> str | None:
-    version = binary_version()
-    if version is None:
-        return "no `helm` binary on PATH (BinaryHelm needs Helm >= 3); the embedded leg covers the contract"
-    if version[0] < 3:
-        return f"`helm` on PATH is {'.'.join(map(str, version))}: BinaryHelm needs Helm >= 3"
-    return None
-
-
-@pytest.fixture(params=["embedded", "binary"])
-def helm(request: pytest.FixtureRequest, kube_cluster: Any) -> Helm:
-    if request.param == "binary" and (reason := _binary_skip_reason()):
-        pytest.skip(reason)
-    return select_helm(request.param, kubeconfig=kube_cluster.kubeconfig)
+@pytest.fixture
+def helm(kube_cluster: Any) -> Helm:
+    return select_helm("auto", kubeconfig=kube_cluster.kubeconfig)
 
 
 @pytest.fixture

@@ -771,17 +771,15 @@ def test_lint_command() -> None:
 def test_unknown_helm_mode_and_missing_binary_are_usage_errors() -> None:
     bad = run_cli("template", "staging", "--helm", "docker")
     assert bad.code == 2 and "--helm 'docker'" in bad.err
-    if not _helm_binary():
-        missing = run_cli("template", "staging", "--helm", "binary")
-        assert (
-            missing.code == 2 and "no usable helm binary" in missing.err and "--helm embedded" in missing.err
-        )
+    gone = run_cli("template", "staging", "--helm", "binary")
+    assert gone.code == 2 and "--helm binary is no longer offered" in gone.err
+    assert "--helm embedded" in gone.err
 
 
-def _helm_binary() -> bool:
-    import shutil
+def test_auto_is_the_embedded_engine_the_suite_tests() -> None:
+    from qlensctl.helm import EmbeddedHelm, select_helm
 
-    return shutil.which("helm") is not None
+    assert type(select_helm("auto")) is EmbeddedHelm
 
 
 def test_template_with_a_bad_environment_is_exit_2_with_the_key_path(tmp_path: Path) -> None:
