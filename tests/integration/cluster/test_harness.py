@@ -141,6 +141,7 @@ def test_missing_binaries_fail_the_cluster_tests_loudly(tmp_path):
     empty = tmp_path / "assets"
     empty.mkdir()
     env = {**os.environ, "KUBEBUILDER_ASSETS": str(empty)}
+    env.pop("PYTEST_ADDOPTS", None)  # the child's output is read below: CI's options (-q) must not thin it
     test = "tests/integration/cluster/test_harness.py::test_kubernetes_1_20_api_groups_and_crds"
     out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rE", test],
                          cwd=root, env=env, capture_output=True, text=True, timeout=120)
