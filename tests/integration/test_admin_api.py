@@ -135,8 +135,11 @@ def test_create_returns_the_key_once_and_it_works_on_both_replicas(replicas: Rep
     listing = replicas.admin("GET", "/admin/v1/keys?tenant=gamma")
     assert [k["fingerprint"] for k in listing.json()["data"]] == [fp]
     assert key not in listing.text
+    # replica B sees A's write within a second (its snapshot polls the store), not at once
+    assert within(1.0, lambda: replicas.admin("GET", f"/admin/v1/keys/{fp}", url=replicas.b_url).status_code
+                  == 200)
     got = replicas.admin("GET", f"/admin/v1/keys/{fp}", url=replicas.b_url)
-    assert got.status_code == 200 and "key" not in got.json() and got.json()["tenant"] == "gamma"
+    assert "key" not in got.json() and got.json()["tenant"] == "gamma"
     r = chat(replicas.a.gateway_url, key)
     assert r.status_code == 200, r.text
     assert within(1.0, lambda: chat(replicas.b_url, key).status_code == 200)
