@@ -10,7 +10,6 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis as redis_sync
@@ -21,18 +20,20 @@ from services.gateway.budget import (
     BudgetExceeded,
     BudgetUnavailable,
     Limits,
-    MemoryBudget,
     RedisBudget,
     day_end,
     utc_day,
 )
+from tests.support import budgets as shared_budgets
+from tests.support.budgets import SLOW_MACHINE_TIMEOUT, Factory
 from tests.support.redis_server import RedisServer
+
+make = shared_budgets.make  # the shared memory/redis budget factory fixture, by this module's name
 
 CONFIGURED = {"total": 2.0, "tenant": 1.5, "user": 0.6}
 TENANTS = ("t0", "t1")
 # hundreds of connects at once on a shared, starved CPU can exceed the production timeout (1 s);
 # these tests are about the arithmetic. A stopped Redis refuses connections at once either way.
-SLOW_MACHINE_TIMEOUT = 10.0
 USERS = ("u0", "u1", "u2")
 
 
@@ -49,25 +50,6 @@ def limits(total=None, tenant=None, user=None) -> Limits:
     return Limits.daily(total, tenant, user)
 
 
-Factory = Callable[..., Budget]
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
-    made: list[Budget] = []
-    server = request.getfixturevalue("redis_server") if request.param == "redis" else None
-
-    def factory(lims: Limits, **kwargs) -> Budget:
-        if server is None:
-            budget: Budget = MemoryBudget(lims, **kwargs)
-        else:
-            budget = RedisBudget(lims, server.url, socket_timeout=SLOW_MACHINE_TIMEOUT, **kwargs)
-        made.append(budget)
-        return budget
-
-    yield factory
-    for budget in made:
-        await budget.close()
 
 
 async def hammer(budgets: list[Budget], n: int, seed: int) -> list[BudgetExceeded]:

@@ -9,24 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import pytest
 
 from services.gateway.budget import (
-    Budget,
     BudgetExceeded,
     Limits,
-    MemoryBudget,
     RedisBudget,
     ScopeLimits,
     month_end,
     utc_day,
     utc_month,
 )
+from tests.support import budgets as shared_budgets
+from tests.support.budgets import Factory
 
-SLOW_MACHINE_TIMEOUT = 10.0
+make = shared_budgets.make  # the shared memory/redis budget factory fixture, by this module's name
 
 
 class Clock:
@@ -42,25 +41,6 @@ def minute_start_clock() -> Clock:
     return Clock(time.time() // 60 * 60 + 61)
 
 
-Factory = Callable[..., Budget]
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def make(request: pytest.FixtureRequest) -> AsyncIterator[Factory]:
-    made: list[Budget] = []
-    server = request.getfixturevalue("redis_server") if request.param == "redis" else None
-
-    def factory(lims: Limits, **kwargs) -> Budget:
-        if server is None:
-            budget: Budget = MemoryBudget(lims, **kwargs)
-        else:
-            budget = RedisBudget(lims, server.url, socket_timeout=SLOW_MACHINE_TIMEOUT, **kwargs)
-        made.append(budget)
-        return budget
-
-    yield factory
-    for budget in made:
-        await budget.close()
 
 
 async def test_rpm_50_under_200_concurrent_accepts_exactly_50(make: Factory):
