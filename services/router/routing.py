@@ -185,9 +185,15 @@ class Router:
                     # every deployment is cooling down as its provider asked: with no fallback
                     # left, wait for the first one if that fits in the deadline, else stop here
                     wait = None if queue else self._cooling(route, excluded)
-                    if wait is None or self._clock() + wait >= deadline:
+                    if wait is None or self._clock() + wait + _WAKE_SLACK >= deadline:
                         break
-                    await self._sleep(wait)
+                    # a sleep can end before the cooldown does (uvloop rounds timers to whole ms and
+                    # times them from its cached loop clock): sleep again for what is left, a few times
+                    until = self._clock() + wait
+                    for _ in range(3):
+                        await self._sleep(max(until - self._clock(), 0.0) + _WAKE_SLACK)
+                        if self._candidates(route, excluded):
+                            break
                     cooled = True
                     if not self._candidates(route, excluded):
                         break
@@ -535,6 +541,9 @@ def _count_tokens(model: str, usage: Usage) -> None:
 def _client_error(err: ProviderError) -> APIError:
     status = err.status if err.status and 400 <= err.status < 500 and err.status != 429 else 400
     return APIError(status, err.message, code="provider_rejected_request")
+
+
+_WAKE_SLACK = 0.002  # seconds past a provider's cooldown before the deployment is asked again
 
 
 def _deadline_error(model: str, seconds: float) -> APIError:
