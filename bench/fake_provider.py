@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -64,9 +65,12 @@ def completion_body(model: str = "gpt-4") -> bytes:
 def stream_events(chunks: int, include_usage: bool, model: str = "gpt-4") -> list[bytes]:
     """The SSE events of one streamed completion: role, `chunks` content pieces, stop, [usage], DONE."""
     words = COMPLETION_TEXT.split(" ")
-    size = max(1, -(-len(words) // max(1, chunks)))
-    pieces = [" ".join(words[i:i + size]) + (" " if i + size < len(words) else "")
-              for i in range(0, len(words), size)]
+    if chunks > len(words):  # long streams (bench.growth): exactly `chunks` one-word pieces
+        pieces = [words[i % len(words)] + " " for i in range(chunks)]
+    else:
+        size = max(1, -(-len(words) // max(1, chunks)))
+        pieces = [" ".join(words[i:i + size]) + (" " if i + size < len(words) else "")
+                  for i in range(0, len(words), size)]
     base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
 
     def event(choices: list, **extra: object) -> bytes:
@@ -161,7 +165,7 @@ class ProviderProtocol(asyncio.Protocol):
             if b'"stream": true' in body or b'"stream":true' in body:
                 c.streams += 1
                 usage = b'"include_usage": true' in body or b'"include_usage":true' in body
-                self._stream(usage, close)
+                self._stream(usage, close, *_stream_shape(body))
                 return
             self._finish(self.canned["completion"], close)
         elif method == "GET" and path == "/stats":
@@ -193,10 +197,17 @@ class ProviderProtocol(asyncio.Protocol):
             self.transport.close()
             self.transport = None
 
-    def _stream(self, include_usage: bool, close: bool) -> None:
-        events = self.canned["stream_usage"] if include_usage else self.canned["stream"]
+    def _stream(self, include_usage: bool, close: bool, chunks: int | None = None,
+                gap_ms: float | None = None) -> None:
+        if chunks is None:
+            events = self.canned["stream_usage"] if include_usage else self.canned["stream"]
+        else:  # a per-request length (bench.growth), built once per length
+            key = f"stream-{chunks}-{include_usage}"
+            if key not in self.canned:
+                self.canned[key] = stream_events(chunks, include_usage)
+            events = self.canned[key]
         parts = [STREAM_HEAD + _chunk(events[0])] + [_chunk(e) for e in events[1:]] + [b"0\r\n\r\n"]
-        gap = self.settings.stream_gap_ms / 1000
+        gap = (self.settings.stream_gap_ms if gap_ms is None else gap_ms) / 1000
         if gap <= 0 and self.settings.delay_ms <= 0:
             self._write(b"".join(parts), close)
             return
@@ -223,6 +234,22 @@ class ProviderProtocol(asyncio.Protocol):
             self.transport = None
             return
         self._drain()
+
+
+SHAPE_RE = re.compile(rb"bench-(chunks|gap-ms)=(\d+)")
+
+
+def _stream_shape(body: bytes) -> tuple[int | None, float | None]:
+    """Markers in the prompt (`bench-chunks=N`, `bench-gap-ms=G`) override the stream's length and
+    pace for that request: the router forwards the messages untouched, so the growth scenarios
+    vary them per request through QLens without restarting anything."""
+    if b"bench-" not in body:
+        return None, None
+    found = {k: int(v) for k, v in SHAPE_RE.findall(body)}
+    chunks = found.get(b"chunks")
+    gap = found.get(b"gap-ms")
+    return (max(1, min(chunks, 100_000)) if chunks is not None else None,
+            float(gap) if gap is not None else None)
 
 
 def canned_answers(settings: Settings) -> dict:

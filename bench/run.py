@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--direct-only", action="store_true", help="only the fake provider (checks the harness)")
     p.add_argument("--no-cli", action="store_true", help="skip the qlensctl timings")
     p.add_argument("--no-wrk", action="store_true", help="skip the 32-connection runs")
+    p.add_argument("--no-growth", action="store_true",
+                   help="skip how cost grows: body size, stream length, open streams (bench/growth.py)")
+    p.add_argument("--open-streams", type=int, default=1000,
+                   help="streams held open at once on a slow upstream (0: skip)")
     p.add_argument("--profile", action="store_true", help="also py-spy every service during a wrk miss run")
     p.add_argument("--profile-scenario", default="miss", help="scenario driven while profiling")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder [bench/results]")
@@ -53,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.rounds, args.requests, args.stream_requests, args.warmup = 2, 40, 10, 5
         args.duration, args.wrk_rounds, args.cli_runs = 1.0, 1, 3
+        args.open_streams = min(args.open_streams, 100)
     return args
 
 
@@ -144,6 +149,12 @@ def _main(args: argparse.Namespace) -> int:
                                                 connections=args.connections)
                     results["wrk"] = {name: a.to_dict() for name, a in agg.items()}
 
+            if not args.no_growth and pids:
+                from bench import growth
+
+                with console.status("how cost grows: body size, stream length, open streams"):
+                    results["growth"] = growth.run_all(env, quick=args.quick, open_count=args.open_streams)
+
             if args.profile and pids:
                 results["profile"] = _profile(env, args, chosen, console)
 
@@ -172,6 +183,12 @@ def _main(args: argparse.Namespace) -> int:
     rps = {name: r["rps"] for name, r in results.get("wrk", {}).items()}
     png = report.write_plot(samples, ttfb, rps, args.out,
                             f"{results['meta']['cpu_model']} x{results['meta']['nproc']}; {plan.note}")
+    if "growth" in results:
+        from bench import growth
+
+        console.print(growth.markdown(results["growth"], results["meta"]))
+        written = growth.write(results["growth"], results["meta"], args.out)
+        png = f"{png}, " + ", ".join(str(p) for p in written)
     console.print(f"wrote {path}, {args.out / 'latest.json'} and {png}  ({results['meta']['wall_s']} s)")
     return 1 if results["meta"].get("qlens_error") and not args.direct_only else 0
 

@@ -34,7 +34,7 @@ def bench_environment(auth: bool, keys_file: Path | None) -> dict:
         "providers": {
             "azureOpenAI": {"enabled": True, "apiVersion": AZURE_API_VERSION,
                             "deployments": {DEPLOYMENT: DEPLOYMENT},
-                            "pool": {"maxConnections": 200, "maxKeepalive": 100}},
+                            "pool": {"maxConnections": 1100, "maxKeepalive": 100}},
             "awsBedrock": {"enabled": False},
             "echo": {"enabled": False},
         },

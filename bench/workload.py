@@ -12,10 +12,19 @@ MAX_TOKENS = 16
 BODY_PREFIX = '{"model":"' + MODEL + '","messages":[{"role":"user","content":"bench request '
 BODY_SUFFIX = ': answer briefly"}],"max_tokens":' + str(MAX_TOKENS)
 STREAM_FLAG = ',"stream":true'
+PAD_WORD = " context"
 
 
-def body(request_id: str, stream: bool = False) -> bytes:
-    return (BODY_PREFIX + request_id + BODY_SUFFIX + (STREAM_FLAG if stream else "") + "}").encode()
+def body(request_id: str, stream: bool = False, size: int = 0) -> bytes:
+    """One request. `size` > 0 pads the user message with words so the body is `size` bytes (a
+    long RAG-style prompt; bench.growth). The request id may carry the fake provider's
+    `bench-chunks=N` / `bench-gap-ms=G` markers."""
+    out = (BODY_PREFIX + request_id + BODY_SUFFIX + (STREAM_FLAG if stream else "") + "}").encode()
+    if size > len(out):
+        pad = size - len(out)
+        words = (PAD_WORD * (pad // len(PAD_WORD) + 1))[:pad]
+        out = body(request_id + words, stream)
+    return out
 
 
 def suffix(stream: bool) -> str:

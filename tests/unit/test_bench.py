@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench import fake_provider, profile, report, stats, workload, wrk
+from bench import fake_provider, growth, profile, report, stats, workload, wrk
 from bench.client import Connection
 
 
@@ -127,6 +127,40 @@ def test_client_reads_plain_and_chunked_answers_on_one_keepalive_connection(prov
     assert 0 < streamed.first_chunk_ns < streamed.elapsed_ns
     assert first_sock is not None
     assert provider.stats()["direct"] == 3
+
+
+@pytest.mark.parametrize("chunks", [3, 10, 1000])
+def test_a_prompt_marker_sets_the_stream_length_and_a_padded_body_has_the_asked_size(
+        provider: ProviderThread, chunks: int) -> None:
+    body = workload.body(f"x bench-chunks={chunks} bench-gap-ms=0", stream=True, size=16 * 1024)
+    assert len(body) == 16 * 1024 and json.loads(body)["stream"] is True
+    conn = Connection("127.0.0.1", provider.port)
+    try:
+        r = conn.request("POST", "/v1/chat/completions", body)
+        default = conn.request("POST", "/v1/chat/completions", workload.body("y", stream=True))
+    finally:
+        conn.close()
+    events = [json.loads(e[len(b"data: "):]) for e in r.body.split(b"\n\n") if e and e != b"data: [DONE]"]
+    content = [e for e in events if e["choices"] and e["choices"][0]["delta"].get("content")]
+    assert len(content) == chunks
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"
+    assert default.body.count(b"data: ") == len(fake_provider.stream_events(4, include_usage=False))
+
+
+def test_open_streams_client_reads_each_stream_to_its_end(provider: ProviderThread) -> None:
+    conn = Connection("127.0.0.1", provider.port)
+    bodies = [workload.body(f"s{i} bench-chunks=5 bench-gap-ms=1", stream=True) for i in range(20)]
+    raws = [conn.request_bytes("POST", "/v1/chat/completions", b) for b in bodies]
+    bad = conn.request_bytes("POST", "/v1/embeddings", b"{}")
+
+    async def run() -> list:
+        t0 = asyncio.get_running_loop().time()
+        return await asyncio.gather(*(growth._one_stream(provider.port, r, t0, 10) for r in [*raws, bad]))
+
+    results = asyncio.run(run())
+    assert all(first is not None and end is not None and first <= end for first, end in results[:-1])
+    assert results[-1] == (None, None)  # a 404 is not a stream that finished
+    assert provider.stats()["streams"] == 20
 
 
 def test_wrk_sends_unique_bodies_or_one_repeated_body(provider: ProviderThread) -> None:
