@@ -68,6 +68,18 @@ class Seen:
     at: float = field(default_factory=time.monotonic)
 
 
+class Invalid(Exception):
+    """A request the service refuses with 400 in OpenAI's format."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+    def body(self) -> bytes:
+        return orjson.dumps({"error": {"message": self.message, "type": "invalid_request_error",
+                                       "param": self.param, "code": self.code}})
+
+
 def count_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 

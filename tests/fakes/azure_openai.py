@@ -1,6 +1,7 @@
 """A local stand-in for Azure OpenAI, speaking its REST API so the real `openai` SDK runs end to end.
 
     POST /openai/deployments/{deployment}/chat/completions?api-version=2024-06-01
+    POST /openai/v1/responses     (the Responses API of the v1 API: tests/fakes/azure_responses.py)
     api-key: <key>            (or Authorization: Bearer <Entra ID token>)
 
 As strict as the service about what it is sent (each refusal is tested in
@@ -46,8 +47,10 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from tests.fakes import azure_responses
 from tests.fakes._common import (
     FakeServer,
+    Invalid,
     Scope,
     count_tokens,
     last_user_text,
@@ -95,18 +98,6 @@ PART_TYPES = {
 
 def azure_error(status: int, message: str, code: str | None = None) -> bytes:
     return orjson.dumps({"error": {"code": code or ERROR_CODES.get(status, str(status)), "message": message}})
-
-
-class Invalid(Exception):
-    """A request the service refuses with 400 in OpenAI's format."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message, self.param, self.code = message, param, code
-
-    def body(self) -> bytes:
-        return orjson.dumps({"error": {"message": self.message, "type": "invalid_request_error",
-                                       "param": self.param, "code": self.code}})
 
 
 def _not(value: Any, what: str, where: str) -> Invalid:
@@ -224,6 +215,25 @@ def _check_tool_calls(tool_calls: Any, where: str) -> list[str]:
     return ids
 
 
+def json_body(headers: dict[bytes, bytes], raw: bytes) -> dict[str, Any]:
+    """The request's JSON object, or `Invalid` as Azure words it."""
+    content_type = headers.get(b"content-type", b"").decode("latin-1")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise Invalid(
+            f"Unsupported content type: '{content_type}'. This API method only accepts "
+            f"'application/json' requests, but you specified the header 'Content-Type: "
+            f"{content_type}'. Please try again with a supported content type."
+        )
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise Invalid("We could not parse the JSON body of your request. The API expects a JSON "
+                      "payload, but what was sent was not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise Invalid(f"{orjson.dumps(body).decode()[:100]} is not of type 'object'")
+    return body
+
+
 def azure_deployments(environment: Mapping[str, Any]) -> tuple[str, ...]:
     """The Azure deployment names an environment's models call: each azureOpenAI target, through
     `providers.azureOpenAI.deployments` when it maps it (as the router resolves targets)."""
@@ -233,6 +243,7 @@ def azure_deployments(environment: Mapping[str, Any]) -> tuple[str, ...]:
         for d in model.get("deployments") or []:
             if d.get("provider") == "azureOpenAI":
                 name = names.get(d["target"], d["target"])
+                name = name if isinstance(name, str) else name["name"]  # {name, api} entries
                 if name not in out:
                     out.append(name)
     return tuple(out)
@@ -260,6 +271,8 @@ class FakeAzureOpenAI(FakeServer):
         self.api_versions = set(api_versions)
         self.identity_header = "fake-identity-header"
         self.auth_kinds: set[str] = set()  # "api-key" and/or "bearer": how requests were authorized
+        self.responses_calls = 0  # requests to the Responses API (/openai/v1/responses)
+        self.stored = 0  # Responses requests that asked Azure to store the response (store not false)
 
     @classmethod
     def for_environment(cls, environment: Mapping[str, Any], **kw: Any) -> Any:
@@ -272,6 +285,7 @@ class FakeAzureOpenAI(FakeServer):
     def reset(self) -> None:
         super().reset()
         self.auth_kinds.clear()
+        self.responses_calls = self.stored = 0
 
     def client_env(self) -> dict[str, str]:
         """The router's environment for calling this server with its API key."""
@@ -282,13 +296,18 @@ class FakeAzureOpenAI(FakeServer):
             await self._issue_token(scope, send)
             return
         match = PATH.match(scope["path"])
-        if scope["method"] != "POST" or match is None:
+        responses = scope["path"] == azure_responses.PATH
+        if scope["method"] != "POST" or (match is None and not responses):
             await send_bytes(send, 404, azure_error(404, "Resource not found", "404"))
             return
-        deployment = match.group(1)
         raw = await read_body(receive)
         headers = dict(scope["headers"])
         versions = parse_qs(scope.get("query_string", b"").decode()).get("api-version", [])
+        if responses:
+            await self._responses(send, raw, headers, versions)
+            return
+        assert match is not None
+        deployment = match.group(1)
         if len(versions) != 1 or versions[0] not in self.api_versions:  # Azure: 404, whatever the version
             await self._error(send, deployment, False, 404, "Resource not found", code="404")
             return
@@ -307,20 +326,7 @@ class FakeAzureOpenAI(FakeServer):
             await self._error(send, deployment, False, 404, MISSING_DEPLOYMENT)
             return
         try:
-            content_type = headers.get(b"content-type", b"").decode("latin-1")
-            if content_type.split(";")[0].strip().lower() != "application/json":
-                raise Invalid(
-                    f"Unsupported content type: '{content_type}'. This API method only accepts "
-                    f"'application/json' requests, but you specified the header 'Content-Type: "
-                    f"{content_type}'. Please try again with a supported content type."
-                )
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise Invalid("We could not parse the JSON body of your request. The API expects a JSON "
-                              "payload, but what was sent was not valid JSON.") from None
-            if not isinstance(body, dict):
-                raise Invalid(f"{orjson.dumps(body).decode()[:100]} is not of type 'object'")
+            body = json_body(headers, raw)
             if match.group(2) == "embeddings":
                 await self._embeddings(send, deployment, body)
                 return
@@ -363,6 +369,49 @@ class FakeAzureOpenAI(FakeServer):
             "usage": usage,
         }
         await send_bytes(send, 200, orjson.dumps(answer))
+
+    async def _responses(self, send: Any, raw: bytes, headers: dict[bytes, bytes],
+                         versions: list[str]) -> None:
+        """POST /openai/v1/responses (tests/fakes/azure_responses.py): the deployment is the body's model."""
+        if versions and (len(versions) != 1 or versions[0] not in azure_responses.API_VERSIONS):
+            await send_bytes(send, 400, azure_error(400, f"API version not supported: {versions}. The v1 API "
+                                                         "takes no api-version, or 'preview'.", "BadRequest"))
+            return
+        auth = self._auth(headers)
+        if auth is None:
+            await self._error(send, "", False, 401,
+                              "Access denied due to invalid subscription key or wrong API endpoint.")
+            return
+        self.auth_kinds.add(auth)
+        deployment = ""
+        try:
+            body = json_body(headers, raw)
+            deployment = str(body.get("model") or "")
+            if deployment and deployment not in self.deployments:
+                await self._error(send, deployment, False, 404, MISSING_DEPLOYMENT)
+                return
+            azure_responses.check_request(body)
+            if body.get("previous_response_id") is not None:
+                raise Invalid(f"Previous response with id '{body['previous_response_id']}' not found.",
+                              param="previous_response_id", code="previous_response_not_found")
+        except Invalid as invalid:
+            self._record(deployment, False, 400)
+            await send_bytes(send, 400, invalid.body())
+            return
+        stream = body.get("stream") is True
+        self.responses_calls += 1
+        if body.get("store") is not False:
+            self.stored += 1
+        failure = self._failure()
+        self._record(deployment, stream, failure or 200)
+        await self.pause()
+        if failure is not None:
+            await self._error(send, deployment, stream, failure, f"fake failure {failure}", record=False)
+            return
+        if not stream:
+            await send_bytes(send, 200, azure_responses.complete(deployment, body))
+        elif await azure_responses.stream(self, send, deployment, body):
+            self.streams_finished += 1
 
     async def _issue_token(self, scope: Scope, send: Any) -> None:
         """App Service managed identity: GET ?api-version=2019-08-01&resource=... with X-IDENTITY-HEADER.

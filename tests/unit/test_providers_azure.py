@@ -146,10 +146,83 @@ async def test_entra_id_token_when_no_key(fake, monkeypatch):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("IDENTITY_ENDPOINT", f"{fake.url}/msi/token")
     monkeypatch.setenv("IDENTITY_HEADER", fake.identity_header)
-    p = AzureOpenAIProvider(CONFIG, fake.url, None)
+    p = AzureOpenAIProvider(RESPONSES, fake.url, None)
     try:
         c = await p.complete("gpt-4", request())
         assert orjson.loads(c.body)["choices"][0]["message"]["content"] == "[gpt-4] hello azure"
-        assert fake.auth_kinds == {"bearer"}
+        native = await p.complete("gpt-35-turbo", request())  # the Responses API, same bearer token
+        assert orjson.loads(native.body)["choices"][0]["message"]["content"] == "[gpt-35-turbo] hello azure"
+        assert fake.auth_kinds == {"bearer"} and fake.responses_calls == 1
     finally:
         await p.aclose()
+
+
+# --- deployments served by Azure's Responses API (`api: responses`) --------------------------------
+
+RESPONSES = AzureConfig(enabled=True, timeouts=Timeouts(connect=1, read=0.5, total=5),
+                        deployments={"gpt-35": {"name": "gpt-35-turbo", "api": "responses"},
+                                     "gpt-4": "gpt-4"})
+
+
+@pytest.fixture
+async def native(fake):
+    p = AzureOpenAIProvider(RESPONSES, fake.url, KEY)
+    yield p
+    await p.aclose()
+
+
+def test_config_names_the_api_per_deployment():
+    from services.router.providers.azure_openai import resolve_target
+
+    assert RESPONSES.responses_deployments() == {"gpt-35-turbo"}
+    assert resolve_target(RESPONSES, "gpt-35") == "gpt-35-turbo"
+    assert resolve_target(RESPONSES, "gpt-4") == "gpt-4"
+    with pytest.raises(ValueError, match="listed with api chat and api responses"):
+        AzureConfig(deployments={"a": "gpt-4", "b": {"name": "gpt-4", "api": "responses"}})
+    with pytest.raises(ValueError):
+        AzureConfig(deployments={"a": {"name": "gpt-4", "api": "assistants"}})
+
+
+async def test_responses_deployment_answers_as_a_chat_completion(fake, native):
+    c = await native.complete("gpt-35-turbo", request(max_tokens=32, temperature=0.2, user="u1"))
+    body = orjson.loads(c.body)
+    assert body["object"] == "chat.completion" and body["choices"][0]["finish_reason"] == "stop"
+    assert body["choices"][0]["message"]["content"] == "[gpt-35-turbo] hello azure"
+    assert c.usage == Usage(body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"])
+    assert c.usage.completion_tokens == 7 and fake.responses_calls == 1 and fake.stored == 0
+    plain = await native.complete("gpt-4", request())  # a chat deployment next to it: the chat path
+    assert orjson.loads(plain.body)["choices"][0]["message"]["content"] == "[gpt-4] hello azure"
+    assert fake.responses_calls == 1
+
+
+async def test_responses_deployment_streams_chat_chunks_and_tool_calls(fake, native):
+    tools = [{"type": "function", "function": {"name": "look", "parameters": {"type": "object"}}}]
+    items = [i async for i in native.stream("gpt-35-turbo", request(stream=True, tools=tools,
+                                                                     stream_options={"include_usage": True}))]
+    *events, usage = items
+    chunks = [orjson.loads(e[len(b"data: "):]) for e in events]
+    calls = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks if c["choices"]
+             and c["choices"][0]["delta"].get("tool_calls")]
+    assert calls[0]["id"].startswith("call_") and calls[0]["function"]["name"] == "look"
+    assert orjson.loads("".join(c["function"]["arguments"] for c in calls)) == {"input": "hello azure"}
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "tool_calls"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == usage.completion_tokens
+    assert usage.completion_tokens > 0
+
+
+async def test_responses_failures_keep_their_retry_kinds(fake, native):
+    fake.fail(429, times=1)
+    fake.behaviour.retry_after_ms = 1500
+    with pytest.raises(ProviderError) as err:
+        await native.complete("gpt-35-turbo", request())
+    assert err.value.kind is FailureKind.RATE_LIMITED and err.value.retry_after == 1.5
+    fake.reset()
+    fake.break_streams()
+    got = []
+    with pytest.raises(ProviderError) as err:
+        async for item in native.stream("gpt-35-turbo", request(stream=True)):
+            got.append(item)
+    assert got and err.value.kind is FailureKind.SERVER and "mid-stream" in err.value.message
+    with pytest.raises(ProviderError) as err:
+        await native.complete("gpt-35-turbo", request(n=2))
+    assert err.value.kind is FailureKind.CLIENT and err.value.status == 400 and "'n'" in err.value.message

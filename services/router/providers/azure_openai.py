@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncGenerator, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 import orjson
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from services.common.config import Pool, Timeouts
+from services.common.config import Model, Pool, Timeouts
 from services.common.sse import SSESplitter
+from services.router.providers import azure_responses
 from services.router.providers.base import (
     Completion,
     ProviderError,
@@ -41,15 +42,43 @@ CUT_OFF = "Azure OpenAI ended the stream without [DONE]"
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
 
 
+class AzureDeployment(Model):
+    """A deployment entry that says more than its name: which of Azure's APIs serves it."""
+
+    name: str = Field(min_length=1, description="the Azure deployment name")
+    api: Literal["chat", "responses"] = Field(
+        "chat", description="chat: /openai/deployments/{name}/chat/completions; responses: Azure's "
+                            "Responses API (/openai/v1/responses), for models served best or only there")
+
+
 class AzureConfig(ProviderConfig):
     """`providers.azureOpenAI`: true, false, or "auto" (on when AZURE_OPENAI_ENDPOINT is set)."""
 
-    api_version: str = Field("2024-06-01", description="Azure OpenAI REST API version")
-    deployments: dict[str, str] = Field(
-        default_factory=dict, description="public name -> Azure deployment name, e.g. {gpt-4: gpt-4}"
+    api_version: str = Field("2024-06-01", description="Azure OpenAI REST API version (chat, embeddings)")
+    responses_api_version: str | None = Field(
+        None, description="api-version sent to /openai/v1/responses; none by default (the v1 API needs "
+                          "none), 'preview' to opt into preview features")
+    deployments: dict[str, str | AzureDeployment] = Field(
+        default_factory=dict, description="public name -> Azure deployment name, e.g. {gpt-4: gpt-4}, or "
+                                          "{name, api} to serve it through the Responses API"
     )
     timeouts: Timeouts = Timeouts()
     pool: Pool = Field(Pool(), description="HTTP connection pool to Azure, per router pod")
+
+    @model_validator(mode="after")
+    def _one_api_per_deployment(self) -> AzureConfig:
+        apis: dict[str, str] = {}
+        for entry in self.deployments.values():
+            name, api = (entry, "chat") if isinstance(entry, str) else (entry.name, entry.api)
+            if apis.setdefault(name, api) != api:
+                raise ValueError(f"Azure deployment {name!r} is listed with api chat and api responses: "
+                                 "one deployment is served by one API")
+        return self
+
+    def responses_deployments(self) -> frozenset[str]:
+        """The Azure deployment names served through the Responses API."""
+        return frozenset(e.name for e in self.deployments.values()
+                         if isinstance(e, AzureDeployment) and e.api == "responses")
 
 
 class AzureOpenAIProvider:
@@ -59,7 +88,7 @@ class AzureOpenAIProvider:
 
     def __init__(self, config: AzureConfig, endpoint: str, api_key: str | None = None) -> None:
         import httpx2
-        from openai import AsyncAzureOpenAI
+        from openai import AsyncAzureOpenAI, omit
 
         self.timeouts = config.timeouts
         t = config.timeouts
@@ -89,6 +118,12 @@ class AzureOpenAIProvider:
             **auth,
         )
         self._urls: dict[str, str] = {}
+        # deployments served by Azure's Responses API (azure_responses.py translates to and fro)
+        self._responses = config.responses_deployments()
+        self._responses_url = f"{str(self.client.base_url).rstrip('/')}/v1/responses"
+        # the v1 API takes no dated api-version: the client's default one is left out, or replaced
+        version = config.responses_api_version
+        self._responses_options: Any = {"params": {"api-version": version or omit}}
 
     def _url(self, target: str) -> str:
         """The deployment's chat URL, absolute: the SDK then parses it once instead of merging a
@@ -102,6 +137,8 @@ class AzureOpenAIProvider:
     async def complete(self, target: str, body: dict[str, Any]) -> Completion:
         import httpx2
 
+        if target in self._responses:
+            return await self._respond(target, body)
         # the body as bytes (`content=`): orjson instead of the SDK's JSON encoder, and the URL
         # names the deployment, which the SDK would otherwise read out of a `body` dict
         payload = orjson.dumps({**body, "model": target})
@@ -130,21 +167,36 @@ class AzureOpenAIProvider:
             raise ProviderError(FailureKind.DEPLOYMENT, "Azure OpenAI answered with malformed JSON") from None
         return Completion(response.content, Usage(prompt, 0))
 
+    async def _respond(self, target: str, body: dict[str, Any]) -> Completion:
+        import httpx2
+
+        payload = orjson.dumps(azure_responses.responses_request(body, target))
+        async with _translate_errors():
+            response = await self.client.post(self._responses_url, content=payload, cast_to=httpx2.Response,
+                                              options=self._responses_options)
+        content, usage = azure_responses.completion(response.content)
+        return Completion(content, usage)
+
     async def stream(self, target: str, body: dict[str, Any]) -> AsyncGenerator[StreamItem, None]:
         import httpx2
 
         client_wants_usage = wants_usage(body)
-        options = body.get("stream_options")
-        if not isinstance(options, dict):
-            options = {}
-        payload = orjson.dumps(
-            {**body, "model": target, "stream": True, "stream_options": {**options, "include_usage": True}}
-        )
+        options: Any = {}
+        if target in self._responses:
+            url, options = self._responses_url, self._responses_options
+            payload = orjson.dumps(azure_responses.responses_request({**body, "stream": True}, target))
+            events: _Events | azure_responses.ResponsesEvents = azure_responses.ResponsesEvents(
+                client_wants_usage)
+        else:
+            url, events = self._url(target), _Events(client_wants_usage)
+            stream_options = body.get("stream_options")
+            if not isinstance(stream_options, dict):
+                stream_options = {}
+            payload = orjson.dumps({**body, "model": target, "stream": True,
+                                    "stream_options": {**stream_options, "include_usage": True}})
         async with _translate_errors():
-            response = await self.client.post(
-                self._url(target), content=payload, cast_to=httpx2.Response, stream=True
-            )
-        events = _Events(client_wants_usage)
+            response = await self.client.post(url, content=payload, cast_to=httpx2.Response, stream=True,
+                                              options=options)
         try:
             async with _translate_errors():
                 async for data in response.aiter_bytes():
@@ -156,7 +208,7 @@ class AzureOpenAIProvider:
                     for event in events.feed(b"\n\n"):
                         yield event
                     if not events.finished:  # cut off: what was relayed is not the whole answer
-                        raise ProviderError(FailureKind.SERVER, CUT_OFF)
+                        raise ProviderError(FailureKind.SERVER, events.cut_off)
         finally:
             await response.aclose()
         yield events.usage
@@ -175,6 +227,7 @@ class _Events:
     """
 
     __slots__ = ("_splitter", "_wants_usage", "usage", "finished")
+    cut_off = CUT_OFF
 
     def __init__(self, wants_usage: bool) -> None:
         self._splitter = SSESplitter()
@@ -326,7 +379,8 @@ def create(config: AzureConfig, env: Mapping[str, str]) -> AzureOpenAIProvider:
 
 def resolve_target(config: AzureConfig, target: str) -> str:
     """A key of `deployments` names its Azure deployment; anything else is the Azure name itself."""
-    return config.deployments.get(target, target)
+    entry = config.deployments.get(target, target)
+    return entry if isinstance(entry, str) else entry.name
 
 
 PROVIDER = ProviderSpec(
