@@ -467,11 +467,22 @@ class Budget(ABC):
         self.lease_seconds = lease_seconds
         self.ledger_days = ledger_days  # None: no usage ledger
         self.overrides: OverrideLookup = _no_overrides  # tenant -> runtime limits (the admin store)
+        self.enforcing = True
         self._gauges = _RemainingGauges()
+
+    def stop_enforcing(self) -> None:
+        """`costControls.enabled: false`: every request is counted (spend, tokens, the ledger) and
+        none is refused, whatever limit the environment, a key or the admin API sets. Runtime
+        limits stay stored, and bite again once cost controls are on."""
+        self.enforcing = False
 
     # the scopes of a request, as data: (scope, id, limits)
     def scopes(self, tenant: str, user: str, key: str | None = None,
                key_limits: Mapping[str, Any] | None = None) -> list[tuple[str, str, ScopeLimits]]:
+        if not self.enforcing:
+            ids = ([("key", f"key:{key}")] if key is not None else []) + [
+                ("user", f"user:{tenant}/{user}"), ("tenant", f"tenant:{tenant}"), ("total", "total:all")]
+            return [(scope, sid, ScopeLimits()) for scope, sid in ids]
         out = []
         if key is not None:
             out.append(("key", f"key:{key}", self.limits.key.merged(key_limits)))
@@ -756,6 +767,10 @@ class RedisBudget(Budget):
         self._last_warning = -math.inf
         self._down = False
 
+    def stop_enforcing(self) -> None:
+        super().stop_enforcing()
+        self._local.stop_enforcing()
+
     def _store_down(self, op: str, exc: BaseException) -> None:
         """Warn (at most once a minute, not once a request); failClosed then raises BudgetUnavailable."""
         self._down = True
@@ -895,9 +910,14 @@ def make_budget(cost_controls: CostControls, redis_url: str | None, *, clock: Cl
                 lease_seconds: float = LEASE_SECONDS, ledger_days: int | None = None) -> Budget:
     """The budget the environment asks for. Disabled cost controls: counted, never refused."""
     limits = Limits.from_config(cost_controls) if cost_controls.enabled else Limits()
+    budget: Budget
     if cost_controls.store == "redis":
         if not redis_url:
             raise ValueError("costControls.store is redis but QLENS_REDIS_URL is not set")
-        return RedisBudget(limits, redis_url, fail_open=cost_controls.on_store_failure == "failOpen",
-                           clock=clock, lease_seconds=lease_seconds, ledger_days=ledger_days)
-    return MemoryBudget(limits, clock=clock, lease_seconds=lease_seconds, ledger_days=ledger_days)
+        budget = RedisBudget(limits, redis_url, fail_open=cost_controls.on_store_failure == "failOpen",
+                             clock=clock, lease_seconds=lease_seconds, ledger_days=ledger_days)
+    else:
+        budget = MemoryBudget(limits, clock=clock, lease_seconds=lease_seconds, ledger_days=ledger_days)
+    if not cost_controls.enabled:
+        budget.stop_enforcing()
+    return budget
