@@ -40,13 +40,14 @@ class Counters:
     direct: int = 0
     azure: int = 0
     streams: int = 0
+    traces: int = 0  # OTLP/HTTP exports received (bench.features: tracing on)
     other: int = 0
     by_deployment: dict[str, int] = field(default_factory=dict)
     bodies: set[int] = field(default_factory=set)
 
     def as_dict(self) -> dict:
         return {"direct": self.direct, "azure": self.azure, "streams": self.streams,
-                "other": self.other, "by_deployment": dict(self.by_deployment),
+                "traces": self.traces, "other": self.other, "by_deployment": dict(self.by_deployment),
                 "distinct_bodies": len(self.bodies)}
 
 
@@ -168,6 +169,9 @@ class ProviderProtocol(asyncio.Protocol):
                 self._stream(usage, close, *_stream_shape(body))
                 return
             self._finish(self.canned["completion"], close)
+        elif method == "POST" and path == "/v1/traces":  # an OTLP collector that keeps nothing
+            c.traces += 1
+            self._write(self.canned["otlp_ok"], close)
         elif method == "GET" and path == "/stats":
             self._finish(_response("200 OK", json.dumps(c.as_dict()).encode()), close)
         elif method == "GET" and path in ("/health", "/"):
@@ -256,6 +260,7 @@ def canned_answers(settings: Settings) -> dict:
     return {
         "completion": _response("200 OK", completion_body()),
         "health": _response("200 OK", b'{"status":"ok"}'),
+        "otlp_ok": _response("200 OK", b"", b"application/x-protobuf"),  # an empty ExportTraceServiceResponse
         "not_found": _response("404 Not Found", b'{"error":{"message":"not found",'
                                b'"type":"invalid_request_error","param":null,"code":"not_found"}}'),
         "stream": stream_events(settings.stream_chunks, include_usage=False),

@@ -49,6 +49,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="skip how cost grows: body size, stream length, open streams (bench/growth.py)")
     p.add_argument("--open-streams", type=int, default=1000,
                    help="streams held open at once on a slow upstream (0: skip)")
+    p.add_argument("--no-features", action="store_true",
+                   help="skip each optional feature on and off (bench/features.py)")
+    p.add_argument("--features", default="", help="comma-separated variants only (bench/features.py)")
     p.add_argument("--profile", action="store_true", help="also py-spy every service during a wrk miss run")
     p.add_argument("--profile-scenario", default="miss", help="scenario driven while profiling")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder [bench/results]")
@@ -155,6 +158,14 @@ def _main(args: argparse.Namespace) -> int:
                 with console.status("how cost grows: body size, stream length, open streams"):
                     results["growth"] = growth.run_all(env, quick=args.quick, open_count=args.open_streams)
 
+            if not args.no_features and pids:
+                from bench import features
+
+                rounds, per, warm = (1, 20, 3) if args.quick else (4, 60, 10)
+                with console.status("optional features on and off: one stack per variant"):
+                    results["features"] = features.run(env, rounds=rounds, per_round=per, warmup=warm,
+                                                       only=[v for v in args.features.split(",") if v])
+
             if args.profile and pids:
                 results["profile"] = _profile(env, args, chosen, console)
 
@@ -189,6 +200,15 @@ def _main(args: argparse.Namespace) -> int:
         console.print(growth.markdown(results["growth"], results["meta"]))
         written = growth.write(results["growth"], results["meta"], args.out)
         png = f"{png}, " + ", ".join(str(p) for p in written)
+    if "features" in results:
+        from bench import features
+
+        text = features.markdown(results["features"])
+        console.print(text)
+        (args.out / "features.md").write_text(text)
+        meta = results["meta"]
+        sub = f"{meta['cpu_model']} x{meta['nproc']}; load {meta['loadavg_start']}"
+        png = f"{png}, {args.out / 'features.md'}, {features.write_plot(results['features'], args.out, sub)}"
     console.print(f"wrote {path}, {args.out / 'latest.json'} and {png}  ({results['meta']['wall_s']} s)")
     return 1 if results["meta"].get("qlens_error") and not args.direct_only else 0
 

@@ -52,6 +52,13 @@ def bench_environment(auth: bool, keys_file: Path | None) -> dict:
     }
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 @dataclass
 class BenchEnv:
     """Context manager: fake provider (always) and the QLens stack (unless `qlens=False`)."""
@@ -67,6 +74,10 @@ class BenchEnv:
     stack: object | None = None  # qlensctl.local.Stack
     stack_error: str | None = None
     api_key: str | None = None
+    overrides: dict = field(default_factory=dict)  # merged into bench_environment() (bench.features)
+    keys: int = 1  # API keys in the keys file (the bench's own is the first)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    extra_pids: dict[str, int] = field(default_factory=dict)  # measured with QLens (a Redis it uses)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -101,7 +112,8 @@ class BenchEnv:
     def qlens_pids(self) -> dict[str, int]:
         if not self.stack:
             return {}
-        return {name: svc.pid for name, svc in self.stack.services.items()}  # type: ignore[attr-defined]
+        pids = {name: svc.pid for name, svc in self.stack.services.items()}  # type: ignore[attr-defined]
+        return {**pids, **self.extra_pids}
 
     def log_tail(self, lines: int = 8) -> str:
         out = []
@@ -140,14 +152,19 @@ class BenchEnv:
         if self.auth:
             self.api_key = generate_key()
             keys_file = self.workdir / "keys.json"
-            keys_file.write_text(dump_keys({hash_key(self.api_key): KeyEntry("bench", "bench")}))
+            entries = {hash_key(self.api_key): KeyEntry("bench", "bench")}
+            for i in range(1, self.keys):  # other tenants' keys: what a lookup has to search
+                entries[hash_key(generate_key())] = KeyEntry(f"tenant-{i % 500}", f"user-{i}")
+            keys_file.write_text(dump_keys(entries))
         config = self.workdir / "bench.yaml"
-        config.write_text(yaml.safe_dump(bench_environment(self.auth, keys_file), sort_keys=False))
+        environment = _merge(bench_environment(self.auth, keys_file), self.overrides)
+        config.write_text(yaml.safe_dump(environment, sort_keys=False))
         env = {
             "AZURE_OPENAI_ENDPOINT": f"http://127.0.0.1:{self.provider_port}",
             "AZURE_OPENAI_API_KEY": "bench-not-a-secret",
             "NO_PROXY": "127.0.0.1,localhost",
             "no_proxy": "127.0.0.1,localhost",
+            **self.extra_env,
         }
         if keys_file:
             env["QLENS_API_KEYS_FILE"] = str(keys_file)

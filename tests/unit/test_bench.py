@@ -287,3 +287,29 @@ def test_direct_only_run_writes_json_and_plot(tmp_path) -> None:
     assert data["sequential"]["stream-direct"]["ttfb_ms"]["n"] == 2 * 10
     assert "miss" not in data["sequential"]
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_fake_provider_takes_real_otlp_exports(provider: ProviderThread) -> None:
+    """The features scenario's tracing-100 variant exports its spans here (a collector that keeps nothing)."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(OTLPSpanExporter(endpoint=f"{provider.url}/v1/traces")))
+    with tracer_provider.get_tracer("bench-test").start_as_current_span("one"):
+        pass
+    tracer_provider.shutdown()
+    assert provider.stats()["traces"] == 1
+
+
+def test_feature_variants_are_valid_service_configs() -> None:
+    from bench import features
+    from bench.stack import _merge, bench_environment
+    from services.common.config import ServiceConfig
+
+    for name, v in features.variants(4318).items():
+        env = _merge(bench_environment(v["auth"], None), v["overrides"])
+        cfg = ServiceConfig.model_validate(env)
+        assert cfg.cost_controls.enabled == (name in ("budgets-redis", "rate-limits", "all-on")), name
+        assert cfg.observability.tracing.enabled == (name in ("tracing-100", "all-on")), name
