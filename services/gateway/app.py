@@ -37,9 +37,9 @@ from services.gateway.chat import ROUTE as CHAT
 from services.gateway.chat import SERVICE, ChatApi, Endpoint, router_error, unknown_model, upstream_error
 from services.gateway.embeddings import EmbeddingsApi
 from services.gateway.http11 import PeerError
+from services.gateway.openapi import add_model_routes
 from services.gateway.peers import Cache, Router, peer_urls
 from services.gateway.responses import ResponsesApi
-from services.gateway.schema import add_chat_completions
 from services.gateway.tenancy import Tenancy
 
 REDIS_URL_ENV = "QLENS_REDIS_URL"
@@ -215,7 +215,7 @@ class GatewayApp(FastAPI):
     """FastAPI, except that a POST to a model API (chat completions, embeddings, responses) goes
     straight to its ASGI handler.
 
-    FastAPI never sees those routes, so its OpenAPI document gets chat added (services/gateway/schema.py).
+    FastAPI never sees those routes, so its OpenAPI document gets them added (services/gateway/openapi.py).
     """
 
     chat: Endpoint
@@ -223,7 +223,7 @@ class GatewayApp(FastAPI):
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
-            self.openapi_schema = add_chat_completions(super().openapi(), self.chat.catalog.names())
+            self.openapi_schema = add_model_routes(super().openapi(), self.chat.catalog.names())
         return self.openapi_schema
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

@@ -8,10 +8,10 @@ strict (no "0.5" for a float, no "true" for a bool) because OpenAI rejects those
 The validated model is only read; what is forwarded is the client's own JSON (see app.py), so
 validation never changes a request.
 
-`add_chat_completions` publishes the route in the gateway's /openapi.json: the route is served
-outside FastAPI's routing (chat.py), so FastAPI does not know it. The rules the validators check
-(which roles need which fields) are spelled out in the JSON schema too, so a client generated
-from it, or a fuzzer, knows what a valid request is.
+services/gateway/openapi.py publishes the route in the gateway's /openapi.json (it is served
+outside FastAPI's routing, chat.py). The rules the validators check (which roles need which
+fields) are spelled out in the JSON schema too, so a client generated from it, or a fuzzer,
+knows what a valid request is.
 """
 
 from __future__ import annotations
@@ -178,89 +178,3 @@ def json_error(exc: orjson.JSONDecodeError, raw: bytes) -> APIError:
         return APIError(400, message, param=param, code="invalid_value")
     return APIError(400, "We could not parse the JSON body of your request: it must be a JSON object "
                          "(see https://platform.openai.com/docs/api-reference).", code="invalid_json")
-
-
-# --- the route in /openapi.json --------------------------------------------------------------------
-
-_REF = "#/components/schemas/{model}"
-ERROR_STATUSES = {
-    "400": "Invalid request: malformed JSON, a missing or mistyped parameter (`param` names it).",
-    "401": "Missing or unknown API key (where the environment requires one).",
-    "404": "Unknown model.",
-    "408": "The request was not received in time.",
-    "413": "Request body larger than gateway.maxBodyBytes.",
-    "429": "Daily budget exceeded (code budget_exceeded) or every provider rate-limited.",
-    "502": "The provider or the router failed.",
-    "503": "No healthy deployment, the router unreachable, or the budget store down (failClosed).",
-    "504": "No answer within the request deadline.",
-}
-_ERROR_SCHEMA = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {"error": {
-        "type": "object",
-        "required": ["message", "type", "param", "code"],
-        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}},
-    }},
-}
-_COMPLETION_SCHEMA = {
-    "type": "object",
-    "required": ["id", "object", "created", "model", "choices"],
-    "properties": {
-        "id": {"type": "string"},
-        "object": {"const": "chat.completion"},
-        "created": {"type": "integer"},
-        "model": {"type": "string"},
-        "choices": {"type": "array", "items": {"type": "object", "properties": {
-            "index": {"type": "integer"},
-            "message": {"type": "object", "properties": {"role": {"type": "string"},
-                                                         "content": {"type": ["string", "null"]}}},
-            "finish_reason": {"type": ["string", "null"]},
-        }}},
-        "usage": {"type": "object", "properties": {"prompt_tokens": {"type": "integer"},
-                                                   "completion_tokens": {"type": "integer"},
-                                                   "total_tokens": {"type": "integer"}}},
-    },
-}
-_HEADERS = {
-    "x-request-id": "The client's x-request-id when it is a safe token, else a new one.",
-    "x-qlens-provider": "The deployment that answered, e.g. azureOpenAI/gpt-4.",
-    "x-qlens-cache": "hit, miss or bypass.",
-    "x-qlens-overhead-ms": "Time spent in QLens, the provider's time excluded.",
-}
-
-
-def add_chat_completions(openapi: dict[str, Any], models: list[str]) -> dict[str, Any]:
-    """Add POST /v1/chat/completions to a FastAPI-generated OpenAPI document (in place).
-
-    `models` are the models this gateway serves: listed as examples of `model`, and the first is
-    used in the request example.
-    """
-    request = ChatCompletionRequest.model_json_schema(ref_template=_REF)
-    components = openapi.setdefault("components", {}).setdefault("schemas", {})
-    components.update(request.pop("$defs", {}))
-    if models:
-        request["properties"]["model"]["examples"] = models
-    components["ChatCompletionRequest"] = request
-    components["ChatCompletion"] = _COMPLETION_SCHEMA
-    components["OpenAIError"] = _ERROR_SCHEMA
-    error = {"content": {"application/json": {"schema": {"$ref": _REF.format(model="OpenAIError")}}}}
-    responses: dict[str, Any] = {"200": {
-        "description": "The completion (JSON), or with `stream: true` server-sent events of "
-                       "`chat.completion.chunk` objects ending with `data: [DONE]`.",
-        "headers": {name: {"description": text, "schema": {"type": "string"}}
-                    for name, text in _HEADERS.items()},
-        "content": {"application/json": {"schema": {"$ref": _REF.format(model="ChatCompletion")}},
-                    "text/event-stream": {"schema": {"type": "string"}}},
-    }}
-    responses.update({status: {"description": text, **error} for status, text in ERROR_STATUSES.items()})
-    example = {"model": models[0] if models else "gpt-4", "messages": [{"role": "user", "content": "Hello!"}]}
-    openapi.setdefault("paths", {})["/v1/chat/completions"] = {"post": {
-        "summary": "Create a chat completion (OpenAI-compatible)",
-        "operationId": "create_chat_completion",
-        "requestBody": {"required": True, "content": {"application/json": {
-            "schema": {"$ref": _REF.format(model="ChatCompletionRequest")}, "example": example}}},
-        "responses": responses,
-    }}
-    return openapi

@@ -209,3 +209,48 @@ def test_one_json_log_line_per_request_without_the_prompt(shared_stack: RunningS
     assert entry["status"] == 200 and entry["model"] == "echo" and entry["provider"] == "echo/echo"
     for service in ("gateway", "router", "cache"):
         assert secret_prompt not in shared_stack.log(service)
+
+
+# --- /openapi.json ------------------------------------------------------------------------------
+
+
+def test_openapi_lists_every_path_the_openai_sdk_calls(shared_stack: RunningStack):
+    """The real openai SDK's requests for each API QLens serves are recorded on the wire; every
+    (method, path) is in /openapi.json, the model APIs with their request schemas and errors."""
+    import httpx2
+    import openai
+
+    seen: set[tuple[str, str]] = set()
+    record = lambda request: seen.add((request.method, request.url.path))  # noqa: E731
+    with httpx2.Client(event_hooks={"request": [record]}) as wire:
+        client = openai.OpenAI(base_url=shared_stack.base_url, api_key="no-key-needed", max_retries=0,
+                               http_client=wire)
+        user = [{"role": "user", "content": "x"}]
+        calls = (lambda: client.chat.completions.create(model="echo", messages=user),
+                 lambda: client.responses.create(model="echo", input="x"),
+                 lambda: client.embeddings.create(model="echo", input="x"),  # a chat model: 400, still sent
+                 lambda: client.models.list(), lambda: client.models.retrieve("echo"))
+        for call in calls:
+            try:
+                call()
+            except openai.APIStatusError:
+                pass
+    assert len(seen) == 5
+    document = httpx.get(shared_stack.gateway_url + "/openapi.json", timeout=10).json()
+    templates = {(method.upper(), re.sub(r"\{[^}]+\}", "[^/]+", path))
+                 for path, item in document["paths"].items() for method in item}
+    for method, path in seen:
+        assert any(m == method and re.fullmatch(t, path) for m, t in templates), (method, path)
+    schemas = document["components"]["schemas"]
+    for path, request, takes in (("/v1/chat/completions", "ChatCompletionRequest", "messages"),
+                                 ("/v1/responses", "ResponsesRequest", "input"),
+                                 ("/v1/embeddings", "EmbeddingsRequest", "input")):
+        operation = document["paths"][path]["post"]
+        body = operation["requestBody"]["content"]["application/json"]
+        assert body["schema"] == {"$ref": f"#/components/schemas/{request}"}
+        assert body["example"]["model"] == "echo"
+        assert {"model", takes} <= set(schemas[request]["required"])
+        assert {"400", "401", "404", "429"} <= set(operation["responses"])
+        assert operation["responses"]["400"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "/OpenAIError")
+    assert "/v1/usage" in document["paths"]
