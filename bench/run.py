@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-features", action="store_true",
                    help="skip each optional feature on and off (bench/features.py)")
     p.add_argument("--features", default="", help="comma-separated variants only (bench/features.py)")
+    p.add_argument("--no-scaling", action="store_true",
+                   help="skip scaling out: 2 replicas on 2 cores vs 1 on 1, one Redis (bench/scaling.py)")
+    p.add_argument("--no-portkey", action="store_true",
+                   help="skip Portkey beside QLens (bench/peers.py; npm installs it in bench/.portkey)")
     p.add_argument("--profile", action="store_true", help="also py-spy every service during a wrk miss run")
     p.add_argument("--profile-scenario", default="miss", help="scenario driven while profiling")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder [bench/results]")
@@ -152,6 +156,15 @@ def _main(args: argparse.Namespace) -> int:
                                                 connections=args.connections)
                     results["wrk"] = {name: a.to_dict() for name, a in agg.items()}
 
+            if not args.no_portkey and pids:
+                from bench import peers
+
+                with console.status("Portkey beside QLens"):
+                    results["peers"] = {"portkey": peers.run_portkey(
+                        env, rounds=args.rounds, per_round=args.requests // 2, warmup=args.warmup,
+                        duration_s=args.duration, connections=args.connections,
+                        wrk_rounds=args.wrk_rounds)}
+
             if not args.no_growth and pids:
                 from bench import growth
 
@@ -165,6 +178,13 @@ def _main(args: argparse.Namespace) -> int:
                 with console.status("optional features on and off: one stack per variant"):
                     results["features"] = features.run(env, rounds=rounds, per_round=per, warmup=warm,
                                                        only=[v for v in args.features.split(",") if v])
+
+            if not args.no_scaling and not args.no_wrk and pids and wrk.wrk_binary():
+                from bench import scaling
+
+                with console.status("scaling out: 1 replica on 1 core vs 2 on 2 cores, one Redis"):
+                    results["scaling"] = scaling.run(env, duration_s=args.duration,
+                                                     connections=args.connections)
 
             if args.profile and pids:
                 results["profile"] = _profile(env, args, chosen, console)
@@ -209,6 +229,21 @@ def _main(args: argparse.Namespace) -> int:
         meta = results["meta"]
         sub = f"{meta['cpu_model']} x{meta['nproc']}; load {meta['loadavg_start']}"
         png = f"{png}, {args.out / 'features.md'}, {features.write_plot(results['features'], args.out, sub)}"
+    if "peers" in results:
+        from bench import peers
+
+        text = peers.markdown(results)
+        console.print(text)
+        (args.out / "peers.md").write_text(text)
+    if "scaling" in results:
+        from bench import scaling
+
+        text = scaling.markdown(results["scaling"])
+        console.print(text)
+        (args.out / "scaling.md").write_text(text)
+        meta = results["meta"]
+        plot = scaling.write_plot(results["scaling"], args.out, meta["cpu_model"])
+        png = f"{png}, {args.out / 'scaling.md'}, {plot}"
     console.print(f"wrote {path}, {args.out / 'latest.json'} and {png}  ({results['meta']['wall_s']} s)")
     return 1 if results["meta"].get("qlens_error") and not args.direct_only else 0
 

@@ -83,9 +83,11 @@ def wrk_binary() -> str | None:
     return shutil.which("wrk")
 
 
-def lua_script(path: str, api_key: str | None, unique: bool, stream: bool = False) -> str:
+def lua_script(path: str, api_key: str | None, unique: bool, stream: bool = False,
+               extra_headers: dict[str, str] | None = None) -> str:
     """The Lua script for one scenario. The request-id `prefix` comes from wrk's args (`-- PREFIX`)."""
-    hdrs = ", ".join(f'["{k}"] = [==[{v}]==]' for k, v in workload.headers(api_key).items())
+    all_headers = {**workload.headers(api_key), **(extra_headers or {})}
+    hdrs = ", ".join(f'["{k}"] = [==[{v}]==]' for k, v in all_headers.items())
     return _SCRIPT % {
         "pre": workload.BODY_PREFIX,
         "post": workload.suffix(stream),
@@ -111,13 +113,13 @@ def parse_output(stdout: str) -> WrkResult:
 
 def run(url: str, path: str, *, api_key: str | None, unique: bool, stream: bool = False,
         connections: int = 32, threads: int = 1, duration_s: float = 4.0, prefix: str = "w",
-        timeout_s: float = 10.0) -> WrkResult:
+        timeout_s: float = 10.0, extra_headers: dict[str, str] | None = None) -> WrkResult:
     """Run wrk once against `url` + `path`; bounded by `duration_s` (and killed if it overstays)."""
     binary = wrk_binary()
     if binary is None:
         raise RuntimeError("wrk is not installed: `apt-get install -y wrk`")
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(lua_script(path, api_key, unique, stream))
+        f.write(lua_script(path, api_key, unique, stream, extra_headers))
         script = f.name
     try:
         cmd = [binary, "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration_s))}s",

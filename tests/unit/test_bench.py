@@ -313,3 +313,10 @@ def test_feature_variants_are_valid_service_configs() -> None:
         cfg = ServiceConfig.model_validate(env)
         assert cfg.cost_controls.enabled == (name in ("budgets-redis", "rate-limits", "all-on")), name
         assert cfg.observability.tracing.enabled == (name in ("tracing-100", "all-on")), name
+
+
+def test_wrk_script_carries_extra_headers_for_a_peer_gateway() -> None:
+    script = wrk.lua_script("/v1/chat/completions", None, True,
+                            extra_headers={"x-portkey-provider": "openai"})
+    assert '["x-portkey-provider"] = [==[openai]==]' in script
+    assert '["Content-Type"] = [==[application/json]==]' in script
