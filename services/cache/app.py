@@ -31,6 +31,7 @@ from services.cache import metrics
 from services.cache.backends import Backend, BackendUnavailable, make_backend
 from services.cache.metrics import child
 from services.cache.policy import check_key, check_tenant, max_entry_bytes, parse_ttl
+from services.common import tracing
 from services.common.config import ServiceConfig, load_service_config, secret_env
 from services.common.errors import APIError, error_response, install_error_handlers
 from services.common.health import liveness, readiness
@@ -207,6 +208,25 @@ class Entries:
         return tenant, key
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any, tenant: str, key: str) -> None:
+        if not tracing.ENABLED:
+            await self._serve(scope, receive, send, tenant, key)
+            return
+        # the gateway's cache hop continued here: a server span, child of gateway.cache.get/put
+        # (route and status only: never the tenant's key or the entry)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        route = PUT_ROUTE if scope["method"] == "PUT" else GET_ROUTE
+        with tracing.server_span(route, headers, {"http.request.method": scope["method"],
+                                                  "http.route": ENTRY}) as span:
+            status = await self._serve(scope, receive, send, tenant, key)
+            span.set_attribute("http.response.status_code", status)
+            if route == GET_ROUTE:
+                result = "hit" if status == 200 else "miss" if status == 404 else "error"
+                span.set_attribute("qlens.cache", result)
+            if status >= 500:
+                tracing.fail(span, str(status))
+
+    async def _serve(self, scope: dict[str, Any], receive: Any, send: Any, tenant: str, key: str) -> int:
+        """Serve the call; its status (0 when the client went away)."""
         start = time.perf_counter()
         put = scope["method"] == "PUT"
         route = PUT_ROUTE if put else GET_ROUTE
@@ -224,16 +244,17 @@ class Entries:
             headers = [*((k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()),
                        (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
         except ClientGone:
-            return
+            return 0
         except Exception as exc:
             log.error("unhandled error", exc_info=exc, extra={"fields": {"path": scope["path"]}})
             body = APIError(500, "The server had an error while processing your request.",
                             code="internal_error").to_bytes()
             await _send(send, 500, body, [(b"content-length", str(len(body)).encode()),
                                           (b"content-type", b"application/json")])
-            return
+            return 500
         _record(route, start, status)
         await _send(send, status, body, headers)
+        return status
 
 
 _FAST = frozenset({"GET", "HEAD", "PUT"})
@@ -307,6 +328,7 @@ def create_app(config: ServiceConfig | None = None, backend: Backend | None = No
         log_event(log, "cannot start the cache service", logging.ERROR, error=str(exc))
         raise SystemExit(2) from None
     svc = CacheService(config, backend)
+    tracing.setup(SERVICE, config.observability.tracing)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -315,6 +337,7 @@ def create_app(config: ServiceConfig | None = None, backend: Backend | None = No
                   max_entry_bytes=svc.max_entry)
         yield
         await backend.close()
+        tracing.shutdown()
 
     app = CacheApp(title="qlens-cache", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.cache = svc

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
@@ -200,3 +201,37 @@ def genai_response(span_: Any, body: bytes | None, input_tokens: int, output_tok
     reasons = [r for r in reasons if isinstance(r, str)]
     if reasons:
         span_.set_attribute("gen_ai.response.finish_reasons", reasons)
+
+
+_MODEL = re.compile(rb'"model":\s*"((?:[^"\\]|\\.)*)"')  # quotes inside a JSON string are escaped
+_FINISH = re.compile(rb'"finish_reason":\s*"([^"\\]+)"')
+
+
+class GenAIStream:
+    """The answer half of a streamed provider call, read off the `chat.completion.chunk` events as
+    they are relayed: the response model (from the first chunk that names one) and the finish
+    reasons. Only bytes are searched (no chunk is parsed), and only while tracing is on."""
+
+    __slots__ = ("model", "reasons")
+
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.reasons: list[str] = []
+
+    def observe(self, event: bytes) -> None:
+        if self.model is None and (found := _MODEL.search(event)):
+            self.model = orjson.loads(b'"' + found.group(1) + b'"')
+        if b'"finish_reason":' in event:
+            self.reasons += [r.decode() for r in _FINISH.findall(event)]
+
+    def finish(self, span_: Any, input_tokens: int | None, output_tokens: int | None) -> None:
+        """Set what the stream told (tokens only when it reported usage)."""
+        if span_ is None:
+            return
+        if self.model:
+            span_.set_attribute("gen_ai.response.model", self.model)
+        if self.reasons:
+            span_.set_attribute("gen_ai.response.finish_reasons", self.reasons)
+        if input_tokens is not None and output_tokens is not None:
+            span_.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+            span_.set_attribute("gen_ai.usage.output_tokens", output_tokens)

@@ -375,6 +375,7 @@ class Relay:
         self.started: float | None = None
         self.first_at: float | None = None
         self.provider_span: Any = None
+        self._genai: tracing.GenAIStream | None = None  # made by `_watched`, when tracing is on
 
     async def pump(self, send: Callable[[bytes], Awaitable[Any]]) -> None:
         """Pass every event to `send` as it arrives, then [DONE] (or an error event); settle.
@@ -383,6 +384,8 @@ class Relay:
         per event, and a timeout around a generator's `yield` would fire in its consumer instead.
         """
         dep = self.served.deployment
+        if self.provider_span is not None:  # tracing on: the span learns the model and finish reasons
+            send = self._watched(send)
         loop = asyncio.get_running_loop()
         idle = self._routing.stream_idle_seconds
         end = loop.time() + (self._deadline - self._clock())  # the request deadline, in loop time
@@ -433,6 +436,15 @@ class Relay:
         finally:
             await self.close()
 
+    def _watched(self, send: Callable[[bytes], Awaitable[Any]]) -> Callable[[bytes], Awaitable[Any]]:
+        genai = self._genai = tracing.GenAIStream()
+
+        async def watched(event: bytes) -> Any:
+            genai.observe(event)
+            return await send(event)
+
+        return watched
+
     def abort(self) -> None:
         """The client went away (called from another task): stop waiting for the provider now.
 
@@ -459,8 +471,10 @@ class Relay:
                 observe_llm_latency(self.served.model, self.first_at - self.started,
                                     self._clock() - self.started, self._usage.completion_tokens, stream=True)
         if self.provider_span is not None:
-            usage = self._usage or Usage(0, 0)
-            tracing.genai_response(self.provider_span, None, usage.prompt_tokens, usage.completion_tokens)
+            usage = self._usage
+            tokens = (usage.prompt_tokens, usage.completion_tokens) if usage else (None, None)
+            genai = self._genai or tracing.GenAIStream()  # a stream that failed before pumping
+            genai.finish(self.provider_span, *tokens)
             tracing.finish(self.provider_span, None if self.outcome == "success" else self.outcome)
         if self.outcome == "client_gone":
             log_event(

@@ -28,8 +28,9 @@ AZURE_ENV = {
     },
     "routing": {"retries": {"maxAttempts": 2, "backoffBaseMs": 1, "backoffMaxMs": 5}},
 }
-GATEWAY, ROUTER = "qlens-gateway", "qlens-router"
+GATEWAY, ROUTER, CACHE = "qlens-gateway", "qlens-router", "qlens-cache"
 SERVER_SPAN = "POST /v1/chat/completions"
+CACHE_GET, CACHE_PUT = "GET /v1/cache/{tenant}/{key}", "PUT /v1/cache/{tenant}/{key}"
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,7 @@ def _trace(otlp: OTLPReceiver, trace_id: str, *, attempts: int) -> list[Received
         names = [(s.service, s.name) for s in mine]
         return ((GATEWAY, SERVER_SPAN) in names and (ROUTER, SERVER_SPAN) in names
                 and (GATEWAY, "gateway.cache.put") in names and (GATEWAY, "gateway.budget.settle") in names
+                and (CACHE, CACHE_GET) in names and (CACHE, CACHE_PUT) in names
                 and names.count((ROUTER, "router.attempt")) >= attempts)
 
     otlp.wait_for(complete)
@@ -102,6 +104,13 @@ def test_one_request_is_one_trace_across_gateway_router_and_provider(traced) -> 
                   "gateway.budget.settle", "gateway.cache.put"):
         assert _one(spans, GATEWAY, child).parent_span_id == request.span_id, child
     assert _one(spans, GATEWAY, "gateway.cache.get").attributes["qlens.cache"] == "miss"
+    # the cache hop continues in the cache service: a server span under each gateway cache call
+    for call, served_name, status in (("gateway.cache.get", CACHE_GET, 404),
+                                      ("gateway.cache.put", CACHE_PUT, 204)):
+        hop = _one(spans, CACHE, served_name)
+        assert hop.parent_span_id == _one(spans, GATEWAY, call).span_id and hop.kind == "SPAN_KIND_SERVER"
+        assert hop.attributes["http.response.status_code"] == status
+    assert _one(spans, CACHE, CACHE_GET).attributes["qlens.cache"] == "miss"
 
     # gateway.router -> the router's span -> one attempt -> the provider call
     router_call = _one(spans, GATEWAY, "gateway.router")
@@ -137,6 +146,24 @@ def test_one_request_is_one_trace_across_gateway_router_and_provider(traced) -> 
     for service in ("gateway", "router"):
         mine = _request_lines(stack, service, "trace-test-1")
         assert [x["trace_id"] for x in mine] == [trace_id], service
+
+
+def test_a_streamed_provider_span_has_the_response_model_finish_reasons_and_usage(traced) -> None:
+    stack, otlp, azure = traced
+    azure.reset()
+    traceparent, trace_id, _ = _client_traceparent()
+    chunks = list(stack.openai().chat.completions.create(
+        model="gpt-4", messages=[{"role": "user", "content": f"stream it {trace_id}"}], stream=True,
+        stream_options={"include_usage": True}, extra_headers={"traceparent": traceparent}))
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens > 0
+    spans = _trace(otlp, trace_id, attempts=1)
+    a = _one(spans, ROUTER, "chat gpt-4-prod").attributes
+    assert a["gen_ai.response.model"] == chunks[0].model == "gpt-4-prod"
+    assert a["gen_ai.response.finish_reasons"] == ["stop"]
+    assert a["gen_ai.usage.input_tokens"] == usage.prompt_tokens > 0
+    assert a["gen_ai.usage.output_tokens"] == usage.completion_tokens
+    assert all(f"stream it {trace_id}" not in s.text() for s in spans)
 
 
 def test_a_retried_request_shows_two_attempt_spans(traced) -> None:
