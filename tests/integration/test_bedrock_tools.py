@@ -249,3 +249,18 @@ def test_responses_api_streamed_through_azure(stack):
     events = list(s.openai().responses.create(model="gpt-4", input="azure responses", stream=True))
     assert events[-1].type == "response.completed"
     assert events[-1].response.output_text == "[gpt-4] azure responses"
+
+
+def test_responses_api_plain_and_streamed_through_bedrock(fakes):
+    s, az, br = fakes
+    client = s.openai()
+    plain = client.responses.create(model="claude-3-sonnet", input="plain via converse", instructions="short")
+    assert plain.output_text == f"[{CLAUDE}] plain via converse" and plain.usage.output_tokens > 0
+    events = list(client.responses.create(model="claude-3-sonnet", input="streamed via converse",
+                                          stream=True))
+    kinds = [e.type for e in events]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == \
+        f"[{CLAUDE}] streamed via converse"
+    assert events[-1].response.usage.output_tokens > 0
+    assert br.calls() == 2 and az.calls() == 0
