@@ -60,22 +60,43 @@ def _unbuffered(results: dict) -> float | None:
     return None if q is None or not d else round(q / d, 2)
 
 
+def _worst_feature(results: dict) -> float | None:
+    """The largest p50 one optional feature adds to the miss path (all-on is not one feature)."""
+    added = [v["added_p50_ms"] for k, v in results.get("features", {}).items()
+             if isinstance(v, dict) and "added_p50_ms" in v and k not in ("off", "all-on")]
+    return max(added) if added else None
+
+
+def _vs_portkey(results: dict) -> float | None:
+    q = _rps_clean(results)
+    p = _get(results, "peers", "portkey", "wrk", "rps")
+    return None if q is None or not p else round(q / p, 2)
+
+
+# issue 15's targets (round two)
 TARGETS: list[Target] = [
-    ("miss overhead p50, c=1", "<= 2 ms",
-     lambda r: overhead(r, "miss", "direct", "latency_ms", "p50"), 2.0, False),
-    ("miss overhead p99, c=1", "<= 6 ms",
-     lambda r: overhead(r, "miss", "direct", "latency_ms", "p99"), 6.0, False),
-    ("hit p50 end to end, c=1", "<= 1.5 ms",
-     lambda r: _get(r, "sequential", "hit", "latency_ms", "p50"), 1.5, False),
-    ("miss req/s, c=32, no errors", ">= 400 (aim 800)", _rps_clean, 400.0, True),
-    ("CPU per miss request, all services", "<= 2.5 ms", _cpu, 2.5, False),
+    ("miss overhead p50, c=1", "<= 1.0 ms",
+     lambda r: overhead(r, "miss", "direct", "latency_ms", "p50"), 1.0, False),
+    ("miss overhead p99, c=1", "<= 2.5 ms",
+     lambda r: overhead(r, "miss", "direct", "latency_ms", "p99"), 2.5, False),
+    ("hit p50 end to end, c=1", "<= 0.4 ms",
+     lambda r: _get(r, "sequential", "hit", "latency_ms", "p50"), 0.4, False),
+    ("miss req/s, c=32, no errors", ">= 1700", _rps_clean, 1700.0, True),
+    ("miss req/s over Portkey's, c=32", ">= 2x", _vs_portkey, 2.0, True),
+    ("CPU per miss request, all services", "<= 0.55 ms", _cpu, 0.55, False),
     ("RSS per service at rest (largest)", "<= 120 MB", _rss, 120.0, False),
-    ("stream TTFB over direct, p50", "<= 3 ms",
-     lambda r: overhead(r, "stream-miss", "stream-direct", "ttfb_ms", "p50"), 3.0, False),
+    ("stream TTFB over direct, p50", "<= 1.5 ms",
+     lambda r: overhead(r, "stream-miss", "stream-direct", "ttfb_ms", "p50"), 1.5, False),
     ("stream chunks forwarded as they arrive", "spread ratio >= 0.5", _unbuffered, 0.5, True),
-    ("qlensctl --help", "<= 150 ms", lambda r: _get(r, "cli", "qlensctl --help", "median_ms"), 150.0, False),
-    ("qlensctl render staging", "<= 400 ms",
-     lambda r: _get(r, "cli", "qlensctl render staging", "median_ms"), 400.0, False),
+    ("RSS per 1,000 open streams", "<= 100 MB",
+     lambda r: _get(r, "growth", "open_streams", "rss_growth_mb_per_1000_streams"), 100.0, False),
+    ("open streams starved", "0", lambda r: _get(r, "growth", "open_streams", "starved"), 0.0, False),
+    ("p50 added by one optional feature (worst)", "<= 0.2 ms", _worst_feature, 0.2, False),
+    ("scaling out: 2 replicas on 2 cores / 1 on 1", ">= 1.7x",
+     lambda r: _get(r, "scaling", "ratio"), 1.7, True),
+    ("qlensctl --help", "<= 120 ms", lambda r: _get(r, "cli", "qlensctl --help", "median_ms"), 120.0, False),
+    ("qlensctl render staging", "<= 300 ms",
+     lambda r: _get(r, "cli", "qlensctl render staging", "median_ms"), 300.0, False),
 ]
 
 

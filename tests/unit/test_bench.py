@@ -210,18 +210,29 @@ def test_percentiles_and_summary() -> None:
 def test_targets_are_judged_from_the_results() -> None:
     results = {
         "sequential": {"direct": {"latency_ms": {"p50": 0.1, "p99": 0.3}},
-                       "miss": {"latency_ms": {"p50": 1.9, "p99": 7.0}},
-                       "hit": {"latency_ms": {"p50": 1.0}}},
-        "wrk": {"miss": {"rps": 900.0, "errors": {}, "cpu_ms_per_request": {"total": 3.0}}},
+                       "miss": {"latency_ms": {"p50": 0.9, "p99": 7.0}},
+                       "hit": {"latency_ms": {"p50": 0.3}}},
+        "wrk": {"miss": {"rps": 1800.0, "errors": {}, "cpu_ms_per_request": {"total": 3.0}}},
+        "peers": {"portkey": {"wrk": {"rps": 1000.0}}},
+        "features": {"off": {"added_p50_ms": 0.0}, "auth-10k": {"added_p50_ms": 0.15},
+                     "tracing-100": {"added_p50_ms": 0.3}, "all-on": {"added_p50_ms": 0.9}},
+        "scaling": {"ratio": 1.8},
+        "growth": {"open_streams": {"rss_growth_mb_per_1000_streams": 60.0, "starved": 2}},
         "memory": {"gateway": {"rss_at_rest_mb": 80.0}, "router": {"rss_at_rest_mb": 130.0}},
         "cli": {"qlensctl --help": {"ok": True, "median_ms": 120.0},
                 "qlensctl render staging": {"ok": False}},
     }
     verdict = {row["target"]: (row["measured"], row["met"]) for row in report.evaluate(results)}
-    assert verdict["miss overhead p50, c=1"] == (pytest.approx(1.8), True)
+    assert verdict["miss overhead p50, c=1"] == (pytest.approx(0.8), True)
     assert verdict["miss overhead p99, c=1"] == (pytest.approx(6.7), False)
-    assert verdict["hit p50 end to end, c=1"] == (1.0, True)
-    assert verdict["miss req/s, c=32, no errors"] == (900.0, True)
+    assert verdict["hit p50 end to end, c=1"] == (0.3, True)
+    assert verdict["miss req/s, c=32, no errors"] == (1800.0, True)
+    assert verdict["miss req/s over Portkey's, c=32"] == (1.8, False)
+    assert verdict["p50 added by one optional feature (worst)"] == (0.3, False)
+    assert verdict["scaling out: 2 replicas on 2 cores / 1 on 1"] == (1.8, True)
+    assert verdict["RSS per 1,000 open streams"] == (60.0, True)
+    assert verdict["open streams starved"] == (2, False)
+    assert verdict["qlensctl --help"] == (120.0, True)
     assert verdict["CPU per miss request, all services"] == (3.0, False)
     assert verdict["RSS per service at rest (largest)"] == (130.0, False)
     assert verdict["stream TTFB over direct, p50"] == (None, None)
