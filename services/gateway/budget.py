@@ -36,6 +36,7 @@ limit as this replica last saw them (only for scopes that have a limit).
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 import math
@@ -206,6 +207,7 @@ def utc_day(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
 
 
+@functools.lru_cache(maxsize=8)  # a pure function of the day (datetimes are immutable); per request
 def day_end(day: str) -> datetime:
     return datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=UTC) + timedelta(days=1)
 
@@ -214,6 +216,7 @@ def utc_month(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m")
 
 
+@functools.lru_cache(maxsize=8)
 def month_end(month: str) -> datetime:
     start = datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC)
     return (start + timedelta(days=32)).replace(day=1)
@@ -240,9 +243,17 @@ class Windows:
 
     @classmethod
     def at(cls, now: float) -> Windows:
-        day, month = utc_day(now), utc_month(now)
-        minute_start = int(now // 60) * 60
-        return cls(day, int(day_end(day).timestamp()), month, int(month_end(month).timestamp()),
+        # every window is a whole number of UTC minutes, so the minute decides them all: one
+        # build per minute instead of three strftime and two strptime per request (5% of the
+        # gateway's CPU on the miss path, py-spy)
+        return _windows_of_minute(int(now // 60))
+
+
+@functools.lru_cache(maxsize=4)
+def _windows_of_minute(minute: int) -> Windows:
+    minute_start = minute * 60
+    day, month = utc_day(minute_start), utc_month(minute_start)
+    return Windows(day, int(day_end(day).timestamp()), month, int(month_end(month).timestamp()),
                    datetime.fromtimestamp(minute_start, UTC).strftime("%Y%m%d%H%M"), minute_start + 60)
 
 

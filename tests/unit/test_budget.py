@@ -206,3 +206,26 @@ async def test_make_budget_follows_the_environment():
     red = make_budget(CostControls(store="redis"), "redis://127.0.0.1:1/0")
     assert isinstance(red, RedisBudget)
     await red.close()
+
+
+def test_windows_are_the_same_built_once_per_minute_or_on_every_call() -> None:
+    """Windows.at is cached per UTC minute: across minute, day, month and year ends it must give
+    what building every window from the moment itself gives."""
+    from datetime import UTC, datetime, timedelta
+
+    from services.gateway.budget import Windows
+
+    def built(now: float) -> tuple:
+        t = datetime.fromtimestamp(now, UTC)
+        day0 = t.replace(hour=0, minute=0, second=0, microsecond=0)
+        month0 = day0.replace(day=1)
+        next_month = (month0 + timedelta(days=32)).replace(day=1)
+        minute0 = t.replace(second=0, microsecond=0)
+        return (t.strftime("%Y-%m-%d"), int((day0 + timedelta(days=1)).timestamp()), t.strftime("%Y-%m"),
+                int(next_month.timestamp()), minute0.strftime("%Y%m%d%H%M"), int(minute0.timestamp()) + 60)
+
+    year_end = datetime(2026, 12, 31, 23, 59, tzinfo=UTC).timestamp()
+    for now in (year_end, year_end + 59.999, year_end + 60, year_end + 60.001, year_end - 86400 * 30 + 7.5,
+                datetime(2028, 2, 29, 23, 59, 59, tzinfo=UTC).timestamp(), 0.0, 1.5):
+        w = Windows.at(now)
+        assert (w.day, w.day_end, w.month, w.month_end, w.minute, w.minute_end) == built(now), now
