@@ -153,11 +153,9 @@ def markdown(f: dict) -> str:
 
 
 def write_plot(f: dict, out_dir: Path, subtitle: str) -> Path:
-    import matplotlib
+    from bench.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     rows = {k: v for k, v in f.items() if isinstance(v, dict) and "overhead_p50_ms" in v}
     names = list(rows)
     fig, ax = plt.subplots(1, 2, figsize=(12, 4))
@@ -169,10 +167,5 @@ def write_plot(f: dict, out_dir: Path, subtitle: str) -> Path:
         a.tick_params(axis="x", labelrotation=30)
         a.grid(True, axis="y", alpha=0.3)
     fig.suptitle(f"QLens optional features on/off: {subtitle}", fontsize=9)
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "features.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir, "features.png")
 

@@ -258,11 +258,9 @@ def _total(r: dict) -> float:
 
 
 def write(g: dict, meta: dict, out_dir: Path) -> list[Path]:
-    import matplotlib
+    from bench.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "growth.md"]
     paths[0].write_text(markdown(g, meta))
@@ -284,10 +282,7 @@ def write(g: dict, meta: dict, out_dir: Path) -> list[Path]:
             a.set_xlabel("request body (KB)")
             a.grid(True, alpha=0.3)
         fig.suptitle(f"QLens cost vs request body size: {sub}", fontsize=9)
-        fig.tight_layout()
-        paths.append(out_dir / "growth-body-size.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        paths.append(save_figure(fig, out_dir, "growth-body-size.png"))
     if "stream_length" in g:
         rows = [r for r in g["stream_length"].values() if isinstance(r, dict)]
         n = [r["chunks"] for r in rows]
@@ -306,10 +301,7 @@ def write(g: dict, meta: dict, out_dir: Path) -> list[Path]:
             a.set_xlabel("chunks per stream")
             a.grid(True, alpha=0.3)
         fig.suptitle(f"QLens cost vs stream length: {sub}", fontsize=9)
-        fig.tight_layout()
-        paths.append(out_dir / "growth-stream-length.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        paths.append(save_figure(fig, out_dir, "growth-stream-length.png"))
     if "open_streams" in g:
         o = g["open_streams"]
         fig, ax = plt.subplots(1, 2, figsize=(11, 4))
@@ -327,10 +319,7 @@ def write(g: dict, meta: dict, out_dir: Path) -> list[Path]:
         ax[1].set_title(f"{o['finished']} finished, {o['starved']} starved")
         fig.suptitle(f"{o['streams']} open streams, slow upstream ({o['gap_ms']} ms per chunk): {sub}",
                      fontsize=9)
-        fig.tight_layout()
-        paths.append(out_dir / "growth-open-streams.png")
-        fig.savefig(paths[-1], dpi=100)
-        plt.close(fig)
+        paths.append(save_figure(fig, out_dir, "growth-open-streams.png"))
     return paths
 
 

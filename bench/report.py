@@ -260,11 +260,7 @@ def write_json(results: dict, out_dir: Path) -> Path:
 def write_plot(samples: dict[str, list[float]], ttfb: dict[str, list[float]], rps: dict[str, float],
                out_dir: Path, subtitle: str) -> Path | None:
     """Latency distributions (empirical CDFs, log time axis) direct vs miss vs hit, stream TTFB, req/s."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     colors = {"direct": "#555555", "miss": "#d62728", "hit": "#2ca02c",
               "stream-direct": "#555555", "stream-miss": "#9467bd"}
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [3, 3, 2]})
@@ -297,9 +293,24 @@ def write_plot(samples: dict[str, list[float]], ttfb: dict[str, list[float]], rp
     for i, n in enumerate(names):
         axes[2].text(i, rps[n], f"{rps[n]:.0f}", ha="center", va="bottom", fontsize=8)
     fig.suptitle(f"QLens benchmark: {subtitle}", fontsize=10)
+    return save_figure(fig, out_dir, "latency.png", dpi=110)
+
+
+def pyplot():  # noqa: ANN201 (matplotlib.pyplot, a module)
+    """matplotlib's pyplot on the file-only backend (no display here or in CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, out_dir: Path, name: str, dpi: int = 100) -> Path:
+    """Lay out, write out_dir/name, close (figures pile up in pyplot's registry otherwise)."""
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "latency.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    path = out_dir / name
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
     return path

@@ -113,12 +113,9 @@ def markdown(s: dict) -> str:
 def write_plot(s: dict, out_dir: Path, subtitle: str) -> Path | None:
     if "ratio" not in s:
         return None
-    import matplotlib
+    from bench.report import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     names = ["1 replica, 1 core", "2 replicas, 2 cores"]
     values = [s["one"]["rps"], s["two"]["rps"]]
     ax.bar(names, values, color=["#1f77b4", "#2ca02c"])
@@ -127,9 +124,4 @@ def write_plot(s: dict, out_dir: Path, subtitle: str) -> Path | None:
     ax.set_ylabel("req/s (cache miss)")
     ax.set_title(f"Scaling out: ratio {s['ratio']}")
     fig.suptitle(subtitle, fontsize=8)
-    fig.tight_layout()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "scaling.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out_dir, "scaling.png")
