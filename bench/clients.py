@@ -9,6 +9,9 @@ the fake provider (in its own process, on another core when there are two), for:
   transport: same SDK, same request building, aiohttp underneath)
 - `aiohttp`: a bare aiohttp ClientSession POST (the floor for a Python asyncio client)
 - `httpx2`: a bare httpx2.AsyncClient POST
+- `qlens-http11`: the gateway's own pool to its peers (services/gateway/http11.py `Pool.request`)
+- `httpcore`: httpcore's `AsyncConnectionPool.request` (what httpx runs on), the alternative
+  issue 17 asks http11.py to be compared with
 
 at concurrency 1 and 32, reporting CPU microseconds per request of this process (the caller's cost,
 which is what a QLens service pays) and requests per second. Bounded: `--requests` per case.
@@ -51,8 +54,11 @@ async def _measure(call: Callable[[], Awaitable[object]], requests: int, concurr
 def _cases(base: str) -> dict[str, tuple[Callable[[], object], Callable[[object], Callable]]]:
     """name -> (make client, make call)."""
     import aiohttp
+    import httpcore
     import httpx2
     import openai
+
+    from services.gateway.http11 import Pool
 
     raw = workload.body("x")
 
@@ -75,7 +81,22 @@ def _cases(base: str) -> dict[str, tuple[Callable[[], object], Callable[[object]
     def httpx_call(client: object) -> Callable:
         return lambda: client.post(url, content=raw, headers={"content-type": "application/json"})  # type: ignore[attr-defined]
 
+    path = url[len(base):]
+    hdrs = {"content-type": "application/json"}
+
+    def http11_call(pool: object) -> Callable:
+        return lambda: pool.request("POST", path, raw, hdrs)  # type: ignore[attr-defined]
+
+    def httpcore_call(pool: object) -> Callable:
+        async def call() -> bytes:
+            r = await pool.request("POST", url, content=raw, headers=hdrs)  # type: ignore[attr-defined]
+            return r.content
+        return call
+
     return {
+        "qlens-http11": (lambda: Pool(base, limit=200), http11_call),
+        "httpcore": (lambda: httpcore.AsyncConnectionPool(max_connections=200, max_keepalive_connections=100),
+                     httpcore_call),
         "openai-sdk/httpx2": (lambda: sdk(httpx2.AsyncClient(limits=limits)), sdk_call),
         "openai-sdk/aiohttp": (lambda: sdk(openai.DefaultAioHttpClient(limits=limits)), sdk_call),
         "aiohttp": (lambda: aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)), aiohttp_call),
