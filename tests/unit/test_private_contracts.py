@@ -1,0 +1,82 @@
+"""Contracts with the private internals QLens relies on (issue 17), checked against the installed
+versions: uvicorn's HttpToolsProtocol (services/common/http_limits.py subclasses it), the openai
+SDK's httpx2 client `build_request` (the router's URL cache overrides it) and helm_python's
+`_native.call_string` (qlensctl/helm.py renders through it). pyproject pins each below its next
+release that could change them; when a bump breaks one, this file says which and where."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+
+def test_uvicorn_httptools_protocol_has_what_bounded_protocol_uses() -> None:
+    from uvicorn.config import Config
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    from uvicorn.server import ServerState
+
+    from services.common.http_limits import BoundedHttpToolsProtocol
+
+    # the hooks BoundedHttpToolsProtocol overrides, with the signatures it calls super() with
+    for name, params in {"connection_made": ["self", "transport"], "on_headers_complete": ["self"],
+                         "connection_lost": ["self", "exc"], "data_received": ["self", "data"]}.items():
+        assert list(inspect.signature(getattr(HttpToolsProtocol, name)).parameters) == params, name
+    for name in ("timeout_keep_alive_handler", "_unset_keepalive_if_required"):
+        assert callable(getattr(HttpToolsProtocol, name)), name
+
+    async def app(scope: dict, receive: object, send: object) -> None:  # never called
+        raise AssertionError
+
+    config = Config(app=app, http="httptools", log_config=None)
+    config.load()
+    async def make() -> BoundedHttpToolsProtocol:  # it takes the running loop
+        return BoundedHttpToolsProtocol(config, ServerState(), app_state={})
+
+    proto = asyncio.run(make())
+    for attr in ("loop", "timeout_keep_alive", "server_state", "timeout_keep_alive_task", "cycle", "scope"):
+        assert hasattr(proto, attr), attr
+    # what the subclass reads from a request cycle (set per request by the parser callbacks)
+    source = inspect.getsource(HttpToolsProtocol)
+    for used in ("self.cycle = RequestResponseCycle(", "self.flow = FlowControl(", "keep_alive"):
+        assert used in source, used
+    cycle_source = inspect.getsource(inspect.getmodule(HttpToolsProtocol).RequestResponseCycle)  # type: ignore[union-attr]
+    for attr in ("self.more_body", "self.response_complete", "self.keep_alive"):
+        assert attr in cycle_source, attr
+
+
+def test_openai_http_client_build_request_takes_what_the_url_cache_passes() -> None:
+    from openai import DefaultAioHttpClient
+
+    sig = inspect.signature(DefaultAioHttpClient.build_request)
+    assert list(sig.parameters)[:3] == ["self", "method", "url"]
+    assert sig.parameters["params"].kind is inspect.Parameter.KEYWORD_ONLY
+    for attr in ("params", "base_url"):  # read by URLCachingClient.__init__
+        assert attr in {n for n, _ in inspect.getmembers(DefaultAioHttpClient)}, attr
+
+
+def test_openai_build_request_through_the_url_cache_gives_the_sdk_url() -> None:
+    """The router's cached URL must be what the SDK would have built (its merge is a no-op)."""
+    import httpx2
+
+    from services.router.providers.azure_openai import _http_client_class
+
+    url = "http://127.0.0.1:1/openai/deployments/gpt-4/chat/completions"
+    client = _http_client_class()()
+    plain = httpx2.Client()
+    try:
+        for _ in range(2):  # the second comes from the cache
+            got = client.build_request("POST", url, params="api-version=2024-06-01", content=b"{}")
+            want = plain.build_request("POST", url, params="api-version=2024-06-01", content=b"{}")
+            assert str(got.url) == str(want.url)
+            assert got.content == want.content
+    finally:
+        plain.close()
+
+
+def test_helm_python_native_render_entry_point() -> None:
+    from helm_python import Chart, _native
+
+    params = inspect.signature(_native.call_string).parameters
+    assert list(params) == ["func_name", "args"]  # call_string("helm_render", chart, values, opts)
+    assert params["args"].kind is inspect.Parameter.VAR_POSITIONAL
+    assert callable(Chart._raw)
