@@ -416,6 +416,11 @@ def rate_headers(counters: Sequence[Counter], counts: Sequence[tuple[int, int]],
     return out
 
 
+@functools.cache  # scopes are the four of Limits: a label lookup once each, not per request
+def _child(metric: Any, scope: str) -> Any:
+    return metric.labels(scope)
+
+
 class _RemainingGauges:
     """qlens_budget_remaining_usd: the total's remaining today, and the minimum over the others seen;
     qlens_budget_limit_usd: the daily limit beside it (the dashboard's spend = limit - remaining)."""
@@ -437,16 +442,16 @@ class _RemainingGauges:
                 continue
             remaining = max(c.limit - spent - reserved, 0)
             if c.scope == "total":
-                BUDGET_REMAINING.labels(c.scope).set(_usd(remaining))
-                BUDGET_LIMIT.labels(c.scope).set(_usd(c.limit))
+                _child(BUDGET_REMAINING, c.scope).set(_usd(remaining))
+                _child(BUDGET_LIMIT, c.scope).set(_usd(c.limit))
                 continue
             seen = self.seen.setdefault(c.scope, {})
             if len(seen) >= self.MAX_IDS and c.key not in seen:
                 seen.clear()
             seen[c.key] = (remaining, c.limit)
             closest, limit = min(seen.values())
-            BUDGET_REMAINING.labels(c.scope).set(_usd(closest))
-            BUDGET_LIMIT.labels(c.scope).set(_usd(limit))
+            _child(BUDGET_REMAINING, c.scope).set(_usd(closest))
+            _child(BUDGET_LIMIT, c.scope).set(_usd(limit))
 
 
 def ledger_key(day: str, tenant: str) -> str:
@@ -571,7 +576,7 @@ class Budget(ABC):
         if actual:
             for c in res.counters:
                 if c.window == "daily":
-                    COST.labels(c.scope).inc(actual / MICROS_PER_USD)
+                    _child(COST, c.scope).inc(actual / MICROS_PER_USD)
         self._gauges.update(res.day, res.counters, counts)
 
     def _usage_body(self, w: Windows, counters: Sequence[Counter], counts: Sequence[tuple[int, int]],
