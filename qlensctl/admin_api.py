@@ -118,12 +118,12 @@ def connect(env: str, admin_key: str | None, *, url: str | None = None, port_for
                           "--port-forward finds the gateway of ENV; --url is for any other gateway")
     if port_forward:
         from qlensctl import portforward
+        from qlensctl.cluster import connect
         from qlensctl.environments import load_environment
-        from qlensctl.kube import Kube
         from qlensctl.smoke import GATEWAY_SERVICE
 
         environment = load_environment(env)
-        kube = Kube.for_environment(environment, kube_context)
+        kube = connect(environment, kube_context).kube
         try:
             with portforward.forward_service(kube, environment.namespace, GATEWAY_SERVICE,
                                              environment.ports.gateway) as forward:

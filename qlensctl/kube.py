@@ -320,25 +320,9 @@ class Kube:
     kubeconfig: str = field(default_factory=kubeconfig_location)  # file(s) the context came from
 
     @classmethod
-    def connect(cls, context: str | None = None, kubeconfig: str | None = None) -> Kube:
-        """A client for `context` (default: the current one); no request is made yet."""
-        return cls._open(resolve_context(context, kubeconfig), kubeconfig)
-
-    @classmethod
-    def for_environment(cls, environment: Any, kube_context: str | None = None,
-                        kubeconfig: str | None = None) -> Kube:
-        """What commands use: the environment's cluster through the context guard, asked for its
-        version at once, so an unreachable cluster fails here in seconds, before anything else."""
-        kube = cls._open(check_context(environment, kube_context, kubeconfig), kubeconfig)
-        try:
-            kube.ping()
-        except BaseException:
-            kube.close()
-            raise
-        return kube
-
-    @classmethod
-    def _open(cls, context: str, kubeconfig: str | None) -> Kube:
+    def open(cls, context: str, kubeconfig: str | None = None) -> Kube:
+        """A client for `context`; no request is made yet. Commands connect through
+        qlensctl.cluster.connect, which guards the context and checks the server answers."""
         api = new_api_client(context, kubeconfig)
         return cls(api, context, api.configuration.host or "the cluster", kubeconfig or kubeconfig_location())
 

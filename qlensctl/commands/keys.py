@@ -31,9 +31,9 @@ def _store(env: str, file: Path | None, kube_context: str | None) -> tuple[Any, 
     environment = load_environment(env)
     if file is not None:
         return environment, apikeys_store.FileKeyStore(file)
-    from qlensctl.kube import Kube
+    from qlensctl.cluster import connect
 
-    kube = Kube.for_environment(environment, kube_context)  # the context guard; fails fast if unreachable
+    kube = connect(environment, kube_context).kube  # the context guard; fails fast if unreachable
     return environment, apikeys_store.SecretKeyStore(kube.api, environment.namespace)
 
 

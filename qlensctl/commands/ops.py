@@ -35,9 +35,9 @@ _REDIS_URL = typer.Option(None, "--redis-url", envvar="QLENS_REDIS_URL", show_de
 
 
 def _kube(environment: Any, kube_context: str | None) -> Any:
-    from qlensctl.kube import Kube
+    from qlensctl.cluster import connect
 
-    return Kube.for_environment(environment, kube_context)  # the context guard; fails fast if unreachable
+    return connect(environment, kube_context).kube  # the context guard; fails fast if unreachable
 
 
 @contextmanager
@@ -109,11 +109,11 @@ def backup(
 ) -> None:
     """Save the release's values to DIR/values-YYYYMMDD.yaml (never overwriting)."""
     from qlensctl import backup as backups
+    from qlensctl.cluster import connect
     from qlensctl.environments import load_environment
-    from qlensctl.helm import connect
 
     environment = load_environment(env)
-    _, helm = connect(environment, kube_context, helm_kind)
+    helm = connect(environment, kube_context, helm_kind).helm
     path = backups.backup_values(helm, environment, directory)
     saved = backups.read_backup(path)
     result: dict[str, Any] = {"environment": environment.name, "file": str(path), "revision": saved.revision,
@@ -171,9 +171,9 @@ def restore(
     """
     from qlensctl import backup as backups
     from qlensctl import release
+    from qlensctl.cluster import connect
     from qlensctl.environments import load_environment
     from qlensctl.errors import ConfigError, OperationError
-    from qlensctl.helm import connect
 
     environment = load_environment(env)
     saved = backups.read_backup(file)
@@ -186,7 +186,8 @@ def restore(
     if saved.redacted:
         output.warn(f"the backup left out secret-looking values ({', '.join(saved.redacted)}): "
                     "the chart's defaults apply to them")
-    kube, helm = connect(environment, kube_context, helm_kind)
+    cluster = connect(environment, kube_context, helm_kind)
+    kube, helm = cluster.kube, cluster.helm
     revisions = release.history(helm, environment.namespace)
     if environment.is_production:
         output.confirm(f"Upgrade release qlens in {environment.namespace} with the values from {saved.path} "
@@ -241,11 +242,12 @@ def maintenance_start(
     """Back up the values, then add a replica to every service for redundancy."""
     from qlensctl import backup as backups
     from qlensctl import scaling
+    from qlensctl.cluster import connect
     from qlensctl.environments import load_environment
-    from qlensctl.helm import connect
 
     environment = load_environment(env)
-    kube, helm = connect(environment, kube_context, helm_kind)
+    cluster = connect(environment, kube_context, helm_kind)
+    kube, helm = cluster.kube, cluster.helm
     ns = environment.namespace
     plans = []
     for service in scaling.SERVICES:

@@ -96,13 +96,14 @@ def deploy(
 ) -> None:
     """Install or upgrade QLens in ENV; a rollout that fails is rolled back and reported failed."""
     from qlensctl import diagnose, release
+    from qlensctl.cluster import connect
     from qlensctl.environments import load_environment
     from qlensctl.errors import OperationError, RefusedError
-    from qlensctl.helm import connect
 
     environment = load_environment(env)
     release.check_version(environment, version)  # bad usage fails before the cluster is asked
-    kube, helm = connect(environment, kube_context, helm_kind)
+    cluster = connect(environment, kube_context, helm_kind)
+    kube, helm = cluster.kube, cluster.helm
     if dry_run:
         try:
             plan = release.plan_deploy(environment, helm, version)
@@ -197,9 +198,9 @@ def rollback(
 ) -> None:
     """Roll the release back to the previous (or a given) revision; history before and after."""
     from qlensctl import release
+    from qlensctl.cluster import connect
     from qlensctl.environments import load_environment
     from qlensctl.errors import ConfigError, OperationError
-    from qlensctl.helm import connect
 
     if emergency and revision is not None:
         raise ConfigError("--emergency and --revision cannot be combined",
@@ -208,7 +209,8 @@ def rollback(
     if emergency:
         _emergency(environment, kube_context, wait, timeout, yes)
         return
-    kube, helm = connect(environment, kube_context, helm_kind)
+    cluster = connect(environment, kube_context, helm_kind)
+    kube, helm = cluster.kube, cluster.helm
     before = release.history(helm, environment.namespace)
     target = release.rollback_target(before, revision, environment)
     _history_table(before, f"History of qlens in {environment.namespace} (before)")
@@ -231,10 +233,10 @@ def rollback(
 
 def _emergency(environment: Any, kube_context: str | None, wait: bool, timeout: float, yes: bool) -> None:
     from qlensctl import release
+    from qlensctl.cluster import connect
     from qlensctl.errors import OperationError
-    from qlensctl.kube import Kube
 
-    kube = Kube.for_environment(environment, kube_context)
+    kube = connect(environment, kube_context).kube
     steps = release.plan_emergency(environment, kube)
     output.table(f"Emergency rollback plan for {environment.namespace}",
                  ["service", "scale down", "scale up"],
@@ -266,11 +268,12 @@ def status(
 ) -> None:
     """Release, deployments (desired/ready), autoscalers, pods and recent events."""
     from qlensctl import release
+    from qlensctl.cluster import connect
     from qlensctl.environments import load_environment
-    from qlensctl.helm import connect
 
     environment = load_environment(env)
-    kube, helm = connect(environment, kube_context, helm_kind)
+    cluster = connect(environment, kube_context, helm_kind)
+    kube, helm = cluster.kube, cluster.helm
     data = release.status(environment, kube, helm, events=events)
     if as_json:
         output.emit_json(data)
@@ -315,12 +318,12 @@ def history(
 ) -> None:
     """The release's revisions: revision, updated, status, chart, app version, description."""
     from qlensctl import release
+    from qlensctl.cluster import connect
     from qlensctl.environments import load_environment
     from qlensctl.errors import ClusterError
-    from qlensctl.helm import connect
 
     environment = load_environment(env)
-    _, helm = connect(environment, kube_context, helm_kind)
+    helm = connect(environment, kube_context, helm_kind).helm
     revisions = release.history(helm, environment.namespace)
     if not revisions:
         raise ClusterError(f"no release qlens in namespace {environment.namespace}",

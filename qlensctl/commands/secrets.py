@@ -42,9 +42,9 @@ def sync(
         with output.spinner(f"writing to {url}") as update:
             result = secrets.push_key_vault(url, values, progress=lambda name: update(f"writing {name}"))
     else:
-        from qlensctl.kube import Kube
+        from qlensctl.cluster import connect
 
-        kube = Kube.for_environment(environment, kube_context)  # the context guard; fails fast if unreachable
+        kube = connect(environment, kube_context).kube  # the context guard; fails fast if unreachable
         if environment.is_production:
             output.confirm(f"Write {len(values)} keys to Secret {environment.secrets.name} in "
                            f"{environment.namespace}?", yes)

@@ -94,12 +94,12 @@ def _through_port_forward(env: str, kube_context: str | None, api_key: str | Non
     streams during the checks (shown as warnings: they explain failed checks).
     """
     from qlensctl import smoke
+    from qlensctl.cluster import connect
     from qlensctl.environments import load_environment
-    from qlensctl.kube import Kube
 
     environment = load_environment(env)
     smoke.require_key(environment.auth.required, api_key, env)
-    kube = Kube.for_environment(environment, kube_context)  # the context guard, as for deploy
+    kube = connect(environment, kube_context).kube  # the context guard, as for deploy
     try:
         with output.spinner(f"smoke-testing {env} through a port-forward") as update:
             run = smoke.run_through_port_forward(kube, environment, api_key, timeout, progress=update,

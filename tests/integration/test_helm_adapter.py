@@ -3,7 +3,7 @@ the fake kubelet so rollouts and waits are real), and the chart accepted by that
 
 1. One contract suite for the engine qlensctl uses (EmbeddedHelm, the Helm SDK in-process, which
    `--helm auto` selects): install, upgrade, history, get values, rollback (previous and given
-   revision), status, uninstall, an atomic upgrade that never gets Ready and is rolled back, dry
+   revision), status, an atomic upgrade that never gets Ready and is rolled back, dry
    runs, errors.
 2. The rendered manifests of local, staging and production are accepted by the API server with
    server-side dry run, validate strictly against that server's own OpenAPI document (1.20: the
@@ -22,7 +22,7 @@ import pytest
 
 from qlensctl.environments import load_environment
 from qlensctl.errors import ClusterError, ConfigError, OperationError
-from qlensctl.helm import Helm, ReleaseNotFoundError, manifests, select_helm
+from qlensctl.helm import EmbeddedHelm, ReleaseNotFoundError, manifests, select_helm
 from qlensctl.render import chart_dir, render_values
 
 pytestmark = pytest.mark.cluster
@@ -34,7 +34,7 @@ CRD_KINDS = {"SecretStore", "ExternalSecret", "ServiceMonitor", "PrometheusRule"
 
 
 @pytest.fixture
-def helm(kube_cluster: Any) -> Helm:
+def helm(kube_cluster: Any) -> EmbeddedHelm:
     return select_helm("auto", kubeconfig=kube_cluster.kubeconfig)
 
 
@@ -65,8 +65,8 @@ def deployed_images(cluster: Any, ns: str) -> dict[str, str]:
 # --- 1. the contract -----------------------------------------------------------------------------------
 
 
-def test_lifecycle_install_upgrade_history_rollback_status_values_uninstall(
-    helm: Helm, namespace: str, kube_cluster: Any
+def test_lifecycle_install_upgrade_history_rollback_status_values(
+    helm: EmbeddedHelm, namespace: str, kube_cluster: Any
 ) -> None:
     v1 = values_for("staging", namespace, "v1.0.0")
     first = helm.upgrade_or_install(
@@ -127,14 +127,9 @@ def test_lifecycle_install_upgrade_history_rollback_status_values_uninstall(
     }
     assert status.to_dict()["revision"] == 4 and "manifest" not in status.to_dict()
 
-    helm.uninstall(RELEASE, namespace, wait=True, timeout=60)
-    with pytest.raises(ReleaseNotFoundError):
-        helm.status(RELEASE, namespace)
-    assert deployed_images(kube_cluster, namespace) == {}
-
 
 def test_an_upgrade_that_never_gets_ready_is_rolled_back(
-    helm: Helm, namespace: str, kube_cluster: Any
+    helm: EmbeddedHelm, namespace: str, kube_cluster: Any
 ) -> None:
     helm.upgrade_or_install(
         RELEASE, chart_dir(), values_for("staging", namespace), namespace, wait=True, timeout=60
@@ -159,7 +154,7 @@ def test_an_upgrade_that_never_gets_ready_is_rolled_back(
     assert all(i.endswith(":v1.0.0") for i in deployed_images(kube_cluster, namespace).values())
 
 
-def test_dry_run_changes_nothing(helm: Helm, namespace: str, kube_cluster: Any) -> None:
+def test_dry_run_changes_nothing(helm: EmbeddedHelm, namespace: str, kube_cluster: Any) -> None:
     result = helm.upgrade_or_install(
         RELEASE, chart_dir(), values_for("staging", namespace), namespace, dry_run=True
     )
@@ -169,13 +164,12 @@ def test_dry_run_changes_nothing(helm: Helm, namespace: str, kube_cluster: Any) 
     assert deployed_images(kube_cluster, namespace) == {}
 
 
-def test_unknown_release_and_revision(helm: Helm, namespace: str) -> None:
+def test_unknown_release_and_revision(helm: EmbeddedHelm, namespace: str) -> None:
     for call in (
         lambda: helm.status("nope", namespace),
         lambda: helm.history("nope", namespace),
         lambda: helm.get_values("nope", namespace),
         lambda: helm.rollback("nope", namespace, wait=False),
-        lambda: helm.uninstall("nope", namespace),
     ):
         with pytest.raises(ReleaseNotFoundError) as err:
             call()
@@ -187,7 +181,7 @@ def test_unknown_release_and_revision(helm: Helm, namespace: str) -> None:
 
 
 def test_bad_values_are_refused_before_anything_changes(
-    helm: Helm, namespace: str, kube_cluster: Any
+    helm: EmbeddedHelm, namespace: str, kube_cluster: Any
 ) -> None:
     bad = values_for("staging", namespace)
     bad["replicas"]["gateway"] = "three"
@@ -202,7 +196,7 @@ def test_bad_values_are_refused_before_anything_changes(
 
 
 def test_unreachable_cluster_unknown_context_missing_kubeconfig(
-    request: pytest.FixtureRequest, helm: Helm, tmp_path: Path, kube_cluster: Any
+    request: pytest.FixtureRequest, helm: EmbeddedHelm, tmp_path: Path, kube_cluster: Any
 ) -> None:
     """One-line errors with a hint, quickly: no hang, no traceback."""
     import yaml
@@ -227,7 +221,7 @@ def test_unreachable_cluster_unknown_context_missing_kubeconfig(
         select_helm(kind, kubeconfig=tmp_path / "missing.yaml").status(RELEASE, "default")
 
 
-def test_template_and_lint_work_offline(helm: Helm) -> None:
+def test_template_and_lint_work_offline(helm: EmbeddedHelm) -> None:
     values = values_for("production", "qlens-production")
     text = helm.template(chart_dir(), values, "qlens-production", kube_version="1.20.0")
     assert {o["apiVersion"] for o in manifests(text) if o["kind"] == "HorizontalPodAutoscaler"} == {
@@ -237,7 +231,7 @@ def test_template_and_lint_work_offline(helm: Helm) -> None:
 
 
 def test_a_live_install_uses_the_api_versions_the_cluster_serves(
-    helm: Helm, namespace: str, kube_cluster: Any
+    helm: EmbeddedHelm, namespace: str, kube_cluster: Any
 ) -> None:
     """Production on Kubernetes 1.20: discovery has no autoscaling/v2 or policy/v1, and the test
     CRDs serve external-secrets.io/v1, so the chart picks v2beta2, v1beta1 and ESO v1."""
@@ -255,7 +249,6 @@ def test_a_live_install_uses_the_api_versions_the_cluster_serves(
         "qlens-router": 3,
         "qlens-cache": 2,
     }
-    helm.uninstall(RELEASE, namespace, wait=False)
 
 
 def deployed_replicas(cluster: Any, ns: str) -> dict[str, int]:

@@ -128,21 +128,20 @@ def test_a_restore_leaves_the_staging_secret_alone_and_says_so(target: Target, t
     from qlensctl import release
     from qlensctl.backup import backup_values, read_backup
     from qlensctl.environments import load_environment
-    from qlensctl.helm import select_helm
-    from qlensctl.kube import Kube
+    from qlensctl.cluster import connect
 
     ns = target.staging_ns
     deploy_staging(target, "v1")
     environment = load_environment("staging")
-    helm = select_helm("embedded", kubeconfig=target.kubeconfig)
+    cluster = connect(environment)
+    kube, helm = cluster.kube, cluster.helm
     saved = read_backup(backup_values(helm, environment, tmp_path / "saved"))
     secret = target.core.read_namespaced_secret("qlens-secrets", ns).metadata.resource_version
-    kube = Kube.connect(kubeconfig=str(target.kubeconfig))
     steps: list[str] = []
     plan = release.DeployPlan(environment, ns, "v1", saved.values, None, release.history(helm, ns))
     result = release.deploy(plan, kube, helm, timeout=60, backup_dir=tmp_path / "before-restore",
                             on_step=steps.append, operation=f"qlensctl restore staging {saved.path.name}")
-    kube.close()
+    cluster.close()
     assert result.ok and result.revision == 2, result.message
     assert "Secret qlens-secrets: unchanged (not synced by this command)" in steps
     assert not any("Key Vault" in step for step in steps), steps
@@ -265,10 +264,12 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_refuses(target: Target) -> No
 
 def test_the_lock_is_renewed_while_held_and_only_its_holder_releases_it(target: Target) -> None:
     """The lock layer itself, with a lock that lasts 3 s without renewals (deploys use 60 s)."""
-    from qlensctl.kube import Kube, LockHeldError, NamespaceLock
+    from qlensctl.cluster import connect
+    from qlensctl.environments import load_environment
+    from qlensctl.kube import LockHeldError, NamespaceLock
 
     ns = target.cluster.new_namespace("lock")
-    kube = Kube.connect(kubeconfig=str(target.kubeconfig))
+    kube = connect(load_environment("staging")).kube
     with kube.lock(ns, "qlensctl deploy staging v1", seconds=3) as held:
         first = lease(target, ns).spec.renew_time
         target.wait_for("a renewal", lambda: lease(target, ns).spec.renew_time > first, timeout=10)
