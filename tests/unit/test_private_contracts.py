@@ -1,7 +1,7 @@
 """Contracts with the private internals QLens relies on (issue 17), checked against the installed
 versions: uvicorn's HttpToolsProtocol (services/common/http_limits.py subclasses it), the openai
 SDK's httpx2 client `build_request` (the router's URL cache overrides it) and helm_python's
-`_native.call_string` (qlensctl/helm.py renders through it). pyproject pins each below its next
+`_native.call_string` (qlensctl/helm/embedded.py renders through it). pyproject pins each below its next
 release that could change them; when a bump breaks one, this file says which and where."""
 
 from __future__ import annotations
