@@ -16,7 +16,8 @@ from qlensctl.helm.errors import ReleaseNotFoundError, classify, first_lines, ku
 
 NS = "qlens-staging"
 SCHEMA = ("values don't meet the specifications of the schema(s) in the following chart(s):\nqlens:\n"
-          "- at '/replicas/gateway': got string, want integer\n- at '/ports/router': got string, want integer\n")
+          "- at '/replicas/gateway': got string, want integer\n"
+          "- at '/ports/router': got string, want integer\n")
 CHART_FAIL = ("execution error at (qlens/templates/configmap.yaml:1:4): these values are for namespace "
               "qlens-staging, not other: install with --namespace qlens-staging")
 ROLLED_BACK = ("release qlens failed, and has been rolled back due to rollback-on-failure being set: "
@@ -30,7 +31,8 @@ ROLLED_BACK = ("release qlens failed, and has been rolled back due to rollback-o
                      ["values.schema.json", "at '/replicas/gateway': got string, want integer",
                       "at '/ports/router'"], ["environment file"], id="schema"),
         pytest.param(CHART_FAIL, "render", {}, ConfigError, 2,
-                     ["the chart refused these values: these values are for namespace qlens-staging, not other"],
+                     ["the chart refused these values: these values are for namespace qlens-staging, "
+                      "not other"],
                      ["environment file"], id="chart-fail"),
         pytest.param("release has no 99 version", "roll back", {}, ReleaseNotFoundError, 1,
                      ["qlens: release has no 99 version"], ["qlensctl history", NS], id="no-revision"),

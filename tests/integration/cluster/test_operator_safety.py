@@ -127,8 +127,8 @@ def test_a_restore_leaves_the_staging_secret_alone_and_says_so(target: Target, t
     """What `restore` runs: release.deploy with the backup's values and no secrets to sync."""
     from qlensctl import release
     from qlensctl.backup import backup_values, read_backup
-    from qlensctl.environments import load_environment
     from qlensctl.cluster import connect
+    from qlensctl.environments import load_environment
 
     ns = target.staging_ns
     deploy_staging(target, "v1")
