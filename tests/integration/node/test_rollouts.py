@@ -171,3 +171,33 @@ def test_deleting_a_gateway_pod_fails_no_request(release: Release) -> None:
     assert victim not in {p.metadata.name for p in release.gateway_pods()}
     assert load.report.failed == 0, load.report.describe()
     assert load.report.ok > 100, load.report.describe()
+
+
+def test_a_rollout_that_never_gets_ready_is_rolled_back_and_fails_no_request(release: Release) -> None:
+    """A tag the node does not have (`pullPolicy: Never`): the new pods stay ErrImageNeverPull,
+    `deploy --wait` times out, names the reason, Helm rolls back, the old pods serve throughout."""
+    before = {p.metadata.name: p.status.container_statuses[0].image
+              for p in release.core.list_namespaced_pod(release.namespace).items
+              if p.metadata.deletion_timestamp is None and p.metadata.labels.get("app.kubernetes.io/name")}
+    doc = yaml.safe_load(release.env_file.read_text())
+    good_tag = doc["image"]["tag"]
+    doc["image"]["tag"] = "node-missing"
+    release.env_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    try:
+        with LoadLoop(release.url, rate=RATE, max_seconds=300) as load:
+            result = run_cli("deploy", "staging", "--wait", "--timeout", "40")
+            time.sleep(2)
+    finally:
+        doc["image"]["tag"] = good_tag
+        release.env_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    record("failed rollout", load.report)
+    assert result.code != 0, result.text
+    assert "ErrImageNeverPull" in result.text, result.text
+    assert "rolled back" in result.text.lower(), result.text
+    assert "Traceback" not in result.text
+    live = {p.metadata.name: p.status.container_statuses[0].image
+            for p in release.core.list_namespaced_pod(release.namespace).items
+            if p.metadata.deletion_timestamp is None and p.metadata.labels.get("app.kubernetes.io/name")}
+    assert live == before  # the same pods, never restarted, and no new one left behind
+    assert load.report.failed == 0, load.report.describe()
+    assert load.report.ok > 100, load.report.describe()
