@@ -18,7 +18,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -529,6 +530,19 @@ class LockInfo:
     def as_dict(self) -> dict[str, Any]:
         return {"holder": self.holder, "operation": self.operation, "acquired": _stamp(self.acquired),
                 "renewed": _stamp(self.renewed), "expires": _stamp(self.expires), "stale": self.expired()}
+
+
+@contextmanager
+def locked(kube: Kube, namespace: str, operation: str,
+           on_step: Callable[[str], None]) -> Iterator[NamespaceLock]:
+    """Hold the namespace's deploy lock for the block: the one way deploy, restore, rollback,
+    scale, maintenance and emergency rollback take it. Another command holding it is a
+    LockHeldError (exit 2, nothing changed) naming that command; a stale lock (its holder died) is
+    taken over and `on_step` says whose it was."""
+    with kube.lock(namespace, operation) as lock:
+        if lock.taken_over is not None:
+            on_step(f"took over a stale deploy lock: {lock.taken_over.describe()} (that process is gone)")
+        yield lock
 
 
 class LockHeldError(RefusedError):

@@ -14,8 +14,9 @@ out; a failed first install is removed). While Helm waits, the deployments' roll
 every half second, so the command shows live progress per deployment (Helm's own wait says
 nothing until it is over) and can name the deployments that did not come up.
 
-Deploy and rollback hold the namespace's deploy lock (a Lease, see qlensctl.kube) while they
-change anything, so a second deploy is refused at once, naming the one running. A release left
+Deploy, rollback and the emergency rollback hold the namespace's deploy lock (a Lease, taken
+with qlensctl.kube.locked) while they change anything, so a second deploy is refused at once,
+naming the one running. A release left
 pending-install/pending-upgrade by a command that was interrupted (Ctrl-C, a crash, a lost
 connection) is refused too, with what to do: `qlensctl rollback ENV`.
 
@@ -37,7 +38,7 @@ from qlensctl import diagnose
 from qlensctl.diagnose import PodProblem
 from qlensctl.errors import ClusterError, ConfigError, OperationError, QlensError, RefusedError
 from qlensctl.helm import RELEASE, Release, ReleaseNotFoundError
-from qlensctl.kube import SERVICES, DeploymentStatus, Kube, deployment_name, previous_deployment_name
+from qlensctl.kube import SERVICES, DeploymentStatus, Kube, deployment_name, locked, previous_deployment_name
 
 VERSION_RE = re.compile(r"^v\d+\.\d+\.\d+$")
 GOOD_STATUSES = ("deployed", "superseded")
@@ -183,9 +184,7 @@ def deploy(plan: DeployPlan, kube: Kube, helm: Any, *, wait: bool = True, timeou
     result.namespace_created = kube.ensure_namespace(ns)
     on_step(f"namespace {ns}: {'created' if result.namespace_created else 'exists'}")
     operation = operation or f"qlensctl deploy {env.name} {plan.tag}"
-    with kube.lock(ns, operation) as lock:
-        if lock.taken_over is not None:
-            on_step(f"took over a stale deploy lock: {lock.taken_over.describe()} (that process is gone)")
+    with locked(kube, ns, operation, on_step):
         # the plan's history was read before the lock: another deploy may have finished since
         plan = replace(plan, revisions=history(helm, ns))
         check_not_pending(plan.revisions, env)
@@ -441,9 +440,7 @@ def rollback(environment: Any, kube: Kube, helm: Any, target: Release, before: l
     ns = environment.namespace
     names = [deployment_name(s) for s in SERVICES]
     ok, message = True, ""
-    with kube.lock(ns, f"qlensctl rollback {environment.name} to revision {target.revision}") as lock:
-        if lock.taken_over is not None:
-            on_step(f"took over a stale deploy lock: {lock.taken_over.describe()} (that process is gone)")
+    with locked(kube, ns, f"qlensctl rollback {environment.name} to revision {target.revision}", on_step):
         now = current(history(helm, ns))
         if now is not None and before and now.revision != before[-1].revision:
             raise RefusedError(
@@ -511,6 +508,14 @@ def emergency_rollback(environment: Any, kube: Kube, steps: Sequence[EmergencySt
     `wait`) only once it is Ready the current version down to 0, so requests are served throughout
     (scaling the current one down first leaves the Services without endpoints until the previous
     pods start). A previous version that does not become Ready leaves the current one running."""
+    with locked(kube, environment.namespace, f"qlensctl rollback {environment.name} --emergency", on_step):
+        return _emergency_locked(environment, kube, steps, wait=wait, timeout=timeout, on_rollout=on_rollout,
+                                 on_step=on_step)
+
+
+def _emergency_locked(environment: Any, kube: Kube, steps: Sequence[EmergencyStep], *, wait: bool,
+                      timeout: float, on_step: Step,
+                      on_rollout: RolloutProgress) -> tuple[bool, list[DeploymentStatus]]:
     ns = environment.namespace
     active = [(s, s.previous) for s in steps if s.previous is not None]
     for s, previous in active:

@@ -14,8 +14,6 @@ end's checks and its scale-back. `restore` is a deploy and takes the lock throug
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +38,11 @@ def _kube(environment: Any, kube_context: str | None) -> Any:
     return connect(environment, kube_context).kube  # the context guard; fails fast if unreachable
 
 
-@contextmanager
-def _locked(kube: Any, namespace: str, operation: str) -> Iterator[None]:
-    """Hold the namespace's deploy lock; another command holding it is a refusal (exit 2, nothing
-    changed) naming that command."""
-    with kube.lock(namespace, operation) as lock:
-        if lock.taken_over is not None:
-            output.warn(f"took over a stale deploy lock: {lock.taken_over.describe()} (that process is gone)")
-        yield
+def _locked(kube: Any, namespace: str, operation: str) -> Any:
+    """qlensctl.kube.locked, with a taken-over stale lock shown as a warning."""
+    from qlensctl.kube import locked
+
+    return locked(kube, namespace, operation, output.warn)
 
 
 # -- scale ---------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from tests.integration.cluster.conftest import (
     Target,
     assert_no_secrets,
     assert_ok,
+    assert_refused,
     deploy_staging,
     revisions,
 )
@@ -170,6 +171,17 @@ def test_emergency_rollback_scales_current_down_and_previous_up(target: Target) 
     unconfirmed = target.qlensctl("rollback", "staging", "--emergency")
     assert unconfirmed.code == 2 and "--yes" in unconfirmed.err, unconfirmed.text
     assert target.snapshot(ns) == before
+    # a deploy running: the emergency rollback takes the deploy lock too, never scales unlocked
+    from kubernetes import client
+
+    from tests.integration.cluster.test_operator_safety import LOCK, plant_lease
+
+    plant_lease(target, ns, "alice@laptop pid 42", "qlensctl deploy staging v3", renewed_ago=5)
+    before = target.settled_snapshot(ns)
+    held = target.qlensctl("rollback", "staging", "--emergency", "--yes", "--timeout", "60")
+    assert_refused(held, 2, "`qlensctl deploy staging v3` by alice@laptop pid 42", "nothing was changed")
+    assert target.snapshot(ns) == before
+    client.CoordinationV1Api(target.cluster.api).delete_namespaced_lease(LOCK, ns)
 
     result = target.qlensctl("rollback", "staging", "--emergency", "--yes", "--timeout", "60")
     assert_ok(result, "emergency rollback")
