@@ -157,14 +157,21 @@ def _one_line(text: str) -> str:
 
 
 class Watch:
-    """Keeps the latest non-empty diagnosis while a rollout is waited for: what the pods said
-    before a rollback removed them. `check` is called on every progress poll and diagnoses at
-    most every `every` polls (pods and events are two list calls)."""
+    """What the pods said while a rollout was waited for, kept per pod: the reasons of pods that a
+    rollback removes survive it. `check` is called on every progress poll and diagnoses at most
+    every `every` polls (pods and events are two list calls). A pod's crash or scheduling reason
+    is not replaced by a later transient one (a probe refused while it restarts), and `settle`
+    forgets the pods that are Ready in the end: a pod that only started slowly was not the problem.
+    """
 
     def __init__(self, kube: Kube, namespace: str, every: int = 4) -> None:
         self.kube, self.namespace, self.every = kube, namespace, every
-        self.problems: list[PodProblem] = []
+        self._by_pod: dict[str, PodProblem] = {}
         self._polls = 0
+
+    @property
+    def problems(self) -> list[PodProblem]:
+        return [self._by_pod[name] for name in sorted(self._by_pod)]
 
     def check(self, states: Iterable[Any]) -> None:
         self._polls += 1
@@ -184,6 +191,25 @@ class Watch:
             found = unready_pods(self.kube, self.namespace)
         except QlensError:
             found = []
-        if found:
-            self.problems = found
+        for problem in found:
+            known = self._by_pod.get(problem.pod)
+            if known is None or not _transient(problem) or _transient(known):
+                self._by_pod[problem.pod] = problem
         return self.problems
+
+    def settle(self) -> list[PodProblem]:
+        """Drop the pods that are Ready now; the ones that are gone keep what they last said."""
+        try:
+            pods = self.kube.core.list_namespaced_pod(self.namespace, label_selector=RELEASE_SELECTOR).items
+        except Exception:  # keep what was seen: it explains the failure better than nothing
+            return self.problems
+        for pod in pods:
+            if _ready(pod):
+                self._by_pod.pop(pod.metadata.name, None)
+        return self.problems
+
+
+def _transient(problem: PodProblem) -> bool:
+    """A reason a healthy pod also shows for a moment while it starts."""
+    return not problem.logs and problem.reason.startswith(
+        ("readiness probe failed", "waiting:", "Running, not Ready", "Pending, not Ready"))

@@ -230,7 +230,7 @@ def _deploy_locked(plan: DeployPlan, kube: Kube, helm: Any, result: DeployResult
         timed_out = any(w in exc.message.lower() for w in ("deadline", "not ready", "timed out"))
         result.message = (f"the rollout did not complete within {timeout:.0f}s ({stuck})"
                           if stuck and timed_out else exc.message)
-        result.unready = watch.problems
+        result.unready = watch.settle()
         result.deployments = kube.deployments(ns, names)
         if not after:
             result.rolled_back_to = 0 if wait else None

@@ -143,3 +143,20 @@ def test_watch_keeps_the_last_diagnosis_seen():
     assert [p.reason for p in watch.problems] == [pulled]
     core.pods = []  # the rollback removed the pods: what was seen is kept
     assert [p.pod for p in watch.now()] == ["p"]
+
+
+def test_watch_keeps_a_crash_over_a_later_transient_reason_and_forgets_pods_ready_in_the_end():
+    crashed = pod("gw", containers=[status(waiting=("CrashLoopBackOff", ""), last_exit=3, restarts=2)])
+    starting = pod("cache", containers=[status(waiting=("ContainerCreating", ""))])
+    core = FakeCore([crashed, starting], [], {("gw", True): "boom\n"})
+    watch = diagnose.Watch(SimpleNamespace(core=core), "ns", every=1)  # type: ignore[arg-type]
+    watch.now()
+    assert [p.pod for p in watch.problems] == ["cache", "gw"]
+    # the crashing pod restarts (Running, not Ready): its exit code is what explains the failure
+    core.pods = [pod("gw", containers=[status()]), starting]
+    watch.now()
+    assert {p.pod: p.reason for p in watch.problems}["gw"] == "CrashLoopBackOff: exit code 3, 2 restarts"
+    # the rollback removed gw; cache was only slow and is Ready now
+    core.pods = [pod("cache", ready=True, containers=[status()])]
+    left = [(p.pod, p.reason) for p in watch.settle()]
+    assert left == [("gw", "CrashLoopBackOff: exit code 3, 2 restarts")]
