@@ -7,13 +7,17 @@ upgrade rolls (maxSurge 1, the old pods stay until the new ones are Ready). The 
 their allocatable capacity minus what other pods already request. deploy warns when the release
 does not fit, or refuses with --strict; either way the message names the numbers.
 
-Nodes that are cordoned or not Ready offer nothing. The check is arithmetic over totals, so it
+Nodes that are cordoned or not Ready offer nothing, and neither do nodes with a NoSchedule or
+NoExecute taint the release's pods do not tolerate (a GPU pool, a system pool): the chart sets no
+tolerations, so only the namespace's default tolerations (the PodTolerationRestriction annotation
+`scheduler.alpha.kubernetes.io/defaultTolerations`) count. The check is arithmetic over totals, so it
 can pass where bin-packing on several nodes would still fail: the diagnosis after a failed
 rollout (qlensctl/diagnose.py) covers that case.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -21,6 +25,7 @@ from typing import Any
 from qlensctl.kube import RELEASE_SELECTOR, SERVICES, Kube
 
 RESOURCES = ("cpu", "memory")
+DEFAULT_TOLERATIONS = "scheduler.alpha.kubernetes.io/defaultTolerations"
 
 
 @dataclass(frozen=True)
@@ -94,7 +99,9 @@ def check(kube: Kube, namespace: str, values: dict[str, Any], upgrade: bool) -> 
         from qlensctl.kube import cluster_error
 
         return Report(pods, needed, [], checked=False, note=str(cluster_error(exc, "listing nodes")))
-    usable = {n.metadata.name for n in nodes if not n.spec.unschedulable and _ready(n)}
+    tolerations = _namespace_tolerations(kube, namespace)
+    usable = {n.metadata.name for n in nodes
+              if not n.spec.unschedulable and _ready(n) and _schedulable_for(n, tolerations)}
     allocatable = dict.fromkeys(RESOURCES, Decimal(0))
     for n in nodes:
         if n.metadata.name in usable:
@@ -116,6 +123,33 @@ def check(kube: Kube, namespace: str, values: dict[str, Any], upgrade: bool) -> 
     shortfalls = [Shortfall(r, needed[r], allocatable[r] - used[r], allocatable[r], used[r])
                   for r in RESOURCES if needed[r] > allocatable[r] - used[r]]
     return Report(pods, needed, shortfalls)
+
+
+def _namespace_tolerations(kube: Kube, namespace: str) -> list[dict[str, Any]]:
+    try:
+        annotations = kube.core.read_namespace(namespace).metadata.annotations or {}
+        found = json.loads(annotations.get(DEFAULT_TOLERATIONS) or "[]")
+    except Exception:  # no namespace yet (deploy creates it), no permission, or a bad annotation
+        return []
+    return [t for t in found if isinstance(t, dict)] if isinstance(found, list) else []
+
+
+def _schedulable_for(node: Any, tolerations: list[dict[str, Any]]) -> bool:
+    """Whether every NoSchedule/NoExecute taint of `node` is tolerated (the scheduler's rule)."""
+    for taint in node.spec.taints or []:
+        if taint.effect not in ("NoSchedule", "NoExecute"):
+            continue
+        if not any(_tolerates(t, taint) for t in tolerations):
+            return False
+    return True
+
+
+def _tolerates(toleration: dict[str, Any], taint: Any) -> bool:
+    if toleration.get("effect") and toleration["effect"] != taint.effect:
+        return False
+    if toleration.get("operator") == "Exists":
+        return not toleration.get("key") or toleration["key"] == taint.key
+    return toleration.get("key") == taint.key and (toleration.get("value") or "") == (taint.value or "")
 
 
 def _ready(node: Any) -> bool:

@@ -4,14 +4,30 @@ plane with the fake kubelet's node (64 CPUs, 256Gi allocatable). What the pods r
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
 import yaml
 
+from qlensctl.capacity import DEFAULT_TOLERATIONS
 from tests.integration.cluster.conftest import Target, assert_ok, assert_refused, deploy_staging
+from tests.k8s.fake_kubelet import FAKE_NODE_TAINT
 
 pytestmark = pytest.mark.cluster
+
+
+def tolerate_the_fake_node(target: Target) -> None:
+    """The fake kubelet's node is tainted (a real scheduler must never use it), and preflight counts
+    only nodes the release's pods tolerate: give the namespace the fake node's toleration, the way
+    a cluster gives a namespace a dedicated pool (PodTolerationRestriction's default tolerations)."""
+    from kubernetes import client
+
+    # and the node controller's not-ready taint, which nothing clears on a node no kubelet runs
+    toleration = json.dumps([{**FAKE_NODE_TAINT, "operator": "Equal"},
+                             {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"}])
+    client.CoreV1Api(target.cluster.api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name=target.staging_ns, annotations={DEFAULT_TOLERATIONS: toleration})))
 
 
 def oversize(target: Target, cpu: str) -> None:
@@ -24,6 +40,7 @@ def oversize(target: Target, cpu: str) -> None:
 
 def test_a_release_larger_than_the_nodes_is_warned_about_or_refused_with_strict(target: Target) -> None:
     ns = target.staging_ns
+    tolerate_the_fake_node(target)
     oversize(target, "30")  # 3 pods x 30 CPUs = 90 > 64
     before = target.settled_snapshot(ns)
     refused = target.qlensctl("deploy", "staging", "--version", "v1", "--strict")
