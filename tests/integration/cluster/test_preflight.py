@@ -24,8 +24,8 @@ def tolerate_the_fake_node(target: Target) -> None:
     from kubernetes import client
 
     # and the node controller's not-ready taint, which nothing clears on a node no kubelet runs
-    toleration = json.dumps([{**FAKE_NODE_TAINT, "operator": "Equal"},
-                             {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"}])
+    not_ready = {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"}
+    toleration = json.dumps([{**FAKE_NODE_TAINT, "operator": "Equal"}, not_ready])
     client.CoreV1Api(target.cluster.api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
         name=target.staging_ns, annotations={DEFAULT_TOLERATIONS: toleration})))
 
