@@ -44,7 +44,7 @@ class LoadReport:
 
 
 class LoadLoop:
-    def __init__(self, base_url: str, rate: float = 60, workers: int = 16, max_seconds: float = 300,
+    def __init__(self, base_url: str, rate: float = 60, workers: int = 32, max_seconds: float = 300,
                  max_requests: int = 30000, headers: dict[str, str] | None = None) -> None:
         self.url = base_url.rstrip("/") + "/v1/chat/completions"
         self.interval = 1.0 / rate

@@ -201,3 +201,36 @@ def test_a_rollout_that_never_gets_ready_is_rolled_back_and_fails_no_request(rel
     assert live == before  # the same pods, never restarted, and no new one left behind
     assert load.report.failed == 0, load.report.describe()
     assert load.report.ok > 100, load.report.describe()
+
+
+def test_the_cache_away_and_back_fails_no_request(release: Release) -> None:
+    """Issue 19 §2: the cache scaled to 0 under load: requests bypass it (`x-qlens-cache: bypass`),
+    none fails; scaled back to 1, answers are cache hits again."""
+    def scale(replicas: int) -> None:
+        proc = subprocess.run(["kubectl", "--namespace", release.namespace, "scale", "deploy/qlens-cache",
+                               f"--replicas={replicas}"], capture_output=True, text=True, timeout=60,
+                              env=os.environ.copy())
+        assert proc.returncode == 0, proc.stderr
+
+    def wait_for(header: str, above: int, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while load.report.headers[header] <= above:
+            assert time.monotonic() < deadline, f"no {header} within {timeout} s: {dict(load.report.headers)}"
+            time.sleep(0.5)
+
+    old = {p.metadata.name for p in release.core.list_namespaced_pod(
+        release.namespace, label_selector="app.kubernetes.io/component=cache").items}
+    with LoadLoop(release.url, rate=RATE, max_seconds=400) as load:
+        scale(0)
+        release.wait_pods_gone(old)  # a draining pod still answers kept-alive connections
+        wait_for("x-qlens-cache=bypass", 0)
+        away = load.report.headers["x-qlens-cache=bypass"]
+        misses = load.report.headers["x-qlens-cache=miss"]
+        scale(1)
+        # the new pod's memory cache starts empty: a miss fills it, then hits follow
+        wait_for("x-qlens-cache=miss", misses)
+        hits = load.report.headers["x-qlens-cache=hit"]
+        wait_for("x-qlens-cache=hit", hits + 50)
+    record("cache away and back", load.report)
+    assert away > 0
+    assert load.report.failed == 0, load.report.describe()
