@@ -48,15 +48,18 @@ async def readiness(
     checks: Mapping[str, Check],
     timeout: float = 2.0,
     optional: Mapping[str, Check] | None = None,
+    optional_timeout: float = 0.5,
 ) -> tuple[int, dict[str, Any]]:
     """(status, body). `optional` checks are reported (with `"optional": true`, and
-    `"status": "degraded"` when failing) but do not make the service unready."""
+    `"status": "degraded"` when failing) but do not make the service unready. They get a shorter
+    `optional_timeout`: a hung optional peer must not make this endpoint slower than the kubelet's
+    probe timeout (2 s in the chart), which would turn "degraded" into "not ready"."""
     if drain.active:
         return 503, {"service": service, "status": "draining", "checks": {}}
 
-    async def run(check: Check) -> dict[str, Any]:
+    async def run(check: Check, limit: float) -> dict[str, Any]:
         try:
-            detail = await asyncio.wait_for(check(), timeout)
+            detail = await asyncio.wait_for(check(), limit)
             out: dict[str, Any] = {"ok": True}
             if detail not in (None, True):
                 out["detail"] = detail
@@ -66,7 +69,8 @@ async def readiness(
 
     extra = optional or {}
     names = list(checks) + [n for n in extra if n not in checks]
-    results = await asyncio.gather(*(run(checks[n] if n in checks else extra[n]) for n in names))
+    results = await asyncio.gather(*(run(checks[n], timeout) if n in checks
+                                     else run(extra[n], optional_timeout) for n in names))
     degraded = []
     for name, result in zip(names, results, strict=True):
         DEPENDENCY_UP.labels(service, name).set(1 if result["ok"] else 0)

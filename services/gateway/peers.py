@@ -4,7 +4,9 @@ One keep-alive pool per peer (services/gateway/http11.py), opened at start-up. B
 through as they are; nothing here parses what it does not have to.
 
 The cache is best effort: every failure to reach it (timeout, refused connection, 503) is a
-`None` ("bypass") and the request carries on to the router.
+`None` ("bypass") and the request carries on to the router. After a failure the cache is skipped
+for CACHE_RETRY_SECONDS, then one request tries it again: while a cache pod is gone (scaled to 0,
+its old IP black-holed) no request waits its timeout, and the gateway's latency stays the router's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ DEFAULT_CACHE_URL = "http://127.0.0.1:8082"
 # the cache answers from memory or one Redis round trip: a slow cache is treated as a missing one
 CACHE_GET_TIMEOUT = 1.0
 CACHE_PUT_TIMEOUT = 5.0
+CACHE_RETRY_SECONDS = 1.0
 PROBE_TIMEOUT = 2.0
 # the router enforces the request deadline itself (answering 504); ours only covers a hung router
 ROUTER_GRACE_SECONDS = 5.0
@@ -69,6 +72,13 @@ class Cache:
         self.ttl = str(ttl_seconds)
         self.pool = Pool(self.base_url, limit=200, connect_timeout=0.5)
         self._tasks: set[asyncio.Task] = set()
+        self._skip_until = 0.0  # loop time until which the cache counts as unreachable
+
+    def _skipping(self) -> bool:
+        return self._skip_until > asyncio.get_running_loop().time()
+
+    def _unreachable(self) -> None:
+        self._skip_until = asyncio.get_running_loop().time() + CACHE_RETRY_SECONDS
 
     async def close(self) -> None:
         if self._tasks:  # let pending writes finish briefly; they are only an optimisation
@@ -77,11 +87,15 @@ class Cache:
 
     async def get(self, tenant: str, key: str) -> bytes | Literal[False] | None:
         """The entry's bytes; False for a miss; None when the cache cannot be reached (bypass)."""
+        if self._skipping():
+            return None
         try:
             reply = await self.pool.request("GET", f"/v1/cache/{tenant}/{key}", headers=_traced(),
                                             timeout=CACHE_GET_TIMEOUT)
         except PeerError as exc:
-            log_event(log, "cache unreachable", logging.WARNING, error=type(exc).__name__)
+            self._unreachable()
+            log_event(log, "cache unreachable", logging.WARNING, error=type(exc).__name__,
+                      retry_in_s=CACHE_RETRY_SECONDS)
             return None
         if reply.status == 200:
             return reply.body
@@ -105,10 +119,13 @@ class Cache:
             return await self._store(tenant, key, value, ttl)
 
     async def _store(self, tenant: str, key: str, value: bytes, ttl: int | None) -> bool:
+        if self._skipping():
+            return False
         try:
             reply = await self.pool.request("PUT", f"/v1/cache/{tenant}/{key}?ttl={ttl or self.ttl}", value,
                                             headers=_traced(), timeout=CACHE_PUT_TIMEOUT)
         except PeerError as exc:
+            self._unreachable()
             log_event(log, "cache store failed", logging.WARNING, error=type(exc).__name__)
             return False
         if reply.status not in (200, 201, 204):
@@ -120,6 +137,7 @@ class Cache:
         reply = await self.pool.request("GET", "/health", timeout=PROBE_TIMEOUT)
         if reply.status != 200:
             raise RuntimeError(f"cache /health answered {reply.status}")
+        self._skip_until = 0.0  # it answers again: no need to wait out the retry interval
         return self.base_url
 
 
