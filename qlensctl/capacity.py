@@ -63,6 +63,11 @@ class Report:
     def describe(self) -> str:
         return "; ".join(s.describe() for s in self.shortfalls)
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"checked": self.checked, "fits": self.fits if self.checked else None, "pods": self.pods,
+                "needed": {r: _fmt(r)(v) for r, v in self.needed.items()},
+                "shortfalls": [s.as_dict() for s in self.shortfalls], "note": self.note}
+
 
 def parse_quantity(value: Any) -> Decimal:
     from kubernetes.utils import parse_quantity as parse

@@ -40,17 +40,19 @@ def _images(images: Iterable[str]) -> str:
 
 
 class _Progress:
-    """Rollout progress: a live table on a terminal, otherwise one line per change (CI logs)."""
+    """Rollout progress: a live table on a terminal, otherwise one line per change (CI logs). With
+    --json it goes to stderr, so stdout holds only the JSON document."""
 
-    def __init__(self) -> None:
+    def __init__(self, to_stderr: bool = False) -> None:
+        self.console = output.err_console if to_stderr else output.console
         self.live: Any = None
         self.seen: dict[str, str] = {}
 
     def __enter__(self) -> _Progress:
-        if output.console.is_terminal:
+        if self.console.is_terminal:
             from rich.live import Live
 
-            self.live = Live(console=output.console, refresh_per_second=4, transient=True)
+            self.live = Live(console=self.console, refresh_per_second=4, transient=True)
             self.live.__enter__()
         return self
 
@@ -62,7 +64,7 @@ class _Progress:
         if self.live is not None:
             self.live.console.print(f"[dim]•[/dim] {message}")
         else:
-            output.info(f"• {message}")
+            self.console.print(f"• {message}", markup=False, highlight=False)
 
     def rollout(self, states: list[Any]) -> None:
         if self.live is not None:
@@ -72,7 +74,7 @@ class _Progress:
             line = f"{s.ready}/{s.desired} ready, {s.message}"
             if self.seen.get(s.name) != line:
                 self.seen[s.name] = line
-                output.info(f"  {s.name}: {line}")
+                self.console.print(f"  {s.name}: {line}", markup=False, highlight=False)
 
 
 # -- deploy ----------------------------------------------------------------------------------------
@@ -93,8 +95,11 @@ def deploy(
                                     help="Where the current values are saved before an upgrade."),
     strict: bool = typer.Option(False, "--strict", help="Refuse (instead of warning) when the preflight "
                                                         "check finds the release cannot fit on the nodes."),
+    as_json: bool = JSON,
 ) -> None:
-    """Install or upgrade QLens in ENV; a rollout that fails is rolled back and reported failed."""
+    """Install or upgrade QLens in ENV; a rollout that fails is rolled back and reported failed.
+    With --json, stdout is one document (the result, the preflight and, on failure, the unready
+    pods' reasons), also when the deploy fails; the exit code is the same as without it."""
     from qlensctl import diagnose, release
     from qlensctl.cluster import connect
     from qlensctl.environments import load_environment
@@ -113,43 +118,48 @@ def deploy(
         _show_diff(plan, release.dry_run(plan, helm))
         return
     plan = release.plan_deploy(environment, helm, version)
-    _preflight(environment, kube, plan, strict)
+    preflight = _preflight(environment, kube, plan, strict)
     verb = "Upgrade" if plan.is_upgrade else "Install"
     if environment.is_production:
         output.confirm(f"{verb} release qlens in {plan.namespace} (context {kube.context}) to version "
                        f"{plan.tag}?", yes)
-    with _Progress() as progress:
+    with _Progress(to_stderr=as_json) as progress:
         result = release.deploy(plan, kube, helm, wait=wait, timeout=timeout, backup_dir=backup_dir,
                                 on_step=progress.step, on_rollout=progress.rollout)
-    if result.deployments:
+    if as_json:
+        output.emit_json({**result.as_dict(), "preflight": preflight.as_dict()})
+    elif result.deployments:
         output.console.print(_rollout_table(result.deployments, f"Deployments in {plan.namespace}"))
     if not result.ok:
         why = diagnose.summary(result.unready)
         raise OperationError(
             f"deploy of {environment.name} {plan.tag} failed: {result.message}" + _undo_words(result)
             + (f"\nunready pods:\n{why}" if why else ""), release.failure_hint(result))
+    if as_json:
+        return
     state = "rolled out" if wait else "applied (not waited for)"
     output.info(f"[green]✓[/green] {environment.name}: release qlens revision {result.revision} "
                 f"({result.status}), version {plan.tag}, {state}")
 
 
-def _preflight(environment: Any, kube: Any, plan: Any, strict: bool) -> None:
-    """The capacity check: a warning, or with --strict a refusal, naming the numbers."""
+def _preflight(environment: Any, kube: Any, plan: Any, strict: bool) -> Any:
+    """The capacity check (its report): a warning, or with --strict a refusal, naming the numbers."""
     from qlensctl import capacity
     from qlensctl.errors import RefusedError
 
     report = capacity.check(kube, plan.namespace, plan.values, plan.is_upgrade)
     if not report.checked:
         output.warn(f"preflight: capacity not checked ({report.note})")
-        return
+        return report
     if report.fits:
-        return
+        return report
     text = (f"preflight: {environment.name} does not fit on the nodes ({report.pods} pods at the peak of "
             f"the rollout, surge included): {report.describe()}")
     if strict:
         raise RefusedError(f"{text}; nothing was changed",
                            f"lower resources.requests in environments/{environment.name}.yaml, or add nodes")
     output.warn(f"{text}; pods that do not fit stay Pending (--strict refuses instead)")
+    return report
 
 
 def _undo_words(result: Any) -> str:

@@ -52,7 +52,11 @@ def test_a_release_larger_than_the_nodes_is_warned_about_or_refused_with_strict(
 
     oversize(target, "20")  # 60 fits a first install, but an upgrade's surge pods make it 120
     assert_ok(target.qlensctl("deploy", "staging", "--version", "v1", "--timeout", "60"), "install")
-    upgrade = deploy_staging(target, "v2")
+    upgrade = target.qlensctl("deploy", "staging", "--version", "v2", "--timeout", "60", "--json")
+    assert upgrade.code == 0, upgrade.text
+    preflight = json.loads(upgrade.out)["preflight"]
+    assert preflight["fits"] is False and preflight["pods"] == 6
+    assert [(x["resource"], x["needed"]) for x in preflight["shortfalls"]] == [("cpu", "120000m CPU")]
     warning = " ".join(upgrade.err.split())  # the console wraps long lines
     assert "warning: preflight: staging does not fit on the nodes (6 pods at the peak" in warning
     _assert_short_of_cpu(warning, 120000)
@@ -70,8 +74,13 @@ def _assert_short_of_cpu(text: str, requested: int) -> None:
 def test_a_failed_rollout_names_its_unready_pods_and_what_is_left(target: Target) -> None:
     ns = target.staging_ns
     deploy_staging(target, "v1")
-    failed = target.qlensctl("deploy", "staging", "--version", "unready", "--timeout", "8")
+    failed = target.qlensctl("deploy", "staging", "--version", "unready", "--timeout", "8", "--json")
     assert failed.code == 1, failed.text
+    report = json.loads(failed.out)  # --json: stdout is the document, also on failure
+    assert report["ok"] is False and report["rolledBackTo"] == 1 and report["version"] == "unready"
+    assert sorted(p["component"] for p in report["unready"]) == ["cache", "gateway", "router"]
+    assert all(p["reason"] == "Pending, not Ready yet" for p in report["unready"]), report["unready"]
+    assert report["preflight"]["checked"] is True and report["preflight"]["pods"] == 6
     assert "rolled back to revision 1" in failed.err
     assert "unready pods:" in failed.err
     for service in ("gateway", "router", "cache"):  # the fake kubelet never starts `:unready` pods
