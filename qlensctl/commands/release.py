@@ -205,8 +205,10 @@ def rollback(
     yes: bool = YES,
     kube_context: str = KUBE_CONTEXT,
     helm_kind: str = HELM,
+    as_json: bool = JSON,
 ) -> None:
-    """Roll the release back to the previous (or a given) revision; history before and after."""
+    """Roll the release back to the previous (or a given) revision; history before and after.
+    With --json, stdout is one document (also when it fails; the exit code is unchanged)."""
     from qlensctl import release
     from qlensctl.cluster import connect
     from qlensctl.environments import load_environment
@@ -217,51 +219,66 @@ def rollback(
                           "--emergency scales deployments; --revision picks a Helm revision")
     environment = load_environment(env)
     if emergency:
-        _emergency(environment, kube_context, wait, timeout, yes)
+        _emergency(environment, kube_context, wait, timeout, yes, as_json)
         return
     cluster = connect(environment, kube_context, helm_kind)
     kube, helm = cluster.kube, cluster.helm
     before = release.history(helm, environment.namespace)
     target = release.rollback_target(before, revision, environment)
-    _history_table(before, f"History of qlens in {environment.namespace} (before)")
+    if not as_json:
+        _history_table(before, f"History of qlens in {environment.namespace} (before)")
     if environment.is_production:
         output.confirm(f"Roll back release qlens in {environment.namespace} from revision "
                        f"{before[-1].revision} to revision {target.revision} ({target.chart})?", yes)
-    with _Progress() as progress:
+    with _Progress(to_stderr=as_json) as progress:
         result = release.rollback(environment, kube, helm, target, before, wait=wait, timeout=timeout,
                                   on_step=progress.step, on_rollout=progress.rollout)
-    _history_table(result.after, f"History of qlens in {environment.namespace} (after)")
-    if result.deployments:
-        output.console.print(_rollout_table(result.deployments, f"Deployments in {environment.namespace}"))
+    if as_json:
+        output.emit_json(result.as_dict())
+    else:
+        _history_table(result.after, f"History of qlens in {environment.namespace} (after)")
+        if result.deployments:
+            title = f"Deployments in {environment.namespace}"
+            output.console.print(_rollout_table(result.deployments, title))
     if not result.ok:
         raise OperationError(f"rollback of {environment.name} to revision {target.revision}: "
                              f"{result.message}",
                              f"see `qlensctl status {environment.name}`")
+    if as_json:
+        return
     output.info(f"[green]✓[/green] {environment.name}: rolled back to revision {target.revision} "
                 f"(now revision {result.new_revision})")
 
 
-def _emergency(environment: Any, kube_context: str | None, wait: bool, timeout: float, yes: bool) -> None:
+def _emergency(environment: Any, kube_context: str | None, wait: bool, timeout: float, yes: bool,
+               as_json: bool) -> None:
     from qlensctl import release
     from qlensctl.cluster import connect
     from qlensctl.errors import OperationError
 
     kube = connect(environment, kube_context).kube
     steps = release.plan_emergency(environment, kube)
-    output.table(f"Emergency rollback plan for {environment.namespace}",
-                 ["service", "scale down", "scale up"],
-                 [[s.service, f"{s.current} {s.current_replicas} -> 0" if s.previous else "(left as is)",
-                   f"{s.previous} {s.previous_replicas} -> {s.target_replicas}" if s.previous
-                   else f"no qlens-{s.service}-previous"] for s in steps])
+    if not as_json:
+        output.table(f"Emergency rollback plan for {environment.namespace}",
+                     ["service", "scale down", "scale up"],
+                     [[s.service, f"{s.current} {s.current_replicas} -> 0" if s.previous else "(left as is)",
+                       f"{s.previous} {s.previous_replicas} -> {s.target_replicas}" if s.previous
+                       else f"no qlens-{s.service}-previous"] for s in steps])
     output.confirm(f"Run the emergency rollback in {environment.namespace} (context {kube.context})?", yes)
-    with _Progress() as progress:
+    with _Progress(to_stderr=as_json) as progress:
         ok, states = release.emergency_rollback(environment, kube, steps, wait=wait, timeout=timeout,
                                                 on_step=progress.step, on_rollout=progress.rollout)
-    if states:
+    if as_json:
+        output.emit_json({"environment": environment.name, "namespace": environment.namespace, "ok": ok,
+                          "emergency": True, "steps": [s.as_dict() for s in steps],
+                          "deployments": [d.as_dict() for d in states]})
+    elif states:
         output.console.print(_rollout_table(states, f"Previous versions in {environment.namespace}"))
     if not ok:
         raise OperationError("the previous versions did not become ready in time",
                              f"check `kubectl get pods -n {environment.namespace}`")
+    if as_json:
+        return
     output.info(f"[green]✓[/green] {environment.name}: emergency rollback done; the current deployments "
                 "are at 0 replicas")
 

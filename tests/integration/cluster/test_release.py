@@ -144,8 +144,11 @@ def test_rollback_to_previous_and_to_a_given_revision(target: Target) -> None:
     assert target.tags(ns) == {"v2"}
     assert [r["revision"] for r in revisions(target)] == [1, 2, 3, 4]
 
-    to_one = target.qlensctl("rollback", "staging", "--revision", "1", "--timeout", "60")
+    to_one = target.qlensctl("rollback", "staging", "--revision", "1", "--timeout", "60", "--json")
     assert_ok(to_one, "rollback --revision 1")
+    report = json.loads(to_one.out)  # --json: only the document on stdout, progress on stderr
+    assert (report["ok"], report["from"], report["to"], report["revision"]) == (True, 4, 1, 5)
+    assert [r["revision"] for r in report["after"]] == [1, 2, 3, 4, 5]
     assert target.tags(ns) == {"v1"}
     history = revisions(target)
     assert history[-1]["revision"] == 5 and history[-1]["status"] == "deployed"
@@ -183,8 +186,12 @@ def test_emergency_rollback_scales_current_down_and_previous_up(target: Target) 
     assert target.snapshot(ns) == before
     client.CoordinationV1Api(target.cluster.api).delete_namespaced_lease(LOCK, ns)
 
-    result = target.qlensctl("rollback", "staging", "--emergency", "--yes", "--timeout", "60")
+    result = target.qlensctl("rollback", "staging", "--emergency", "--yes", "--timeout", "60", "--json")
     assert_ok(result, "emergency rollback")
+    report = json.loads(result.out)
+    assert report["ok"] is True and report["emergency"] is True
+    assert {s["service"]: (s["current_replicas"], s["target_replicas"]) for s in report["steps"]
+            if s["previous"]} == {"gateway": (1, 1), "router": (1, 1)}
     replicas = {d.metadata.name: (d.spec.replicas, d.status.ready_replicas or 0)
                 for d in target.apps.list_namespaced_deployment(ns).items}
     assert replicas["qlens-gateway"][0] == 0 and replicas["qlens-router"][0] == 0
@@ -219,8 +226,12 @@ def test_previous_version_keeps_the_replaced_version_for_an_emergency_rollback(t
     assert failed.code == 1, failed.text
     assert target.images(ns) == images
 
-    result = target.qlensctl("rollback", "staging", "--emergency", "--yes", "--timeout", "60")
+    result = target.qlensctl("rollback", "staging", "--emergency", "--yes", "--timeout", "60", "--json")
     assert_ok(result, "emergency rollback")
+    report = json.loads(result.out)
+    assert report["ok"] is True and report["emergency"] is True
+    assert {s["service"]: (s["current_replicas"], s["target_replicas"]) for s in report["steps"]
+            if s["previous"]} == {"gateway": (1, 1), "router": (1, 1)}
     for name in SERVICES:
         current = target.apps.read_namespaced_deployment(name, ns)
         prev = target.apps.read_namespaced_deployment(f"{name}-previous", ns)
