@@ -100,10 +100,14 @@ def _events_by_pod(kube: Kube, namespace: str) -> dict[str, list[Any]]:
     return out
 
 
+# what the scheduler says of a pod that a rollback is deleting: true, and never the reason it failed
+_NOT_A_REASON = ("skip schedule deleting pod",)
+
+
 def _latest(events: list[Any], reason: str, prefix: str = "") -> str | None:
     for e in reversed(events):
         message = (e.message or "").strip()
-        if e.reason == reason and message.startswith(prefix):
+        if e.reason == reason and message.startswith(prefix) and not message.startswith(_NOT_A_REASON):
             return message
     return None
 

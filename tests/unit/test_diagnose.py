@@ -116,6 +116,15 @@ def test_a_container_that_exited_reads_the_current_log_when_there_is_no_previous
     assert problems[0].logs == ("config error: no such file",)
 
 
+def test_the_schedulers_note_on_a_pod_being_deleted_is_not_its_reason():
+    """A rollback deletes the Pending pods; the scheduler's last word on them is then "skip
+    schedule deleting pod", which would hide the Insufficient cpu that made the rollout fail."""
+    problems = diagnose_pods([pod("p", phase="Pending", node=None)], [
+        event("p", "FailedScheduling", "0/2 nodes are available: 1 Insufficient cpu.", 1),
+        event("p", "FailedScheduling", "skip schedule deleting pod: ns/p", 2)])
+    assert problems[0].reason == "Pending: FailedScheduling: 0/2 nodes are available: 1 Insufficient cpu."
+
+
 def test_scheduling_message_falls_back_to_the_condition():
     problems = diagnose_pods([pod("p", phase="Pending", node=None, conditions=[
         V1PodCondition(type="PodScheduled", status="False", message="0/2 nodes are available")])])
