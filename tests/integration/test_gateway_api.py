@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 import uuid
 from urllib.parse import urlparse
 
@@ -200,9 +201,16 @@ def test_metrics_are_exposed(http):
 def test_one_json_log_line_per_request_without_the_prompt(shared_stack: RunningStack, http):
     secret_prompt = "my-very-private-prompt-4711"
     http.post(CHAT, json=body(secret_prompt), headers={"x-request-id": "log-line-check"})
-    http.get("/health")  # flushes nothing, just time for the line to land
-    lines = [json.loads(line) for line in shared_stack.log("gateway").splitlines() if line.startswith("{")]
-    mine = [entry for entry in lines if entry.get("request_id") == "log-line-check"]
+    # the line is written after the answer's bytes, and the shared stack's other requests may be
+    # writing theirs while we read: parse only this request's lines, once complete
+    deadline = time.monotonic() + 5
+    while True:
+        text = shared_stack.log("gateway")
+        complete = text[: text.rfind("\n") + 1].splitlines()
+        mine = [json.loads(line) for line in complete if line.startswith("{") and '"log-line-check"' in line]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     assert len(mine) == 1
     entry = mine[0]
     assert {"tenant", "model", "provider", "status", "latency_ms"} <= set(entry)
