@@ -1,5 +1,7 @@
-"""Zero downtime on real pods: a rolling deploy of a new image tag and a deleted gateway pod, each
-under a steady request loop (tests/support/load.py) through the gateway's endpoints via a NodePort.
+"""Zero downtime on real pods: a rolling deploy of a new image tag, a deleted gateway pod, a failed
+rollout, the cache away and back, scale and maintenance, each under a steady request loop
+(tests/support/load.py) through the gateway's endpoints via a NodePort; then the emergency
+rollback to the version the rolling deploy replaced (previousVersion on).
 
 The environment is staging (as test_deploy_staging.py writes it) with two gateway replicas, since
 deleting the only pod of a Service is downtime by definition, and requests of 100m cpu so this
@@ -57,6 +59,7 @@ class Release:
         doc = yaml.safe_load(self.env_file.read_text())
         doc["replicas"] = {"gateway": 2, "router": 1, "cache": 1}
         doc["resources"]["requests"] = {"cpu": "100m", "memory": "128Mi"}
+        doc["previousVersion"] = {"enabled": True}  # for the emergency rollback at the end
         self.env_file.write_text(yaml.safe_dump(doc, sort_keys=False))
 
     def deploy(self) -> None:
@@ -234,3 +237,58 @@ def test_the_cache_away_and_back_fails_no_request(release: Release) -> None:
     record("cache away and back", load.report)
     assert away > 0
     assert load.report.failed == 0, load.report.describe()
+
+
+def ready_replicas(release: Release, name: str) -> tuple[int, int]:
+    status = release.apps.read_namespaced_deployment(name, release.namespace).status
+    return status.ready_replicas or 0, status.replicas or 0
+
+
+def wait_until(what: str, check: Any, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+        time.sleep(1)
+
+
+def test_scale_and_maintenance_add_replicas_that_become_ready_and_serve(release: Release) -> None:
+    with LoadLoop(release.url, rate=RATE, max_seconds=600) as load:
+        scaled = run_cli("scale", "staging", "gateway", "3")
+        assert scaled.code == 0, scaled.text
+        release.wait_gateway_ready(3)
+        started = run_cli("maintenance", "start", "staging")  # one more replica of every service
+        assert started.code == 0, started.text
+        for name, n in (("qlens-gateway", 4), ("qlens-router", 2), ("qlens-cache", 2)):
+            wait_until(f"{name} {n}/{n} Ready", lambda d=name, k=n: ready_replicas(release, d) == (k, k))
+        time.sleep(3)  # the new endpoints take their share of the load
+        ended = run_cli("maintenance", "end", "staging", "--url", release.url)  # smoke test, then back
+        assert ended.code == 0, ended.text
+        for name, n in (("qlens-gateway", 2), ("qlens-router", 1), ("qlens-cache", 1)):
+            wait_until(f"{name} back at {n}", lambda d=name, k=n: ready_replicas(release, d) == (k, k))
+    record("scale and maintenance", load.report)
+    assert load.report.failed == 0, load.report.describe()
+    assert load.report.ok > 100, load.report.describe()
+
+
+def test_emergency_rollback_serves_the_previous_version(release: Release) -> None:
+    """The guide's procedure on real pods: the current version to 0, qlens-<service>-previous (the
+    version the rolling deploy above replaced, kept at 0 replicas) up; /health says which answers."""
+    assert httpx.get(f"{release.url}/health", timeout=5).json()["version"] == NEW_TAG
+    serving = {p.metadata.name for p in release.gateway_pods()}
+    for service in ("gateway", "router", "cache"):
+        previous = release.apps.read_namespaced_deployment(f"qlens-{service}-previous", release.namespace)
+        assert previous.spec.replicas == 0
+        assert previous.spec.template.spec.containers[0].image.endswith(f":{TAG}")
+    result = run_cli("rollback", "staging", "--emergency", "--yes", "--wait", "--timeout", "180")
+    assert result.code == 0, result.text
+    for service, n in (("gateway", 2), ("router", 1), ("cache", 1)):
+        current = release.apps.read_namespaced_deployment(f"qlens-{service}", release.namespace)
+        assert current.spec.replicas == 0, service
+        wait_until(f"qlens-{service}-previous {n}/{n} Ready",
+                   lambda s=service, k=n: ready_replicas(release, f"qlens-{s}-previous") == (k, k))
+    release.wait_pods_gone(serving)  # a terminating pod answers until its preStop and drain end
+    versions = {httpx.get(f"{release.url}/health", timeout=5).json()["version"] for _ in range(10)}
+    assert versions == {TAG}
+    answer = httpx.post(f"{release.url}/v1/chat/completions", timeout=10, json={
+        "model": "echo", "messages": [{"role": "user", "content": "after the emergency rollback"}]})
+    assert answer.status_code == 200, answer.text
