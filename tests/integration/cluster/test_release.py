@@ -231,7 +231,7 @@ def test_previous_version_keeps_the_replaced_version_for_an_emergency_rollback(t
     report = json.loads(result.out)
     assert report["ok"] is True and report["emergency"] is True
     assert {s["service"]: (s["current_replicas"], s["target_replicas"]) for s in report["steps"]
-            if s["previous"]} == {"gateway": (1, 1), "router": (1, 1)}
+            if s["previous"]} == {"gateway": (1, 1), "router": (1, 1), "cache": (1, 1)}
     for name in SERVICES:
         current = target.apps.read_namespaced_deployment(name, ns)
         prev = target.apps.read_namespaced_deployment(f"{name}-previous", ns)
