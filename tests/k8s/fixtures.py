@@ -156,6 +156,24 @@ def fake_kubelet(kube_cluster: KubeCluster) -> Iterator[FakeKubelet]:
         kubelet.stop()
 
 
+class NodeClients:
+    """`core` and `apps` API clients on the real node's cluster, for a test's dataclass with a `node`."""
+
+    node: NodeCluster
+
+    @property
+    def core(self) -> Any:
+        from kubernetes import client
+
+        return client.CoreV1Api(self.node.cluster.api)
+
+    @property
+    def apps(self) -> Any:
+        from kubernetes import client
+
+        return client.AppsV1Api(self.node.cluster.api)
+
+
 class NodeCluster:
     """The session's control plane plus its one real node, as node tests see them."""
 

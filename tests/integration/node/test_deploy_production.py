@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.k8s.fixtures import NodeCluster
+from tests.k8s.fixtures import NodeClients, NodeCluster
 from tests.support.cli import ROOT, Result, run_cli
 
 pytestmark = pytest.mark.timeout(1500)
@@ -44,7 +44,7 @@ SMALL = {"requests": {"cpu": "50m", "memory": "128Mi"}, "limits": {"cpu": "1000m
 
 
 @dataclass
-class Production:
+class Production(NodeClients):
     node: NodeCluster
     namespace: str
     env: dict[str, str]
@@ -68,18 +68,6 @@ class Production:
         else:
             doc["resources"] = resources
         self.envfile.write_text(yaml.safe_dump(doc, sort_keys=False))
-
-    @property
-    def apps(self) -> Any:
-        from kubernetes import client
-
-        return client.AppsV1Api(self.node.cluster.api)
-
-    @property
-    def core(self) -> Any:
-        from kubernetes import client
-
-        return client.CoreV1Api(self.node.cluster.api)
 
 
 def production_environment(dest: Path, namespace: str, repository: str) -> None:

@@ -15,12 +15,11 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.k8s.fixtures import NodeCluster
+from tests.k8s.fixtures import NodeClients, NodeCluster
 from tests.support.cli import ROOT, Result, run_cli
 
 SECRET_VARS = {
@@ -38,7 +37,7 @@ pytestmark = pytest.mark.timeout(1500)
 
 
 @dataclass
-class Deployed:
+class Deployed(NodeClients):
     node: NodeCluster
     namespace: str
     deploy: Result
@@ -47,18 +46,6 @@ class Deployed:
     def kubectl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(["kubectl", "--namespace", self.namespace, *args], capture_output=True,
                               text=True, env=self.env, timeout=timeout, stdin=subprocess.DEVNULL)
-
-    @property
-    def core(self) -> Any:
-        from kubernetes import client
-
-        return client.CoreV1Api(self.node.cluster.api)
-
-    @property
-    def apps(self) -> Any:
-        from kubernetes import client
-
-        return client.AppsV1Api(self.node.cluster.api)
 
 
 def staging_environment(dest: Path, namespace: str, image: dict[str, str]) -> None:

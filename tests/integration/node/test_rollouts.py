@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.integration.node.test_deploy_staging import SECRET_VARS, staging_environment
-from tests.k8s.fixtures import NodeCluster
+from tests.k8s.fixtures import NodeClients, NodeCluster
 from tests.support.cli import run_cli
 from tests.support.load import LoadLoop, LoadReport
 
@@ -35,23 +35,11 @@ pytestmark = pytest.mark.timeout(1500)
 
 
 @dataclass
-class Release:
+class Release(NodeClients):
     node: NodeCluster
     namespace: str
     env_file: Path
     url: str  # the gateway through the test's NodePort on the node's address
-
-    @property
-    def core(self) -> Any:
-        from kubernetes import client
-
-        return client.CoreV1Api(self.node.cluster.api)
-
-    @property
-    def apps(self) -> Any:
-        from kubernetes import client
-
-        return client.AppsV1Api(self.node.cluster.api)
 
     def write_env(self, tag: str) -> None:
         images = self.node.images(tag).values()["image"]
