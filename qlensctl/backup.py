@@ -34,13 +34,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
 from qlensctl.errors import ConfigError, OperationError, first_line
 from qlensctl.helm import RELEASE
+
+if TYPE_CHECKING:
+    from qlensctl.release import DeployResult
 
 FORMAT = "qlens-values-backup/1"
 STATE_FORMAT = "qlens-state-backup/1"
@@ -82,6 +85,27 @@ class Backup:
     chart: str
     taken: str
     redacted: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What `restore` did: the backup it deployed, the deploy (a release upgrade, like `deploy`'s)
+    and, with --state, the Redis keys it put back."""
+
+    backup: Backup
+    deployed: DeployResult
+    state_file: Path | None = None
+    restored: int = 0  # keys put back
+    expired: int = 0  # keys left out: their time ran out since the backup
+
+    def as_dict(self) -> dict[str, Any]:
+        deployed = self.deployed.as_dict()
+        # the values the upgrade replaced, saved first: named apart from `file`, the backup deployed
+        previous = deployed.pop("backup")
+        state = None if self.state_file is None else {
+            "file": str(self.state_file), "restored": self.restored, "expired": self.expired}
+        return {**deployed, "file": str(self.backup.path), "taken": self.backup.taken,
+                "backupRevision": self.backup.revision, "previousValues": previous, "state": state}
 
 
 def is_secret_key(key: str) -> bool:

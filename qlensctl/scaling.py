@@ -9,7 +9,8 @@ status` does. It returns data and raises qlensctl.errors types; it never prints.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qlensctl import diagnose
@@ -18,6 +19,7 @@ from qlensctl.kube import SERVICES, deployment_name
 
 if TYPE_CHECKING:
     from qlensctl.kube import DeploymentStatus, Kube
+    from qlensctl.smoke import CheckResult
 
 MAX_REPLICAS = 100
 
@@ -51,6 +53,10 @@ class Autoscaler:
             return f"HPA {self.name} ({bounds}) will lower it back to {self.max_replicas} within seconds"
         return f"HPA {self.name} ({bounds}) will keep adjusting it to CPU load"
 
+    def as_dict(self, replicas: int) -> dict[str, Any]:
+        """The HPA's bounds (named as `status --json` names them) and its verdict on `replicas`."""
+        return {**asdict(self), "verdict": self.verdict(replicas)}
+
 
 @dataclass(frozen=True)
 class ScaleChange:
@@ -59,6 +65,47 @@ class ScaleChange:
     before: int
     after: int
     autoscaler: Autoscaler | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"service": self.service, "deployment": self.deployment, "before": self.before,
+                "after": self.after,
+                "autoscaler": self.autoscaler.as_dict(self.after) if self.autoscaler else None}
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    """What `scale` changed in an environment: one change per deployment it was asked about."""
+
+    environment: str
+    namespace: str
+    changes: list[ScaleChange]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "namespace": self.namespace,
+                "changes": [c.as_dict() for c in self.changes]}
+
+
+@dataclass(frozen=True)
+class MaintenanceStart(ScaleResult):
+    """`maintenance start`: the values backup taken first, then the extra replicas."""
+
+    backup: Path
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**super().as_dict(), "backup": str(self.backup)}
+
+
+@dataclass(frozen=True)
+class MaintenanceEnd(ScaleResult):
+    """`maintenance end`: the health and smoke checks that passed, then the scale-back."""
+
+    health: list[DeploymentStatus]
+    smoke_target: str  # where the smoke test ran: a URL, or the port-forward's route
+    smoke: list[CheckResult]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**super().as_dict(), "health": [s.as_dict() for s in self.health],
+                "smoke": {"target": self.smoke_target, "checks": [r.to_dict() for r in self.smoke]}}
 
 
 def _service_deployment(kube: Kube, namespace: str, service: str) -> Any:

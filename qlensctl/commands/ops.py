@@ -77,16 +77,16 @@ def scale(
                        f"{change.after} replicas?", yes)
     with _locked(kube, environment.namespace, f"qlensctl scale {environment.name} {service} {count}"):
         done = scaling.apply(kube, environment.namespace, change)
-    _print_changes([done], environment, as_json, title=f"Scaled ({environment.name})")
-
-
-def _print_changes(changes: list[Any], environment: Any, as_json: bool, title: str) -> None:
+    result = scaling.ScaleResult(environment.name, environment.namespace, [done])
     if as_json:
-        output.emit_json({"environment": environment.name, "namespace": environment.namespace, "changes": [
-            {"service": c.service, "deployment": c.deployment, "before": c.before, "after": c.after,
-             "autoscaler": c.autoscaler.verdict(c.after) if c.autoscaler else None} for c in changes]})
+        output.emit_json(result.as_dict())
         return
-    rows = [[c.deployment, c.before, c.after, c.autoscaler.name if c.autoscaler else "-"] for c in changes]
+    _changes_table(result, f"Scaled ({environment.name})")
+
+
+def _changes_table(result: Any, title: str) -> None:
+    rows = [[c.deployment, c.before, c.after, c.autoscaler.name if c.autoscaler else "-"]
+            for c in result.changes]
     output.table(title, ["deployment", "before", "after", "autoscaler"], rows)
 
 
@@ -202,22 +202,20 @@ def restore(
         why = diagnose.summary(result.unready)
         raise OperationError(f"restore of {environment.name} failed: {result.message}{note}"
                              + (f"\nunready pods:\n{why}" if why else ""), release.failure_hint(result))
-    outcome: dict[str, Any] = {"environment": environment.name, "file": str(saved.path),
-                               "revision": result.revision, "previousValues": str(result.backup or ""),
-                               "state": None}
+    restored = expired = 0
     if state_file is not None:
         restored, expired = backups.restore_state(redis_url, state_file)
-        outcome["state"] = {"file": str(state_file), "restored": restored, "expired": expired}
+    outcome = backups.RestoreResult(saved, result, state_file, restored, expired)
     if as_json:
-        output.emit_json(outcome)
+        output.emit_json(outcome.as_dict())
         return
     if result.backup:
         output.info(f"The values it replaced are saved in {result.backup}")
     output.info(f"Restored {environment.name} from {saved.path}: "
                 f"release qlens is at revision {result.revision}")
-    if outcome["state"]:
-        output.info(f"Redis: {outcome['state']['restored']} keys restored, {outcome['state']['expired']} "
-                    "had expired since the backup")
+    if outcome.state_file is not None:
+        output.info(f"Redis: {outcome.restored} keys restored, {outcome.expired} had expired since the "
+                    "backup")
 
 
 # -- maintenance ---------------------------------------------------------------------------------
@@ -257,12 +255,12 @@ def maintenance_start(
     for c in done:
         if c.autoscaler and not c.autoscaler.min_replicas <= c.after <= c.autoscaler.max_replicas:
             output.warn(f"{c.deployment}: {c.autoscaler.verdict(c.after)}")
+    started = scaling.MaintenanceStart(environment.name, ns, done, path)
     if as_json:
-        output.emit_json({"environment": environment.name, "backup": str(path), "changes": [
-            {"service": c.service, "before": c.before, "after": c.after} for c in done]})
+        output.emit_json(started.as_dict())
         return
     output.info(f"Backed up the values to {path}")
-    _print_changes(done, environment, False, title=f"Maintenance started ({environment.name})")
+    _changes_table(started, f"Maintenance started ({environment.name})")
     output.info(f"When done: qlensctl maintenance end {environment.name}")
 
 
@@ -324,17 +322,14 @@ def maintenance_end(
         if environment.is_production and any(p.before != p.after for p in plans):
             output.confirm(f"End maintenance on {ns}: scale {_summary(plans)}?", yes)
         done = [scaling.apply(kube, ns, p) for p in plans]
+    ended = scaling.MaintenanceEnd(environment.name, ns, done, states, where, smoke_results)
     if as_json:
-        output.emit_json({
-            "environment": environment.name,
-            "health": [{"deployment": s.name, "ready": s.ready, "desired": s.desired} for s in states],
-            "smoke": {"target": where, "checks": [r.to_dict() for r in smoke_results]},
-            "changes": [{"service": c.service, "before": c.before, "after": c.after} for c in done]})
+        output.emit_json(ended.as_dict())
         return
     output.table("Health", ["deployment", "ready", "result"],
                  [[s.name, f"{s.ready}/{s.desired}", output.status_mark(s.done)] for s in states])
     output.info(f"Smoke test of {where}: all {len(smoke_results)} checks passed")
-    _print_changes(done, environment, False, title=f"Maintenance ended ({environment.name})")
+    _changes_table(ended, f"Maintenance ended ({environment.name})")
 
 
 def _smoke(environment: Any, kube: Any, url: str | None, port_forward: bool,
