@@ -6,6 +6,8 @@ one of these. Exit 1 = the operation failed; exit 2 = bad usage or configuration
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class QlensError(Exception):
     """Base: `message` says what failed, `hint` says what to do."""
@@ -16,6 +18,11 @@ class QlensError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+    def as_dict(self) -> dict[str, Any]:
+        """The error as `--json` prints it (under "error"): its class names the kind of failure."""
+        return {"type": type(self).__name__, "message": self.message, "hint": self.hint,
+                "exitCode": self.exit_code}
 
 
 class ConfigError(QlensError):

@@ -4,18 +4,18 @@ Each command lives in a module of qlensctl/commands/ (one per group); this file 
 it appears. Command modules import only typer and rich at module level; SDKs (kubernetes, helm,
 openai, boto3, azure, fastapi) are imported inside the commands that use them so `--help` stays
 fast. All errors end here: one line of what failed, one of what to do, exit 1 or 2; a traceback
-only with `--debug`.
+only with `--debug`; with `--json`, the same as one JSON document on stdout.
 """
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from typer.core import TyperGroup
 
-from qlensctl import __version__
+from qlensctl import __version__, output
 from qlensctl.commands import chart, dashboard, env, keys, local, ops, release, secrets, smoke, tenants, usage
 from qlensctl.errors import QlensError
 from qlensctl.output import get_console
@@ -102,11 +102,21 @@ app.add_typer(secrets.secrets_app, name="secrets", rich_help_panel=CONFIG)
 
 
 def run(argv: list[str] | None = None) -> None:
-    """Console-script entry: run the app and map every error to a message and an exit code."""
+    """Console-script entry: run the app and map every error to a message and an exit code.
+
+    With --json, a failure is also one JSON document on stdout, `{"error": {"type", "message",
+    "hint", "exitCode"}}`, unless the command already printed its own (deploy and rollback print
+    their result, `"ok": false`, before they fail); the text for people still goes to stderr.
+    Usage errors (click's, shown by typer's standalone mode without --json) are caught here
+    then, so they get their document too."""
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    as_json = "--json" in (args[:args.index("--")] if "--" in args else args)
+    output.machine_output(as_json)
     try:
-        app(args=args, prog_name="qlensctl", standalone_mode=True)
+        code = app(args=args, prog_name="qlensctl", standalone_mode=not as_json)
+        if as_json and isinstance(code, int) and code:  # typer.Exit(N) without standalone mode
+            sys.exit(code)
     except QlensError as exc:
         from rich.markup import escape  # messages hold key paths like `deployments[0]`: not markup
 
@@ -118,7 +128,19 @@ def run(argv: list[str] | None = None) -> None:
             err_console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
         if exc.hint:
             err_console.print(f"[dim]hint:[/dim] {escape(exc.hint)}", soft_wrap=True)
-        sys.exit(exc.exit_code)
+        _exit(exc.as_dict(), as_json)
+    except typer.TyperException as exc:  # click's errors (typer vendors click); reach here only with --json
+        show = getattr(exc, "show", None)  # the usage and "Error: ..." click prints without --json
+        if show is not None:
+            show()
+        ctx = getattr(exc, "ctx", None)
+        _exit({"type": "UsageError" if exc.exit_code == 2 else type(exc).__name__,
+               "message": exc.format_message(),
+               "hint": f"see `{ctx.command_path if ctx is not None else 'qlensctl'} --help`",
+               "exitCode": exc.exit_code}, as_json)
+    except typer.Abort:  # likewise: end of input at a prompt
+        get_console(stderr=True).print("Aborted!", highlight=False)
+        _exit({"type": "Aborted", "message": "aborted", "hint": None, "exitCode": 1}, as_json)
     except KeyboardInterrupt:
         get_console(stderr=True).print("[yellow]interrupted[/yellow]")
         sys.exit(130)
@@ -128,10 +150,18 @@ def run(argv: list[str] | None = None) -> None:
             err_console.print_exception()
         from rich.markup import escape
 
-        err_console.print(f"[red]error:[/red] unexpected {type(exc).__name__}: {escape(str(exc))}",
-                          soft_wrap=True)
-        err_console.print("[dim]hint:[/dim] re-run with --debug for the traceback and report it")
-        sys.exit(1)
+        message = f"unexpected {type(exc).__name__}: {exc}"
+        hint = "re-run with --debug for the traceback and report it"
+        err_console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+        err_console.print(f"[dim]hint:[/dim] {hint}")
+        _exit({"type": "UnexpectedError", "message": message, "hint": hint, "exitCode": 1}, as_json)
+
+
+def _exit(error: dict[str, Any], as_json: bool) -> NoReturn:
+    """Exit with the error's code; with --json, print it first as the one document on stdout."""
+    if as_json and not output.emitted():
+        output.emit_json({"error": error})
+    sys.exit(error["exitCode"])
 
 
 if __name__ == "__main__":

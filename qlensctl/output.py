@@ -26,6 +26,21 @@ PIPE_WIDTH = 160
 
 _consoles: dict[bool, Console] = {}
 
+# Set by `main.run` for each invocation: with --json, stdout carries one JSON document and nothing
+# else, so spinners and prompts go to stderr; `emitted` says whether the document is out yet (an
+# error after it must not print a second one).
+_machine = {"json": False, "emitted": False}
+
+
+def machine_output(as_json: bool) -> None:
+    """Start of an invocation: is stdout for a JSON document (`--json`)?"""
+    _machine.update(json=as_json, emitted=False)
+
+
+def emitted() -> bool:
+    """Has this invocation printed its JSON document?"""
+    return _machine["emitted"]
+
 
 def get_console(stderr: bool = False) -> Console:
     """The shared console (stdout) or error console, built on first use: importing rich costs
@@ -52,6 +67,7 @@ def __getattr__(name: str) -> Any:
 def emit_json(data: Any) -> None:
     """Machine output: plain JSON on stdout, no colour, no wrapping."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    _machine["emitted"] = True
 
 
 def table(title: str | None, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
@@ -76,9 +92,10 @@ def status_mark(ok: bool) -> str:
 
 @contextmanager
 def spinner(message: str) -> Iterator[Callable[[str], None]]:
-    """A spinner while something waits; silent when stdout is not a terminal. It yields a function
-    that replaces the spinner's message, so a layer's `progress` callback can be passed it as is."""
-    console = get_console()
+    """A spinner while something waits; silent when its stream (stdout, with --json stderr) is not a
+    terminal. It yields a function that replaces the spinner's message, so a layer's `progress`
+    callback can be passed it as is."""
+    console = get_console(stderr=_machine["json"])
     if console.is_terminal:
         with console.status(message) as status:
             yield lambda text: status.update(text)
@@ -104,5 +121,5 @@ def confirm(question: str, yes: bool) -> None:
         raise RefusedError(f"{question} needs confirmation", "re-run with --yes to confirm")
     import typer
 
-    if not typer.confirm(question, default=False):
+    if not typer.confirm(question, default=False, err=_machine["json"]):
         raise RefusedError("cancelled: nothing was changed", None)
