@@ -17,23 +17,12 @@ import pytest
 import yaml
 
 from tests.support.cli import ROOT, Result, cli_env, qlensctl, run_cli
+from tests.support.json_errors import json_error
 
 
 @pytest.fixture(autouse=True)
 def _checkout_environments(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("QLENS_ENVIRONMENTS", str(ROOT / "environments"))
-
-
-def json_error(result: Result) -> dict[str, Any]:
-    """The error document, checked to be all of stdout and to carry the exit code; the text for
-    people is on stderr."""
-    doc = json.loads(result.out)
-    assert list(doc) == ["error"], result.out
-    error = doc["error"]
-    assert set(error) == {"type", "message", "hint", "exitCode"}, error
-    assert error["exitCode"] == result.code, (error, result.code)
-    assert "error:" in result.err or "Error:" in result.err, result.err
-    return error
 
 
 @pytest.mark.parametrize("args,message", [

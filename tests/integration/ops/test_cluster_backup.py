@@ -13,6 +13,7 @@ from qlensctl.backup import FORMAT, body_checksum
 from qlensctl.release import history
 from tests.integration.ops.cluster import OpsCluster, make_ops_cluster
 from tests.integration.ops.conftest import Cli, assert_no_secrets
+from tests.support.json_errors import json_error
 
 pytestmark = pytest.mark.cluster
 
@@ -67,6 +68,11 @@ def test_backup_then_restore_gives_identical_values(staging: OpsCluster, cli: Cl
     assert _revision(staging, "staging") == 3
     result = json.loads(restored.out)
     assert result["revision"] == 3
+    assert (result["environment"], result["namespace"]) == ("staging", staging.namespaces["staging"])
+    assert (result["ok"], result["status"], result["file"]) == (True, "deployed", str(path))
+    assert (result["backupRevision"], result["state"]) == (1, None)
+    assert {d["name"]: (d["ready"], d["desired"]) for d in result["deployments"]} == {
+        "qlens-gateway": (1, 1), "qlens-router": (1, 1), "qlens-cache": (1, 1)}
     assert staging.replicas("staging") == {"gateway": 1, "router": 1, "cache": 1}
     # restore saved what it replaced, so it can itself be undone
     replaced = Path(cli.cwd / result["previousValues"])
@@ -117,6 +123,8 @@ def test_another_environments_backup_is_refused(staging: OpsCluster, cli: Cli) -
     refused = cli("restore", "production", str(path), "--yes")
     assert refused.code == 2, refused
     assert "backup of environment 'staging'" in refused.err
+    error = json_error(cli("restore", "production", str(path), "--yes", "--json"))
+    assert error["type"] == "ConfigError" and "backup of environment 'staging'" in error["message"]
     assert _snapshot(staging, "staging") == before
     assert history(staging.helm(), staging.namespaces["production"]) == []
 
@@ -134,9 +142,10 @@ def test_maintenance_round_trip(staging: OpsCluster, cli: Cli, shared_stack) -> 
     assert start.code == 0, start
     started = json.loads(start.out)
     assert Path(cli.cwd / started["backup"]).is_file()
+    assert (started["environment"], started["namespace"]) == ("staging", staging.namespaces["staging"])
     assert staging.replicas("staging") == {"gateway": 2, "router": 2, "cache": 2}
-    assert {(c["service"], c["before"], c["after"]) for c in started["changes"]} == {
-        ("gateway", 1, 2), ("router", 1, 2), ("cache", 1, 2)}
+    assert {(c["service"], c["deployment"], c["before"], c["after"]) for c in started["changes"]} == {
+        ("gateway", "qlens-gateway", 1, 2), ("router", "qlens-router", 1, 2), ("cache", "qlens-cache", 1, 2)}
 
     # the smoke test goes to the environment's URL (here its domain is a real local gateway)
     _point_domain_at(staging, "staging", shared_stack.gateway_url.removeprefix("http://"))
@@ -157,6 +166,11 @@ def test_maintenance_round_trip(staging: OpsCluster, cli: Cli, shared_stack) -> 
     report = json.loads(by_url.out)
     assert report["smoke"]["target"] == shared_stack.gateway_url
     assert {c["status"] for c in report["smoke"]["checks"]} == {"pass"}
+    assert (report["environment"], report["namespace"]) == ("staging", staging.namespaces["staging"])
+    assert {(h["name"], h["ready"], h["desired"], h["done"]) for h in report["health"]} == {
+        ("qlens-gateway", 3, 3, True), ("qlens-router", 3, 3, True), ("qlens-cache", 3, 3, True)}
+    assert {(c["deployment"], c["before"], c["after"]) for c in report["changes"]} == {
+        ("qlens-gateway", 3, 1), ("qlens-router", 3, 1), ("qlens-cache", 3, 1)}
     assert staging.replicas("staging") == {"gateway": 1, "router": 1, "cache": 1}
 
 
@@ -171,6 +185,11 @@ def test_maintenance_end_keeps_replicas_when_the_smoke_test_fails(staging: OpsCl
     assert "Traceback" not in end.text
     assert f"smoke test of http://{closed} failed (gateway /health: " in end.err
     assert "replicas left as they are" in end.err and "add --port-forward" in end.err
+    as_json = cli("maintenance", "end", "staging", "--timeout", "30", "--json")
+    error = json_error(as_json)
+    assert (error["type"], error["exitCode"]) == ("OperationError", 1)
+    assert f"smoke test of http://{closed} failed" in error["message"]
+    assert "add --port-forward" in error["hint"]
     assert staging.replicas("staging") == {"gateway": 2, "router": 2, "cache": 2}
 
 
@@ -224,9 +243,11 @@ def test_state_backup_and_restore_through_the_cli(staging: OpsCluster, cli: Cli,
     assert (cli.cwd / result["state"]["file"]).name == state_name
 
     r.flushall()
-    restored = cli("restore", "staging", str(values_file), "--state", "--redis-url", redis_server.url)
+    restored = cli("restore", "staging", str(values_file), "--state", "--redis-url", redis_server.url,
+                   "--json")
     assert restored.code == 0, restored
-    assert "2 keys restored" in restored.out
+    state_file = str(values_file.with_name(state_name))
+    assert json.loads(restored.out)["state"] == {"file": state_file, "restored": 2, "expired": 0}
     assert r.get("qlens:budget:2026-03-14:total") == b"42.5"
     assert 0 < r.ttl("qlens:cache:acme:" + "cd" * 32) <= 600
     r.close()

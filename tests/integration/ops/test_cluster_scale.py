@@ -14,6 +14,7 @@ import pytest
 
 from tests.integration.ops.cluster import OpsCluster, make_ops_cluster
 from tests.integration.ops.conftest import Cli, assert_no_secrets
+from tests.support.json_errors import json_error
 
 pytestmark = pytest.mark.cluster
 
@@ -51,8 +52,10 @@ def deployed(ops: OpsCluster) -> OpsCluster:
 def test_scale_staging_prints_before_and_after(deployed: OpsCluster, cli: Cli) -> None:
     run = cli("scale", "staging", "gateway", "4", "--json")
     assert run.code == 0, run
-    change = json.loads(run.out)["changes"][0]
-    assert (change["deployment"], change["before"], change["after"]) == ("qlens-gateway", 1, 4)
+    assert json.loads(run.out) == {  # stdout is the document alone
+        "environment": "staging", "namespace": deployed.namespaces["staging"], "changes": [
+            {"service": "gateway", "deployment": "qlens-gateway", "before": 1, "after": 4,
+             "autoscaler": None}]}
     assert deployed.replicas("staging") == {"gateway": 4, "router": 1, "cache": 1}
     human = cli("scale", "staging", "cache", "0")
     assert human.code == 0, human
@@ -75,6 +78,15 @@ def test_hpa_warning_says_what_the_autoscaler_will_do(deployed: OpsCluster, cli:
     assert above.code == 0, above
     assert "HPA qlens-gateway" in above.err and "min 2, max 10" in above.err
     assert "lower it back to 10" in above.err
+    back = cli("scale", "production", "gateway", "3", "--yes", "--json")
+    assert back.code == 0, back
+    change = json.loads(back.out)["changes"][0]
+    assert (change["before"], change["after"]) == (12, 3)
+    assert change["autoscaler"] == {"name": "qlens-gateway", "min_replicas": 2, "max_replicas": 10,
+                                    "target_cpu": 70,
+                                    "verdict": "HPA qlens-gateway (min 2, max 10, target CPU 70%) will keep "
+                                               "adjusting it to CPU load"}
+    assert "HPA qlens-gateway" in back.err  # the warning still goes to stderr
     below = cli("scale", "production", "gateway", "1", "--yes")
     assert below.code == 0, below
     assert "raise it back to 2" in below.err
@@ -101,6 +113,47 @@ def test_scale_without_a_release_is_a_clear_error(ops: OpsCluster, cli: Cli) -> 
     run = cli("scale", "staging", "gateway", "2")
     assert run.code == 1, run
     assert "qlens-gateway not found" in run.err and "Traceback" not in run.text
+    as_json = cli("scale", "staging", "gateway", "2", "--json")
+    assert as_json.code == 1, as_json
+    error = json_error(as_json)
+    assert error["type"] == "ClusterError" and "qlens-gateway not found" in error["message"]
+
+
+def test_failures_with_json_are_one_error_document_and_change_nothing(deployed: OpsCluster, cli: Cli,
+                                                                      tmp_path: Path) -> None:
+    from tests.integration.cluster.test_operator_safety import plant_lease
+
+    other = deployed.cluster.kubeconfig_with_contexts(tmp_path / "other", ["qlens-production"],
+                                                      current="local")
+    before = {env: deployed.replicas(env) for env in ("staging", "production")}
+    cases = [  # (args, env, type, exit code, words in the message)
+        (["scale", "qa", "gateway", "3"], None, "ConfigError", 2, "unknown environment 'qa'"),
+        (["scale", "staging", "gateway", "101"], None, "ConfigError", 2, "between 0 and 100 (got 101)"),
+        (["scale", "staging", "web", "3"], None, "ConfigError", 2, "unknown service 'web'"),
+        (["scale", "production", "router", "5"], None, "RefusedError", 2, "needs confirmation"),
+        (["scale", "production", "router", "5", "--yes"], {"KUBECONFIG": str(other)}, "RefusedError", 2,
+         "deploys only to 'qlens-production'"),
+        (["scale", "production", "router", "5", "--yes", "--kube-context", "local"], None, "RefusedError", 2,
+         "is pinned to kube context 'qlens-production', not 'local'"),
+        (["maintenance", "start", "production", "--yes"], {"KUBECONFIG": str(other)}, "RefusedError", 2,
+         "deploys only to 'qlens-production'"),
+        (["maintenance", "start", "staging", "--replicas", "101"], None, "UsageError", 2, "'--replicas'"),
+    ]
+    for args, env, kind, code, words in cases:
+        run = cli(*args, "--json", env=env)
+        assert run.code == code, run
+        error = json_error(run)
+        assert error["type"] == kind and words in error["message"] and error["hint"], run
+    # the deploy lock, held by a deploy: refused, named, nothing changed
+    plant_lease(deployed, deployed.namespaces["staging"], "alice@laptop pid 42", "qlensctl deploy staging v9",
+                renewed_ago=5)
+    locked = cli("scale", "staging", "gateway", "3", "--json")
+    assert locked.code == 2, locked
+    error = json_error(locked)
+    assert error["type"] == "LockHeldError"  # a RefusedError: exit 2
+    assert "`qlensctl deploy staging v9` by alice@laptop pid 42" in error["message"]
+    assert {env: deployed.replicas(env) for env in ("staging", "production")} == before
+    assert not (cli.cwd / "backup").exists()
 
 
 # -- secrets sync staging -> Secret qlens-secrets ---------------------------------------------------

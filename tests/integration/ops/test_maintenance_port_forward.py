@@ -17,6 +17,7 @@ from tests.integration.cluster.test_smoke_cluster import (  # noqa: F401  (fixtu
     kubelet,
     ready_gateway_pods,
 )
+from tests.support.json_errors import json_error
 
 pytestmark = pytest.mark.cluster
 
@@ -37,8 +38,11 @@ def test_maintenance_end_smoke_tests_through_a_port_forward(
     assert {c["name"]: c["status"] for c in report["smoke"]["checks"]} == {
         "gateway /health": "pass", "gateway /health/ready": "pass", "models": "pass",
         "chat completion": "pass", "cache hit": "pass", "gateway /metrics": "pass"}
-    assert {(c["service"], c["before"], c["after"]) for c in report["changes"]} == {
-        ("gateway", 2, 1), ("router", 2, 1), ("cache", 2, 1)}
+    assert {(c["service"], c["deployment"], c["before"], c["after"]) for c in report["changes"]} == {
+        ("gateway", "qlens-gateway", 2, 1), ("router", "qlens-router", 2, 1), ("cache", "qlens-cache", 2, 1)}
+    assert (report["environment"], report["namespace"]) == ("staging", ns)
+    assert {(h["name"], h["ready"], h["done"]) for h in report["health"]} == {
+        ("qlens-gateway", 2, True), ("qlens-router", 2, True), ("qlens-cache", 2, True)}
     assert _replicas(target, ns) == {"qlens-gateway": 1, "qlens-router": 1, "qlens-cache": 1}
     # the checks really went through the API server to that pod's kubelet endpoint
     assert streams.paths and all(p.startswith(f"/portForward/{ns}/{pod}?") for p in streams.paths)
@@ -49,8 +53,10 @@ def test_maintenance_end_smoke_tests_through_a_port_forward(
     assert_ok(target.qlensctl("maintenance", "start", "staging"), "maintenance start")
     target.wait_for("two Ready gateway pods", lambda: len(ready_gateway_pods(target, ns)) == 2)
     running.stop_service("gateway")
-    down = target.qlensctl("maintenance", "end", "staging", "--port-forward", "--timeout", "60")
+    down = target.qlensctl("maintenance", "end", "staging", "--port-forward", "--timeout", "60", "--json")
     assert down.code == 1, down.text
+    error = json_error(down)
+    assert error["type"] == "OperationError" and "replicas left as they are" in error["message"]
     assert "Traceback" not in down.text
     assert "failed (gateway /health: " in down.err and "replicas left as they are" in down.err
     assert "warning: port-forward: pod qlens-gateway-" in down.err
