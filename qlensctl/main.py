@@ -105,8 +105,9 @@ def run(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app and map every error to a message and an exit code.
 
     With --json, a failure is also one JSON document on stdout, `{"error": {"type", "message",
-    "hint", "exitCode"}}`, unless the command already printed its own (deploy and rollback print
-    their result, `"ok": false`, before they fail); the text for people still goes to stderr.
+    "hint", "exitCode"}}`, unless the command already printed its own (deploy, rollback and
+    smoke-test print their result, `"ok": false`, before they fail); the text for people still
+    goes to stderr.
     Usage errors (click's, shown by typer's standalone mode without --json) are caught here
     then, so they get their document too."""
     args = sys.argv[1:] if argv is None else argv

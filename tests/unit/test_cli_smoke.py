@@ -17,6 +17,7 @@ from qlensctl import portforward, smoke
 from qlensctl.errors import ConfigError
 from qlensctl.local import ServiceProcess, Stack, free_port, save_state
 from tests.support.cli import ROOT, run_cli
+from tests.support.json_errors import json_error
 
 SECRET = "qlk-this-must-never-be-printed-0123456789"
 
@@ -97,7 +98,10 @@ def test_an_environment_with_auth_needs_a_key_before_any_check(tmp_path: Path,
         assert result.code == 2, result
         assert result.err.startswith("error: production requires an API key (auth.required is on)")
         assert "--api-key" in result.err and "QLENS_API_KEY" in result.err
-        assert result.out == ""  # no table, no JSON: nothing was checked
+        if "--json" in args:  # no report: nothing was checked; the error is the one document
+            assert json_error(result)["type"] == "ConfigError"
+        else:
+            assert result.out == ""  # no table: nothing was checked
     # an auth-on environment at a closed port: with a key the checks do run (and fail: nothing there)
     write_environment(tmp_path / "envs", "locked", domain=f"127.0.0.1:{free_port()}", auth={"required": True})
     monkeypatch.setenv("QLENS_ENVIRONMENTS", str(tmp_path / "envs"))
