@@ -9,7 +9,7 @@ the fake provider (in its own process, on another core when there are two), for:
   transport: same SDK, same request building, aiohttp underneath)
 - `aiohttp`: a bare aiohttp ClientSession POST (the floor for a Python asyncio client)
 - `httpx2`: a bare httpx2.AsyncClient POST
-- `qlens-http11`: the gateway's own pool to its peers (services/gateway/http11.py `Pool.request`)
+- `qlens-http11`: the gateway's own pool to its peers (services/common/http11.py `Pool.request`)
 - `httpcore`: httpcore's `AsyncConnectionPool.request` (what httpx runs on), the alternative
   issue 17 asks http11.py to be compared with
 
@@ -58,7 +58,7 @@ def _cases(base: str) -> dict[str, tuple[Callable[[], object], Callable[[object]
     import httpx2
     import openai
 
-    from services.gateway.http11 import Pool
+    from services.common.http11 import Pool
 
     raw = workload.body("x")
 

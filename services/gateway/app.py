@@ -27,6 +27,7 @@ from services.common import tracing
 from services.common.config import ServiceConfig, load_service_config, secret_env
 from services.common.errors import APIError, install_error_handlers
 from services.common.health import liveness, readiness
+from services.common.http11 import PeerError
 from services.common.logging import log_event, log_line, request_id, setup_logging
 from services.common.metrics import REQUEST_DURATION, REQUESTS, render_metrics
 from services.gateway import admin
@@ -36,7 +37,6 @@ from services.gateway.catalog import Catalog
 from services.gateway.chat import ROUTE as CHAT
 from services.gateway.chat import SERVICE, ChatApi, Endpoint, router_error, unknown_model, upstream_error
 from services.gateway.embeddings import EmbeddingsApi
-from services.gateway.http11 import PeerError
 from services.gateway.openapi import add_model_routes
 from services.gateway.peers import Cache, Router, peer_urls
 from services.gateway.responses import ResponsesApi

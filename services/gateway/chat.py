@@ -33,6 +33,7 @@ import orjson
 from services.common import tracing
 from services.common.config import CatalogModel, ServiceConfig
 from services.common.errors import APIError
+from services.common.http11 import PeerBroken, PeerError, PeerTimeout, PeerUnavailable, StreamReply
 from services.common.logging import log_event, log_line, request_id
 from services.common.metrics import (
     CACHE_REQUESTS,
@@ -57,7 +58,6 @@ from services.gateway.budget import (
 )
 from services.gateway.cachekey import cache_key, cacheable
 from services.gateway.catalog import Catalog
-from services.gateway.http11 import PeerBroken, PeerError, PeerTimeout, PeerUnavailable, StreamReply
 from services.gateway.peers import Cache, Router
 from services.gateway.schema import ChatCompletionRequest, json_error, validate_request
 from services.gateway.streams import (

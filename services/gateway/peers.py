@@ -1,6 +1,6 @@
 """The gateway's two peers over HTTP: the router and the cache service.
 
-One keep-alive pool per peer (services/gateway/http11.py), opened at start-up. Bytes are passed
+One keep-alive pool per peer (services/common/http11.py), opened at start-up. Bytes are passed
 through as they are; nothing here parses what it does not have to.
 
 The cache is best effort: every failure to reach it (timeout, refused connection, 503) is a
@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from typing import Literal
 
 from services.common import tracing
+from services.common.http11 import PeerError, Pool, Reply, StreamReply
 from services.common.logging import log_event
-from services.gateway.http11 import PeerError, Pool, Reply, StreamReply
 
 log = logging.getLogger("qlens.gateway.peers")
 

@@ -32,9 +32,8 @@ JSON = "application/json"
 
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
     logger = setup_logging(SERVICE)
-    # the openai SDK's HTTP client logs a line per call at INFO: ours already covers each request
-    for noisy in ("httpx", "httpx2", "openai"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # azure-identity logs each token request at INFO: our own lines cover what matters
+    logging.getLogger("azure").setLevel(logging.WARNING)
     if config is None:
         config = _load_config(logger)
     tracing.setup(SERVICE, config.observability.tracing)

@@ -251,6 +251,8 @@ class Router:
                         break
                     if err.kind is FailureKind.TIMEOUT and budget < dep.provider.timeouts.total:
                         dep.breaker.release(permit)  # our deadline cut it short: says nothing of its health
+                        if not isinstance(exc, ProviderError):  # the request's deadline ran out
+                            raise _deadline_error(requested, self.routing.deadline_seconds) from None
                     else:
                         dep.breaker.record_failure(permit)
                     if err.kind is FailureKind.DEPLOYMENT:

@@ -24,6 +24,8 @@ first content chunk; `drop_terminator`: end without [DONE] / messageStop. A fail
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import ipaddress
 import math
 import random
 import threading
@@ -142,6 +144,77 @@ async def send_bytes(
     await send({"type": "http.response.body", "body": body})
 
 
+def make_tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a 127.0.0.1 server certificate signed by it: (ca.pem, server.pem, server.key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "QLens test Key Vault CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    key_file.chmod(0o600)
+    return ca_file, cert_file, key_file
+
+
 class FakeServer:
     """Base: the server thread, the behaviour knobs, the admin endpoints and the request log."""
 
@@ -157,12 +230,20 @@ class FakeServer:
         self._rng = random.Random(seed)
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self.tls: tuple[Path, Path] | None = None  # (certificate, key): served over https
+
+    def use_tls(self, directory: Path) -> Path:
+        """Serve https (call before `start`) with a certificate for 127.0.0.1 from a new CA; the
+        CA's file, for the client to trust."""
+        ca, cert, key = make_tls_files(directory)
+        self.tls = (cert, key)
+        return ca
 
     # --- steering ------------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def fail(self, status: int = 500, times: int | None = None, fraction: float | None = None) -> None:
         """Answer `status` to the next `times` requests (all, if None), or to a `fraction` of them."""
@@ -263,6 +344,8 @@ class FakeServer:
         """How this fake is served, in a thread or as a process: quiet, on its own host and port."""
         import uvicorn
 
+        if self.tls:
+            extra.update(ssl_certfile=str(self.tls[0]), ssl_keyfile=str(self.tls[1]))
         return uvicorn.Config(self, host=self.host, port=self.port, log_config=None, log_level="warning",
                               access_log=False, lifespan="off", **extra)
 

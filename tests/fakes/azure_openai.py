@@ -273,6 +273,8 @@ class FakeAzureOpenAI(FakeServer):
         self.auth_kinds: set[str] = set()  # "api-key" and/or "bearer": how requests were authorized
         self.responses_calls = 0  # requests to the Responses API (/openai/v1/responses)
         self.stored = 0  # Responses requests that asked Azure to store the response (store not false)
+        self.wire: list[dict[str, Any]] | None = None  # a list: every request is kept in it, whole
+        self.token_lifetime = 3600  # seconds an issued Entra ID token is valid
 
     @classmethod
     def for_environment(cls, environment: Mapping[str, Any], **kw: Any) -> Any:
@@ -302,6 +304,10 @@ class FakeAzureOpenAI(FakeServer):
             return
         raw = await read_body(receive)
         headers = dict(scope["headers"])
+        if self.wire is not None:
+            self.wire.append({"method": scope["method"], "path": scope["path"],
+                              "query": parse_qs(scope.get("query_string", b"").decode()),
+                              "headers": {k.decode(): v.decode() for k, v in headers.items()}, "body": raw})
         versions = parse_qs(scope.get("query_string", b"").decode()).get("api-version", [])
         if responses:
             await self._responses(send, raw, headers, versions)
@@ -435,7 +441,7 @@ class FakeAzureOpenAI(FakeServer):
         self.tokens.add(token)
         body = {
             "access_token": token,
-            "expires_on": str(int(time.time()) + 3600),
+            "expires_on": str(int(time.time()) + self.token_lifetime),
             "resource": ENTRA_RESOURCE,
             "token_type": "Bearer",
         }

@@ -1,6 +1,5 @@
 """Contracts with the private internals QLens relies on (issue 17), checked against the installed
-versions: uvicorn's HttpToolsProtocol (services/common/http_limits.py subclasses it), the openai
-SDK's httpx2 client `build_request` (the router's URL cache overrides it) and helm_python's
+versions: uvicorn's HttpToolsProtocol (services/common/http_limits.py subclasses it) and helm_python's
 `_native.call_string` (qlensctl/helm/embedded.py renders through it). pyproject pins each below its next
 release that could change them; when a bump breaks one, this file says which and where."""
 
@@ -42,35 +41,6 @@ def test_uvicorn_httptools_protocol_has_what_bounded_protocol_uses() -> None:
     cycle_source = inspect.getsource(inspect.getmodule(HttpToolsProtocol).RequestResponseCycle)  # type: ignore[union-attr]
     for attr in ("self.more_body", "self.response_complete", "self.keep_alive"):
         assert attr in cycle_source, attr
-
-
-def test_openai_http_client_build_request_takes_what_the_url_cache_passes() -> None:
-    from openai import DefaultAioHttpClient
-
-    sig = inspect.signature(DefaultAioHttpClient.build_request)
-    assert list(sig.parameters)[:3] == ["self", "method", "url"]
-    assert sig.parameters["params"].kind is inspect.Parameter.KEYWORD_ONLY
-    for attr in ("params", "base_url"):  # read by URLCachingClient.__init__
-        assert attr in {n for n, _ in inspect.getmembers(DefaultAioHttpClient)}, attr
-
-
-def test_openai_build_request_through_the_url_cache_gives_the_sdk_url() -> None:
-    """The router's cached URL must be what the SDK would have built (its merge is a no-op)."""
-    import httpx2
-
-    from services.router.providers.azure_openai import _http_client_class
-
-    url = "http://127.0.0.1:1/openai/deployments/gpt-4/chat/completions"
-    client = _http_client_class()()
-    plain = httpx2.Client()
-    try:
-        for _ in range(2):  # the second comes from the cache
-            got = client.build_request("POST", url, params="api-version=2024-06-01", content=b"{}")
-            want = plain.build_request("POST", url, params="api-version=2024-06-01", content=b"{}")
-            assert str(got.url) == str(want.url)
-            assert got.content == want.content
-    finally:
-        plain.close()
 
 
 def test_helm_python_native_render_entry_point() -> None:

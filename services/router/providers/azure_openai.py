@@ -1,13 +1,20 @@
-"""Azure OpenAI through the official `openai` SDK (`AsyncAzureOpenAI`).
+"""Azure OpenAI over its REST API, with the pooled keep-alive client (services/common/http11.py).
 
-One SDK client per endpoint, created once with a pooled HTTP client (the SDK's aiohttp transport;
-pool size and connect/read timeouts from the provider config) and `max_retries=0`: retrying is the
-router's job, it knows the deadline and the other deployments. The deployment is chosen per call
-by putting its name in the body's `model`, from which the SDK builds
-`/openai/deployments/{name}/chat/completions`.
+Why not the `openai` SDK on this path: the body already is OpenAI JSON and the answer is forwarded
+as Azure's bytes, so the SDK's work per call (options models, request building, its HTTP stack)
+was about 60-76% of the router's CPU (profiles in bench/README.md) for nothing it added. The wire
+format stays the SDK's: tests/unit/test_azure_wire_contract.py sends the same requests through
+`AsyncAzureOpenAI` and through this module to the strict stand-in and compares what arrived.
 
-Credentials: `AZURE_OPENAI_ENDPOINT`, and `AZURE_OPENAI_API_KEY`; without a key, an Entra ID
-token from `azure-identity`'s DefaultAzureCredential (managed identity, workload identity, CLI).
+- Chat: `POST /openai/deployments/{deployment}/chat/completions?api-version=...`; embeddings the
+  same with `/embeddings`; a deployment configured with `api: responses` goes to Azure's Responses
+  API, `POST /openai/v1/responses` (azure_responses.py translates to and fro).
+- One pool per endpoint (size, keep-alive and connect/read timeouts from the provider config), and
+  no retries of its own: retrying is the router's job, it knows the deadline and the other
+  deployments.
+- Credentials: `AZURE_OPENAI_ENDPOINT`, and `AZURE_OPENAI_API_KEY`; without a key, an Entra ID
+  token from `azure-identity`'s DefaultAzureCredential (managed identity, workload identity, CLI),
+  renewed in the background before it expires, so no request waits for a token but the first.
 
 Answers are forwarded as the bytes Azure sent (no parse-and-reserialize round trip); only the
 usage is read out of them. Streams always ask Azure for usage (it settles budgets and feeds the
@@ -16,15 +23,19 @@ token metrics) and drop that chunk again when the client did not ask for it.
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import logging
+import time
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import orjson
 from pydantic import Field, model_validator
 
 from services.common.config import Model, Pool, Timeouts
+from services.common.http11 import PeerError, PeerTimeout
+from services.common.http11 import Pool as HTTPPool
 from services.common.sse import SSESplitter
 from services.router.providers import azure_responses
 from services.router.providers.base import (
@@ -40,6 +51,9 @@ from services.router.retry import FailureKind, kind_for_status
 
 CUT_OFF = "Azure OpenAI ended the stream without [DONE]"
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
+JSON_BODY = {"content-type": "application/json"}
+
+log = logging.getLogger("qlens.router")
 
 
 class AzureDeployment(Model):
@@ -87,136 +101,156 @@ class AzureOpenAIProvider:
     deterministic = False
 
     def __init__(self, config: AzureConfig, endpoint: str, api_key: str | None = None) -> None:
-        import httpx2
-        from openai import AsyncAzureOpenAI, omit
-
-        self.timeouts = config.timeouts
-        t = config.timeouts
-        # the SDK's aiohttp transport: about a third less CPU per call than its default (measured)
-        self._http = _http_client_class()(
-            limits=httpx2.Limits(
-                max_connections=config.pool.max_connections,
-                max_keepalive_connections=config.pool.max_keepalive,
-            ),
-            timeout=httpx2.Timeout(connect=t.connect, read=t.read, write=t.read, pool=t.connect),
-        )
-        self._credential = None
-        auth: dict[str, Any]
-        if api_key:
-            auth = {"api_key": api_key}
-        else:
-            from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
-
-            self._credential = DefaultAzureCredential()
-            auth = {"azure_ad_token_provider": get_bearer_token_provider(self._credential, ENTRA_SCOPE)}
-        self.client = AsyncAzureOpenAI(
-            azure_endpoint=endpoint,
-            api_version=config.api_version,
-            max_retries=0,
-            http_client=self._http,
-            timeout=httpx2.Timeout(connect=t.connect, read=t.read, write=t.read, pool=t.connect),
-            **auth,
-        )
-        self._urls: dict[str, str] = {}
-        # deployments served by Azure's Responses API (azure_responses.py translates to and fro)
+        self.timeouts = t = config.timeouts
+        self._pool = HTTPPool(endpoint, limit=config.pool.max_connections, connect_timeout=t.connect,
+                              keepalive=config.pool.max_keepalive)
+        self._token = None if api_key else EntraToken()
+        self._headers: Mapping[str, str] = {**JSON_BODY, "api-key": api_key} if api_key else JSON_BODY
+        self._query = "?" + urlencode({"api-version": config.api_version})
+        self._paths: dict[str, str] = {}
+        # deployments served by Azure's Responses API; the v1 API takes no dated api-version
         self._responses = config.responses_deployments()
-        self._responses_url = f"{str(self.client.base_url).rstrip('/')}/v1/responses"
-        # the v1 API takes no dated api-version: the client's default one is left out, or replaced
         version = config.responses_api_version
-        self._responses_options: Any = {"params": {"api-version": version or omit}}
+        self._responses_path = "/openai/v1/responses" + ("?" + urlencode({"api-version": version})
+                                                         if version else "")
 
-    def _url(self, target: str) -> str:
-        """The deployment's chat URL, absolute: the SDK then parses it once instead of merging a
-        relative path into its base URL (a URL parse is tens of microseconds in httpx2)."""
-        url = self._urls.get(target)
-        if url is None:
-            base = str(self.client.base_url).rstrip("/")
-            url = self._urls[target] = f"{base}/deployments/{quote(target, safe='')}/chat/completions"
-        return url
+    def _path(self, target: str, api: str = "chat/completions") -> str:
+        """The deployment's path with its api-version, built once per deployment and API."""
+        path = self._paths.get(target + api)
+        if path is None:
+            path = f"/openai/deployments/{quote(target, safe='')}/{api}{self._query}"
+            self._paths[target + api] = path
+        return path
 
     async def complete(self, target: str, body: dict[str, Any]) -> Completion:
-        import httpx2
-
         if target in self._responses:
-            return await self._respond(target, body)
-        # the body as bytes (`content=`): orjson instead of the SDK's JSON encoder, and the URL
-        # names the deployment, which the SDK would otherwise read out of a `body` dict
-        payload = orjson.dumps({**body, "model": target})
-        async with _translate_errors():
-            response = await self.client.post(self._url(target), content=payload, cast_to=httpx2.Response)
-        content = response.content
+            payload = orjson.dumps(azure_responses.responses_request(body, target))
+            content, usage = azure_responses.completion(await self._post(self._responses_path, payload))
+            return Completion(content, usage)
+        content = await self._post(self._path(target), orjson.dumps({**body, "model": target}))
         try:
-            usage = _usage(orjson.loads(content).get("usage"))
+            found = _usage(orjson.loads(content).get("usage"))
         except (orjson.JSONDecodeError, AttributeError):
             raise ProviderError(FailureKind.DEPLOYMENT, "Azure OpenAI answered with malformed JSON") from None
-        return Completion(content, usage or Usage(0, 0))
+        return Completion(content, found or Usage(0, 0))
 
     async def embed(self, target: str, body: dict[str, Any]) -> Completion:
         """An embedding deployment: the body as the client sent it, Azure's answer as its bytes
         (`encoding_format` and `dimensions` are Azure's to honour)."""
-        import httpx2
-
-        url = self._url(target).removesuffix("/chat/completions") + "/embeddings"
-        async with _translate_errors():
-            response = await self.client.post(url, content=orjson.dumps({**body, "model": target}),
-                                              cast_to=httpx2.Response)
+        content = await self._post(self._path(target, "embeddings"), orjson.dumps({**body, "model": target}))
         try:
-            usage = orjson.loads(response.content).get("usage") or {}
+            usage = orjson.loads(content).get("usage") or {}
             prompt = int(usage.get("prompt_tokens") or 0)
         except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
             raise ProviderError(FailureKind.DEPLOYMENT, "Azure OpenAI answered with malformed JSON") from None
-        return Completion(response.content, Usage(prompt, 0))
-
-    async def _respond(self, target: str, body: dict[str, Any]) -> Completion:
-        import httpx2
-
-        payload = orjson.dumps(azure_responses.responses_request(body, target))
-        async with _translate_errors():
-            response = await self.client.post(self._responses_url, content=payload, cast_to=httpx2.Response,
-                                              options=self._responses_options)
-        content, usage = azure_responses.completion(response.content)
-        return Completion(content, usage)
+        return Completion(content, Usage(prompt, 0))
 
     async def stream(self, target: str, body: dict[str, Any]) -> AsyncGenerator[StreamItem, None]:
-        import httpx2
-
         client_wants_usage = wants_usage(body)
-        options: Any = {}
         if target in self._responses:
-            url, options = self._responses_url, self._responses_options
+            path = self._responses_path
             payload = orjson.dumps(azure_responses.responses_request({**body, "stream": True}, target))
             events: _Events | azure_responses.ResponsesEvents = azure_responses.ResponsesEvents(
                 client_wants_usage)
         else:
-            url, events = self._url(target), _Events(client_wants_usage)
+            path, events = self._path(target), _Events(client_wants_usage)
             stream_options = body.get("stream_options")
             if not isinstance(stream_options, dict):
                 stream_options = {}
             payload = orjson.dumps({**body, "model": target, "stream": True,
                                     "stream_options": {**stream_options, "include_usage": True}})
-        async with _translate_errors():
-            response = await self.client.post(url, content=payload, cast_to=httpx2.Response, stream=True,
-                                              options=options)
+        headers = self._headers if self._token is None else await self._token.headers()
+        read = self.timeouts.read
         try:
-            async with _translate_errors():
-                async for data in response.aiter_bytes():
-                    for event in events.feed(data):
-                        yield event
-                    if events.finished:
-                        break
-                else:  # ended without [DONE]: a last event may lack its blank line
-                    for event in events.feed(b"\n\n"):
-                        yield event
-                    if not events.finished:  # cut off: what was relayed is not the whole answer
-                        raise ProviderError(FailureKind.SERVER, events.cut_off)
+            reply = await self._pool.stream("POST", path, payload, headers, timeout=read, read_timeout=read)
+        except PeerError as exc:
+            raise _unreachable(exc) from None
+        try:
+            if reply.status >= 300:
+                raise _status_error(reply.status, await reply.read(), reply.headers)
+            async for data in reply.chunks():
+                for event in events.feed(data):
+                    yield event
+                if events.finished:
+                    await reply.drain()  # the chunked terminator: then the connection is reused
+                    break
+            else:  # ended without [DONE]: a last event may lack its blank line
+                for event in events.feed(b"\n\n"):
+                    yield event
+                if not events.finished:  # cut off: what was relayed is not the whole answer
+                    raise ProviderError(FailureKind.SERVER, events.cut_off)
+        except PeerError as exc:
+            raise _unreachable(exc) from None
+        except orjson.JSONDecodeError:
+            raise ProviderError(FailureKind.DEPLOYMENT, "Azure OpenAI sent a malformed stream chunk") \
+                from None
         finally:
-            await response.aclose()
+            reply.release()  # back to the pool when the answer was read to its end, else closed
         yield events.usage
 
+    async def _post(self, path: str, payload: bytes) -> bytes:
+        """One call whose answer is read whole: its body, or the ProviderError its status means."""
+        headers = self._headers if self._token is None else await self._token.headers()
+        try:
+            reply = await self._pool.request("POST", path, payload, headers, timeout=self.timeouts.read)
+        except PeerError as exc:
+            raise _unreachable(exc) from None
+        if reply.status >= 300:
+            raise _status_error(reply.status, reply.body, reply.headers)
+        return reply.body
+
     async def aclose(self) -> None:
-        await self.client.close()
-        if self._credential is not None:
-            await self._credential.close()
+        await self._pool.close()
+        if self._token is not None:
+            await self._token.close()
+
+
+class EntraToken:
+    """Entra ID bearer tokens from DefaultAzureCredential, renewed in the background.
+
+    Only the first request waits for a token. From `RENEW_BEFORE` seconds before the token expires,
+    a request starts a renewal and goes on with the current token; a renewal that fails leaves the
+    current token in use until it expires, and the next request tries again.
+    """
+
+    RENEW_BEFORE = 300.0
+
+    def __init__(self) -> None:
+        from azure.identity.aio import DefaultAzureCredential
+
+        self._credential = DefaultAzureCredential()
+        self._headers: Mapping[str, str] | None = None
+        self._expires_on = 0.0
+        self._renewal: asyncio.Task[None] | None = None
+
+    async def headers(self) -> Mapping[str, str]:
+        now = time.time()
+        if self._headers is not None and now < self._expires_on - self.RENEW_BEFORE:
+            return self._headers
+        if self._renewal is None or self._renewal.done():
+            self._renewal = asyncio.ensure_future(self._renew())
+        if self._headers is None or now >= self._expires_on - 5:  # none yet, or about to expire
+            await asyncio.shield(self._renewal)
+        if self._headers is None:
+            raise ProviderError(FailureKind.DEPLOYMENT, "Azure OpenAI: no Entra ID token could be had; "
+                                "set AZURE_OPENAI_API_KEY or give the pod a managed/workload identity")
+        return self._headers
+
+    async def _renew(self) -> None:
+        try:
+            token = await self._credential.get_token(ENTRA_SCOPE)
+        except Exception as exc:  # the credential's own errors: it tried every way it knows
+            log.warning("Entra ID token renewal failed", extra={"fields": {"error": type(exc).__name__}})
+            if self._headers is not None and time.time() >= self._expires_on:
+                self._headers = None
+            return
+        self._headers = {**JSON_BODY, "authorization": f"Bearer {token.token}"}
+        self._expires_on = float(token.expires_on)
+
+    async def close(self) -> None:
+        if self._renewal is not None and not self._renewal.done():
+            self._renewal.cancel()
+        await self._credential.close()
 
 
 class _Events:
@@ -262,112 +296,36 @@ def _data_lines(event: bytes) -> list[bytes]:
     return [line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:")]
 
 
-@functools.cache
-def _http_client_class() -> type:
-    """The SDK's aiohttp-backed httpx2 client, remembering the URLs it has built.
-
-    The SDK hands `build_request` the same URL string and `api-version` query on every call, and
-    httpx2 parses that URL twice more (merging the base URL, then the query). Both merges are
-    no-ops for this client (no base URL or params of its own), so the merged URL is kept per
-    (url, query): one dict lookup instead. Bounded: one entry per deployment and API version.
-    """
-    import httpx2
-    from openai import DefaultAioHttpClient
-
-    class URLCachingClient(DefaultAioHttpClient):  # type: ignore[misc, valid-type]
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self._urls: dict[tuple[str, str | None], httpx2.URL] = {}
-            self._merges_nothing = not self.params and not str(self.base_url)
-
-        def build_request(self, method: str, url: Any, *, params: Any = None, **kwargs: Any) -> Any:
-            plain = isinstance(url, str) and (params is None or isinstance(params, str))
-            if not (plain and self._merges_nothing):
-                return super().build_request(method, url, params=params, **kwargs)
-            merged = self._urls.get((url, params))
-            if merged is None:
-                if len(self._urls) >= 64:
-                    self._urls.clear()
-                merged = httpx2.URL(url)
-                if params:
-                    merged = merged.copy_merge_params(params)
-                self._urls[(url, params)] = merged
-            return super().build_request(method, merged, **kwargs)
-
-    return URLCachingClient
-
-
 def _usage(usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
 
-class _translate_errors:
-    """Turn the SDK's exceptions into ProviderError with the right retry kind."""
-
-    async def __aenter__(self) -> None:
-        return None
-
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None or isinstance(exc, ProviderError):
-            return False
-        import httpx2
-        import openai
-
-        if isinstance(exc, openai.APIStatusError):
-            raise ProviderError(
-                kind_for_status(exc.status_code),
-                _status_message(exc),
-                exc.status_code,
-                retry_after=retry_after_seconds(exc.response.headers),
-                reason=_refusal_reason(exc),
-            ) from None
-        if isinstance(exc, openai.APITimeoutError | httpx2.TimeoutException) and not _refused(exc):
-            raise ProviderError(FailureKind.TIMEOUT, "Azure OpenAI timed out") from None
-        if isinstance(exc, openai.APIConnectionError | httpx2.TransportError):
-            raise ProviderError(FailureKind.CONNECT, "could not reach Azure OpenAI") from None
-        if isinstance(exc, orjson.JSONDecodeError):
-            raise ProviderError(
-                FailureKind.DEPLOYMENT, "Azure OpenAI sent a malformed stream chunk"
-            ) from None
-        return False
+def _unreachable(exc: PeerError) -> ProviderError:
+    if isinstance(exc, PeerTimeout):
+        return ProviderError(FailureKind.TIMEOUT, "Azure OpenAI timed out")
+    return ProviderError(FailureKind.CONNECT, f"could not reach Azure OpenAI ({exc})")
 
 
-def _refused(exc: BaseException) -> bool:
-    """A connection that failed outright, which the aiohttp transport reports as a ConnectTimeout."""
-    import aiohttp
-
-    seen: BaseException | None = exc
-    for _ in range(8):  # the cause chain is short: SDK error <- httpx2 error <- aiohttp error
-        if seen is None:
-            return False
-        if isinstance(seen, aiohttp.ClientConnectorError | ConnectionRefusedError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+def _status_error(status: int, body: bytes, headers: Any) -> ProviderError:
+    """Azure's own error message (it describes the request, never our key), with the status and
+    the retry kind; a 400 for a prompt too long or a content filter names that reason."""
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        parsed = None
+    inner = parsed.get("error", parsed) if isinstance(parsed, dict) else None
+    message = inner.get("message") if isinstance(inner, dict) else None
+    code = inner.get("code") if isinstance(inner, dict) else None
+    reason = _REFUSALS.get(code) if isinstance(code, str) and status == 400 else None
+    return ProviderError(kind_for_status(status), f"Azure OpenAI returned {status}: {message or 'no detail'}",
+                         status, retry_after=retry_after_seconds(headers), reason=reason)
 
 
 # Azure's error codes for a prompt too long for the model and for its content filter
 _REFUSALS = {"context_length_exceeded": "context_window", "content_filter": "content_policy",
              "ResponsibleAIPolicyViolation": "content_policy"}
-
-
-def _refusal_reason(exc: Any) -> str | None:
-    body = getattr(exc, "body", None)
-    inner = body.get("error", body) if isinstance(body, dict) else None
-    code = inner.get("code") if isinstance(inner, dict) else None
-    return _REFUSALS.get(code) if isinstance(code, str) and exc.status_code == 400 else None
-
-
-def _status_message(exc: Any) -> str:
-    """Azure's own error message (it describes the request, never our key), with the status."""
-    body = getattr(exc, "body", None)
-    message = None
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        message = inner.get("message") if isinstance(inner, dict) else None
-    return f"Azure OpenAI returned {exc.status_code}: {message or 'no detail'}"
 
 
 # --- the registry entry --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The gateway's HTTP/1.1 client against a real socket server on 127.0.0.1 (scripted answers)."""
+"""The pooled HTTP/1.1 client (gateway hops, router to Azure) against a real socket server on 127.0.0.1 (scripted answers)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from qlensctl.local import free_port
-from services.gateway.http11 import PeerBroken, PeerTimeout, PeerUnavailable, Pool
+from services.common.http11 import PeerBroken, PeerTimeout, PeerUnavailable, Pool
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes, bytes], Awaitable[bool]]
 
@@ -191,6 +191,57 @@ async def test_the_pool_limit_queues_requests_instead_of_failing():
     assert srv.connections <= 2
 
 
-def test_only_plain_http_peers():
-    with pytest.raises(ValueError):
-        Pool("https://example.com")
+def test_http_and_https_peers_only():
+    for bad in ("ftp://example.com", "example.com:80", "https://"):
+        with pytest.raises(ValueError):
+            Pool(bad)
+    tls = Pool("https://example.openai.azure.com")
+    assert (tls.port, tls._host_header) == (443, b"example.openai.azure.com")  # no :443 in Host
+    assert Pool("http://127.0.0.1:8080/base")._host_header == b"127.0.0.1:8080"
+
+
+async def test_idle_connections_beyond_keepalive_are_closed():
+    async def slow(reader, writer, head, body) -> bool:
+        await asyncio.sleep(0.02)
+        writer.write(answer(body))
+        return True
+
+    async with Server(slow) as srv:
+        pool = Pool(srv.url, limit=4, keepalive=1)
+        await asyncio.gather(*(pool.request("POST", "/", b"x") for _ in range(4)))
+        assert srv.connections == 4 and len(pool._idle) == 1
+        await pool.request("POST", "/", b"y")
+        await pool.close()
+    assert srv.connections == 4, "the one kept idle served the next request"
+
+
+async def test_drain_reads_the_terminator_that_comes_late_so_the_connection_is_kept():
+    """After an SSE stream's last event the chunked terminator may come in a later packet: drain()
+    waits for it, and the connection goes back to the pool; a peer that never sends it costs
+    only the drain's timeout and a closed connection."""
+    terminate = asyncio.Event()
+
+    async def late_end(reader, writer, head, body) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n7\r\ndata: 1\r\n")
+        await writer.drain()
+        if body == b"ends":
+            await asyncio.sleep(0.05)
+            writer.write(b"0\r\n\r\n")
+            return True
+        await terminate.wait()
+        return False
+
+    async with Server(late_end) as srv:
+        pool = Pool(srv.url)
+        reply = await pool.stream("POST", "/s", b"ends", read_timeout=5)
+        assert await anext(reply.chunks()) == b"data: 1"
+        await reply.drain(timeout=5)
+        reply.release()
+        assert len(pool._idle) == 1
+        hung = await pool.stream("POST", "/s", b"hangs", read_timeout=5)
+        assert await anext(hung.chunks()) == b"data: 1"
+        await hung.drain(timeout=0.1)
+        hung.release()
+        assert len(pool._idle) == 0, "an answer never finished is not reused"
+        terminate.set()
+        await pool.close()

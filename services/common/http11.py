@@ -1,4 +1,5 @@
-"""A small keep-alive HTTP/1.1 client for the gateway's two private hops (router, cache).
+"""A small keep-alive HTTP/1.1 client: the gateway's two private hops (router, cache), and the
+router's calls to Azure OpenAI's REST API (over TLS).
 
 Why not aiohttp: measured on the gateway's miss path (cache GET, router POST, cache PUT per
 request) aiohttp's client was ~40% of the gateway's CPU, mostly per-request bookkeeping
@@ -8,13 +9,14 @@ parses the answer with httptools (the C parser uvicorn uses). It covers exactly 
 use: one request at a time per connection, Content-Length or chunked answers, streaming reads
 with back-pressure, timeouts, and a bounded pool.
 
-Errors are three types the gateway maps to statuses: `PeerUnavailable` (could not connect: 503),
+Errors are three types its callers map to statuses or retry kinds: `PeerUnavailable` (could not connect: 503),
 `PeerTimeout` (504) and `PeerBroken` (the connection failed mid-answer: 502).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
@@ -210,6 +212,19 @@ class StreamReply:
     async def read(self) -> bytes:
         return b"".join([c async for c in self.chunks()])
 
+    async def drain(self, timeout: float = 1.0) -> None:
+        """Read and drop what is left of the answer (after an SSE stream's last event, its chunked
+        terminator), so `release()` can keep the connection; gives up after `timeout`."""
+        conn = self._conn
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            while not conn.complete:
+                conn.take()
+                await conn.wait(deadline)
+        except PeerError:
+            pass  # release() closes the connection instead
+        conn.take()
+
     def release(self) -> None:
         if self._finished:
             return
@@ -226,17 +241,24 @@ class StreamReply:
 
 
 class Pool:
-    """Keep-alive connections to one peer (`http://host:port`), at most `limit` at a time."""
+    """Keep-alive connections to one peer (`http://host:port` or `https://host`), at most `limit`
+    at a time and at most `keepalive` of them idle."""
 
-    def __init__(self, base_url: str, limit: int = 100, connect_timeout: float = 2.0) -> None:
+    def __init__(self, base_url: str, limit: int = 100, connect_timeout: float = 2.0,
+                 keepalive: int | None = None, tls: ssl.SSLContext | None = None) -> None:
         parts = urlsplit(base_url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError(f"peer URL must be http://host:port, got {base_url!r}")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"peer URL must be http://host:port or https://host, got {base_url!r}")
         self.host = parts.hostname
-        self.port = parts.port or 80
+        # https verifies the peer against the system's CAs (OpenSSL honours SSL_CERT_FILE)
+        self._tls = (tls or ssl.create_default_context()) if parts.scheme == "https" else None
+        default_port = 443 if self._tls else 80
+        self.port = parts.port or default_port
         self.prefix = parts.path.rstrip("/")
-        self._host_header = f"{self.host}:{self.port}".encode()
+        host = self.host if self.port == default_port else f"{self.host}:{self.port}"
+        self._host_header = host.encode("ascii")
         self.connect_timeout = connect_timeout
+        self._keepalive = limit if keepalive is None else keepalive
         self._idle: deque[_Connection] = deque()
         self._slots = asyncio.Semaphore(limit)
         self._closed = False
@@ -318,18 +340,18 @@ class Pool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout_at(min(deadline, loop.time() + self.connect_timeout)):
-                _, conn = await loop.create_connection(_Connection, self.host, self.port)
+                _, conn = await loop.create_connection(_Connection, self.host, self.port, ssl=self._tls)
         except TimeoutError:
             raise PeerUnavailable(f"connecting to {self.host}:{self.port} timed out") from None
-        except OSError as exc:
-            reason = exc.strerror or type(exc).__name__
+        except OSError as exc:  # ssl.SSLError (a certificate that does not verify) included
+            reason = exc.strerror or getattr(exc, "reason", None) or type(exc).__name__
             raise PeerUnavailable(f"cannot connect to {self.host}:{self.port}: {reason}") from None
         return conn
 
     def _release(self, conn: _Connection) -> None:
         if conn.stream:  # a request's slot is released by its `async with`
             self._slots.release()
-        if self._closed or conn.closed or not conn.keep_alive:
+        if self._closed or conn.closed or not conn.keep_alive or len(self._idle) >= self._keepalive:
             conn.close()
             return
         conn.idle_since = time.monotonic()
