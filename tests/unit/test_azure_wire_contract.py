@@ -105,7 +105,8 @@ async def test_stream_is_asked_for_as_the_sdk_asks_with_usage(fake, provider, sd
     assert_same_wire(fake)
     ours = [ChatCompletionChunk.model_validate_json(i[len(b"data: "):]) for i in items[:-1]]
     assert [c.choices for c in ours] == [c.choices for c in chunks]
-    assert ours[-1].usage == chunks[-1].usage and items[-1].completion_tokens == chunks[-1].usage.completion_tokens
+    assert ours[-1].usage == chunks[-1].usage
+    assert items[-1].completion_tokens == chunks[-1].usage.completion_tokens
 
 
 async def test_embeddings_are_sent_as_the_sdk_sends_them(fake, provider, sdk):
@@ -128,8 +129,8 @@ async def test_responses_api_call_is_what_the_sdk_sends_to_azures_v1_api(fake, p
 
     chat = {"model": "gpt-5", "messages": MESSAGES, "max_tokens": 32, "temperature": 0.5}
     built = azure_responses.responses_request(chat, "gpt-5")
-    client = AsyncOpenAI(base_url=f"{fake.url}/openai/v1/", api_key="unused", default_headers={"api-key": KEY},
-                         max_retries=0)
+    client = AsyncOpenAI(base_url=f"{fake.url}/openai/v1/", api_key="unused",
+                         default_headers={"api-key": KEY}, max_retries=0)
     try:
         await client.responses.create(**built)
     finally:

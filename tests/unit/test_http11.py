@@ -1,4 +1,5 @@
-"""The pooled HTTP/1.1 client (gateway hops, router to Azure) against a real socket server on 127.0.0.1 (scripted answers)."""
+"""The pooled HTTP/1.1 client (gateway hops, router to Azure) against a real socket server on
+127.0.0.1 (scripted answers)."""
 
 from __future__ import annotations
 
