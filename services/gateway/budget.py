@@ -423,13 +423,17 @@ def _child(metric: Any, scope: str) -> Any:
 
 class _RemainingGauges:
     """qlens_budget_remaining_usd: the total's remaining today, and the minimum over the others seen;
-    qlens_budget_limit_usd: the daily limit beside it (the dashboard's spend = limit - remaining)."""
+    qlens_budget_limit_usd: the daily limit beside it (the dashboard's spend = limit - remaining).
+
+    A settle only records its ids' remaining (O(1)); the minimum over up to MAX_IDS ids per scope
+    is taken when Prometheus scrapes (the gauges' set_function), not on every request."""
 
     MAX_IDS = 10000
 
     def __init__(self) -> None:
         self.day = ""
         self.seen: dict[str, dict[str, tuple[int, int]]] = {}  # scope -> id -> (remaining, limit)
+        self._closest: dict[str, tuple[int, int]] = {}  # scope -> the last minimum, kept over a new day
 
     def update(self, day: str, counters: Sequence[Counter], counts: Sequence[tuple[int, int]]) -> None:
         if day < self.day:
@@ -445,13 +449,24 @@ class _RemainingGauges:
                 _child(BUDGET_REMAINING, c.scope).set(_usd(remaining))
                 _child(BUDGET_LIMIT, c.scope).set(_usd(c.limit))
                 continue
-            seen = self.seen.setdefault(c.scope, {})
+            seen = self.seen.get(c.scope)
+            if seen is None:
+                seen = self.seen[c.scope] = {}
+                self._watch(c.scope)
             if len(seen) >= self.MAX_IDS and c.key not in seen:
                 seen.clear()
             seen[c.key] = (remaining, c.limit)
-            closest, limit = min(seen.values())
-            _child(BUDGET_REMAINING, c.scope).set(_usd(closest))
-            _child(BUDGET_LIMIT, c.scope).set(_usd(limit))
+
+    def _watch(self, scope: str) -> None:
+        _child(BUDGET_REMAINING, scope).set_function(lambda: _usd(self.closest(scope)[0]))
+        _child(BUDGET_LIMIT, scope).set_function(lambda: _usd(self.closest(scope)[1]))
+
+    def closest(self, scope: str) -> tuple[int, int]:
+        """(remaining, limit) of the scope's id closest to its limit today."""
+        seen = self.seen.get(scope)
+        if seen:
+            self._closest[scope] = min(seen.values())
+        return self._closest.get(scope, (0, 0))
 
 
 def ledger_key(day: str, tenant: str) -> str:

@@ -194,6 +194,17 @@ async def test_metrics_cost_and_remaining():
     assert _sample("qlens_budget_remaining_usd", {"scope": "tenant"}) == pytest.approx(1.0)
 
 
+async def test_remaining_gauge_is_the_minimum_over_many_tenants_when_scraped():
+    """The per-scope minimum is taken at scrape time over every tenant seen today (2,000 here)."""
+    b = MemoryBudget(limits(total=100_000, tenant=5), clock=Clock())
+    for i in range(2000):
+        await b.settle(await b.reserve(f"t{i}", "u", 0.001), 0.001)
+    assert _sample("qlens_budget_remaining_usd", {"scope": "tenant"}) == pytest.approx(4.999)
+    await b.settle(await b.reserve("t1234", "u", 2), 2)
+    assert _sample("qlens_budget_remaining_usd", {"scope": "tenant"}) == pytest.approx(2.999)
+    assert _sample("qlens_budget_limit_usd", {"scope": "tenant"}) == pytest.approx(5)
+
+
 async def test_make_budget_follows_the_environment():
     off = make_budget(CostControls(enabled=False, daily_limits=DailyLimits(total=0)), None)
     await off.reserve("acme", "alice", 100)  # disabled: counted, never refused
