@@ -3,9 +3,10 @@
 `kube_cluster` (session): etcd + kube-apiserver + kube-controller-manager on free loopback ports
 in a temp dir (about 5 s to start), stopped at the end of the session. It yields a `KubeCluster`:
 `.kubeconfig` (admin, context `local`), `.new_namespace()` for a fresh namespace per test,
-`.kubeconfig_with_contexts()` for tests that need named contexts, `.install_crds()` for the
-third-party kinds the chart uses. If the binaries are missing the fixture FAILS and names
-`tests/k8s/control-plane build`: a cluster test never skips silently.
+`.create_namespace()` for one named already, `.kubeconfig_with_contexts()` for tests that need
+named contexts, `.install_crds()` for the third-party kinds the chart uses. If the binaries are
+missing the fixture FAILS and names `tests/k8s/control-plane build`: a cluster test never skips
+silently.
 
 `fake_kubelet` (session): a `FakeKubelet` that serves the namespaces a test hands it with
 `fake_kubelet.serve(ns)`, so Deployments in them roll out (image tag `:unready`: never Ready).
@@ -63,13 +64,18 @@ class KubeCluster:
                       annotations: dict[str, str] | None = None) -> str:
         """A namespace name unique in this session; created (and its default ServiceAccount
         waited for, so Pods are admitted at once) unless create=False."""
-        from kubernetes import client
-
         name = f"{prefix}-{next(_names)}"
         if create:
-            core = client.CoreV1Api(self.api)
-            core.create_namespace({"metadata": {"name": name, "annotations": annotations or {}}})
-            self.wait_for_default_service_account(name)
+            self.create_namespace(name, annotations)
+        return name
+
+    def create_namespace(self, name: str, annotations: dict[str, str] | None = None) -> str:
+        """Create namespace `name` and wait for its default ServiceAccount (Pods are admitted at once)."""
+        from kubernetes import client
+
+        metadata = {"name": name, "annotations": annotations or {}}
+        client.CoreV1Api(self.api).create_namespace({"metadata": metadata})
+        self.wait_for_default_service_account(name)
         return name
 
     def wait_for_default_service_account(self, namespace: str, timeout: float = 20) -> None:
