@@ -10,7 +10,7 @@ import pytest
 from tests.support.redis_server import RedisServer
 
 # fixture modules, each owned by one area of the suite
-pytest_plugins = ["tests.k8s.fixtures", "tests.support.stack"]
+pytest_plugins = ["tests.k8s.fixtures", "tests.support.stack", "tests.k8s.harness"]
 
 ROOT = Path(__file__).resolve().parent.parent
 

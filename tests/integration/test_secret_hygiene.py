@@ -9,7 +9,7 @@ unseen by a plain scan: those are decoded and searched too. Every other Secret i
 its data decoded. The positive control: `qlens-secrets` really does hold every sentinel, so the
 search would find them where they do not belong.
 
-Runs on the real control plane (tests/integration/cluster fixtures), `qlensctl` in-process.
+Runs on the real control plane (`target`, tests/k8s/harness.py), `qlensctl` in-process.
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ import pytest
 
 from qlensctl.local import free_port
 from services.common.apikeys import hash_key
-from tests.integration.cluster.conftest import Target, assert_ok, target  # noqa: F401
-from tests.integration.ops.conftest import secret_values, sentinels  # noqa: F401
+from tests.k8s.harness import Target, assert_ok, secret_values
 from tests.support.cli import Result
 
 pytestmark = pytest.mark.cluster
@@ -38,7 +37,7 @@ SECRET_NAME = "qlens-secrets"
 
 
 @pytest.fixture
-def planted(target: Target, sentinels: dict[str, str],  # noqa: F811
+def planted(target: Target, sentinels: dict[str, str],
             monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The sentinels in this process's environment (where in-process `qlensctl` reads them), plus
     an API key in QLENS_API_KEY; returns every string no output may contain."""
@@ -73,7 +72,7 @@ class Checked:
 
 
 @pytest.fixture
-def run(target: Target, planted: dict[str, str]) -> Checked:  # noqa: F811
+def run(target: Target, planted: dict[str, str]) -> Checked:
     return Checked(target, planted)
 
 
@@ -158,8 +157,8 @@ def scan_namespace(on: Target, ns: str, checked: Checked) -> Scan:
     return scan
 
 
-def test_cluster_commands_and_objects_hold_no_secret(target: Target, run: Checked,  # noqa: F811
-                                                     sentinels: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+def test_cluster_commands_and_objects_hold_no_secret(target: Target, run: Checked,
+                                                     sentinels: dict[str, str], tmp_path: Path) -> None:
     ns = target.staging_ns
     # refusals before anything changes: missing credentials (the others are set) and a dry run
     # without a release

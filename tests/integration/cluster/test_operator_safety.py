@@ -1,59 +1,39 @@
 """Operator safety against the real control plane: every way qlensctl refuses leaves the cluster
 as it was, and two commands never change one release at once.
 
-"As it was" is `Target.snapshot`: every object deploy could touch in the namespace with its
-resourceVersion (which changes on any write), Helm's release records (Secrets) and the deploy
-lock (Lease) included. Refusals covered here: an invalid environment file, corrupt backups given
-to `restore`, a deploy while another runs (the deploy lock), a release left pending-upgrade by
-an interrupted deploy, a live and a stale lock. Also refused without a change, in
-test_release.py: the wrong kube context, missing secrets, bad rollback revisions; and there a
+"As it was" is `Target.snapshot` (tests/k8s/harness.py): every object deploy could touch in the
+namespace with its resourceVersion (which changes on any write), Helm's release records (Secrets)
+and the deploy lock (Lease) included. Refusals covered here: an invalid environment file, corrupt
+backups given to `restore`, a deploy while another runs (the deploy lock), a release left
+pending-upgrade by an interrupted deploy, a live and a stale lock. Also refused without a change,
+in test_release.py: the wrong kube context, missing secrets, bad rollback revisions; and there a
 failed upgrade is rolled back to the same deployments and images.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from tests.integration.cluster.conftest import (
+from tests.k8s.harness import (
+    LOCK,
     Target,
     assert_no_secrets,
     assert_ok,
     assert_refused,
     deploy_staging,
+    lease,
+    plant_lease,
     revisions,
 )
 
 pytestmark = pytest.mark.cluster
-
-LOCK = "qlens-deploy-lock"
-
-
-def lease(target: Target, ns: str) -> Any:
-    from kubernetes import client
-
-    items = client.CoordinationV1Api(target.cluster.api).list_namespaced_lease(ns).items
-    return next((item for item in items if item.metadata.name == LOCK), None)
-
-
-def plant_lease(target: Target, ns: str, holder: str, operation: str, renewed_ago: float) -> None:
-    """A deploy lock as another qlensctl would hold it, last renewed `renewed_ago` seconds ago."""
-    from kubernetes import client
-
-    renewed = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=renewed_ago)
-    stamp = renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    client.CoordinationV1Api(target.cluster.api).create_namespaced_lease(ns, {
-        "metadata": {"name": LOCK, "annotations": {"qlens.io/operation": operation}},
-        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 60, "acquireTime": stamp,
-                 "renewTime": stamp}})
 
 
 # -- bad input -------------------------------------------------------------------------------------
@@ -84,11 +64,9 @@ def test_corrupt_backups_given_to_restore_change_nothing(target: Target, tmp_pat
     ns = target.staging_ns
     from qlensctl.backup import backup_values, body_checksum
     from qlensctl.environments import load_environment
-    from qlensctl.helm import select_helm
 
     deploy_staging(target, "v1")
-    helm = select_helm("embedded", kubeconfig=target.kubeconfig)
-    good = backup_values(helm, load_environment("staging"), tmp_path / "saved").read_text()
+    good = backup_values(target.helm(), load_environment("staging"), tmp_path / "saved").read_text()
     header = "".join(line + "\n" for line in good.splitlines() if line.startswith("#"))
     values = yaml.safe_load(good)
 
@@ -152,12 +130,11 @@ def test_a_restore_leaves_the_staging_secret_alone_and_says_so(target: Target, t
 def test_a_truncated_backup_is_refused(target: Target, tmp_path: Path) -> None:
     from qlensctl.backup import backup_values
     from qlensctl.environments import load_environment
-    from qlensctl.helm import select_helm
 
     ns = target.staging_ns
     deploy_staging(target, "v1")
-    helm = select_helm("embedded", kubeconfig=target.kubeconfig)
-    lines = backup_values(helm, load_environment("staging"), tmp_path / "saved").read_text().splitlines(True)
+    saved = backup_values(target.helm(), load_environment("staging"), tmp_path / "saved")
+    lines = saved.read_text().splitlines(True)
     last_key = max(i for i, line in enumerate(lines) if line[:1].isalpha())  # e.g. `tls:`
     cut = tmp_path / "values-cut.yaml"
     cut.write_text("".join(lines[:last_key]))  # a disk that filled up, a copy that stopped
@@ -182,7 +159,7 @@ def test_a_second_deploy_is_refused_while_the_first_runs(target: Target) -> None
         assert_refused(second, 2, "another command is changing the release",
                        "`qlensctl deploy staging unready`", f"pid {first.pid}", "nothing was changed",
                        "wait for it to finish")
-        assert not (target.backups.parent / "second-backup").exists(), "the refused deploy backed nothing up"
+        assert not (target.cwd / "second-backup").exists(), "the refused deploy backed nothing up"
         assert first.wait(timeout=120) == 1, target.spawned_output("first")
     finally:
         if first.poll() is None:
@@ -233,9 +210,7 @@ def test_an_interrupted_deploy_is_refused_with_the_way_out(target: Target) -> No
 
 
 def test_a_stale_lock_is_taken_over_and_a_live_one_refuses(target: Target) -> None:
-    ns = target.staging_ns
-    target.core.create_namespace({"metadata": {"name": ns}})
-    target.cluster.wait_for_default_service_account(ns)
+    ns = target.create_namespace("staging")
     # a deploy that died (kill -9, a closed laptop) ten minutes ago: its lock is stale
     plant_lease(target, ns, "ghost@gone pid 1", "qlensctl deploy staging v0", renewed_ago=600)
     first = deploy_staging(target, "v1")

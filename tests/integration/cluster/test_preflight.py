@@ -8,11 +8,10 @@ import json
 import re
 
 import pytest
-import yaml
 
 from qlensctl.capacity import DEFAULT_TOLERATIONS
-from tests.integration.cluster.conftest import Target, assert_ok, assert_refused, deploy_staging
 from tests.k8s.fake_kubelet import FAKE_NODE_TAINT
+from tests.k8s.harness import Target, assert_ok, assert_refused, deploy_staging
 
 pytestmark = pytest.mark.cluster
 
@@ -21,21 +20,15 @@ def tolerate_the_fake_node(target: Target) -> None:
     """The fake kubelet's node is tainted (a real scheduler must never use it), and preflight counts
     only nodes the release's pods tolerate: give the namespace the fake node's toleration, the way
     a cluster gives a namespace a dedicated pool (PodTolerationRestriction's default tolerations)."""
-    from kubernetes import client
-
     # and the node controller's not-ready taint, which nothing clears on a node no kubelet runs
     not_ready = {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoSchedule"}
     toleration = json.dumps([{**FAKE_NODE_TAINT, "operator": "Equal"}, not_ready])
-    client.CoreV1Api(target.cluster.api).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
-        name=target.staging_ns, annotations={DEFAULT_TOLERATIONS: toleration})))
+    target.create_namespace("staging", annotations={DEFAULT_TOLERATIONS: toleration})
 
 
 def oversize(target: Target, cpu: str) -> None:
-    path = target.envdir / "staging.yaml"
-    doc = yaml.safe_load(path.read_text())
-    doc["resources"] = {"requests": {"cpu": cpu, "memory": "256Mi"},
-                        "limits": {"cpu": cpu, "memory": "512Mi"}}
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    target.environment_file("staging", resources={"requests": {"cpu": cpu, "memory": "256Mi"},
+                                                  "limits": {"cpu": cpu, "memory": "512Mi"}})
 
 
 def test_a_release_larger_than_the_nodes_is_warned_about_or_refused_with_strict(target: Target) -> None:

@@ -1,4 +1,4 @@
-"""deploy / rollback / status / history against the real control plane (fixtures in conftest.py).
+"""deploy / rollback / status / history against the real control plane (`target`: tests/k8s/harness.py).
 
 Pods are played by the fake kubelet: they become Ready, except for image tag `:unready`, which
 makes a rollout fail for real. Refusals are checked by snapshotting the namespace's objects
@@ -12,10 +12,9 @@ import os
 import subprocess
 
 import pytest
-import yaml
 
-from tests.integration.cluster.conftest import (
-    ROOT,
+from tests.k8s.harness import (
+    LOCK,
     SECRET_VARS,
     SERVICES,
     Target,
@@ -23,8 +22,10 @@ from tests.integration.cluster.conftest import (
     assert_ok,
     assert_refused,
     deploy_staging,
+    plant_lease,
     revisions,
 )
+from tests.support.cli import ROOT
 
 pytestmark = pytest.mark.cluster
 
@@ -177,8 +178,6 @@ def test_emergency_rollback_scales_current_down_and_previous_up(target: Target) 
     # a deploy running: the emergency rollback takes the deploy lock too, never scales unlocked
     from kubernetes import client
 
-    from tests.integration.cluster.test_operator_safety import LOCK, plant_lease
-
     plant_lease(target, ns, "alice@laptop pid 42", "qlensctl deploy staging v3", renewed_ago=5)
     before = target.settled_snapshot(ns)
     held = target.qlensctl("rollback", "staging", "--emergency", "--yes", "--timeout", "60")
@@ -201,10 +200,7 @@ def test_emergency_rollback_scales_current_down_and_previous_up(target: Target) 
 
 def test_previous_version_keeps_the_replaced_version_for_an_emergency_rollback(target: Target) -> None:
     ns = target.staging_ns
-    env_file = target.envdir / "staging.yaml"
-    doc = yaml.safe_load(env_file.read_text())
-    doc["previousVersion"] = {"enabled": True}
-    env_file.write_text(yaml.safe_dump(doc, sort_keys=False))
+    target.environment_file("staging", previousVersion={"enabled": True})
 
     deploy_staging(target, "v1")  # a first install replaces nothing: no -previous yet
     assert set(target.images(ns)) == set(SERVICES)
@@ -303,7 +299,7 @@ def test_dry_run_shows_the_diff_and_changes_nothing(target: Target) -> None:
 
 def _script(target: Target, name: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}"}
-    return subprocess.run([str(ROOT / "scripts" / name), *args], cwd=target.backups.parent, env=env,
+    return subprocess.run([str(ROOT / "scripts" / name), *args], cwd=target.cwd, env=env,
                           capture_output=True, text=True, timeout=240)
 
 

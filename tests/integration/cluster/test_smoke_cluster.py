@@ -1,4 +1,4 @@
-"""`qlensctl smoke-test ENV --port-forward` against the real control plane (fixtures in conftest.py).
+"""`qlensctl smoke-test ENV --port-forward` against the real control plane (`target`: tests/k8s/harness.py).
 
 To forward a port, the API server dials the kubelet of the pod's node (the port the Node
 advertises in status.daemonEndpoints) and relays the client's websocket to the kubelet's
@@ -32,8 +32,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from qlensctl.local import free_port, port_in_use
-from tests.integration.cluster.conftest import Target
 from tests.k8s.fake_kubelet import NODE
+from tests.k8s.harness import Target, assert_one_clear_error, deploy_staging
 from tests.support.stack import StackFactory
 
 pytestmark = pytest.mark.cluster
@@ -44,23 +44,10 @@ ALL_PASS = {"gateway /health", "gateway /health/ready", "models", "chat completi
             "gateway /metrics"}
 
 
-def deploy_staging(target: Target) -> None:
-    result = target.qlensctl("deploy", "staging", "--version", "v1", "--timeout", "60")
-    assert result.code == 0, result.text
-
-
 def ready_gateway_pods(target: Target, ns: str) -> list[str]:
     pods = target.core.list_namespaced_pod(ns, label_selector=GATEWAY_PODS).items
     return [p.metadata.name for p in pods
             if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
-
-
-def assert_one_clear_error(result: Any, code: int = 1) -> list[str]:
-    assert result.code == code, result.text
-    assert "Traceback" not in result.text
-    lines = result.err.strip().splitlines()
-    assert lines[0].startswith("error: ") and lines[-1].startswith("hint: "), result.err
-    return lines
 
 
 def advertise_kubelet_port(target: Target, port: int) -> None:
@@ -105,7 +92,7 @@ def test_port_forward_finds_the_ready_gateway_pod_and_reports_the_clusters_refus
     lines = assert_one_clear_error(nothing)
     assert lines[0] == f"error: no Service {GATEWAY} in namespace {ns}"
 
-    deploy_staging(target)
+    deploy_staging(target, "v1")
     [pod] = ready_gateway_pods(target, ns)
 
     result = target.qlensctl("smoke-test", "staging", "--port-forward")
@@ -125,7 +112,7 @@ def test_port_forward_finds_the_ready_gateway_pod_and_reports_the_clusters_refus
 
 def test_port_forward_with_no_ready_gateway_pod_says_so(target: Target) -> None:
     ns = target.staging_ns
-    deploy_staging(target)
+    deploy_staging(target, "v1")
     target.apps.patch_namespaced_deployment_scale(GATEWAY, ns, {"spec": {"replicas": 0}})
     deadline = time.monotonic() + 30
     while target.core.list_namespaced_pod(ns, label_selector=GATEWAY_PODS).items:
@@ -332,7 +319,7 @@ def test_a_real_port_forward_through_the_api_server_passes_every_check(
         target: Target, kubelet: tuple[KubeletPortForward, Any]) -> None:
     streams, running = kubelet
     ns = target.staging_ns
-    deploy_staging(target)
+    deploy_staging(target, "v1")
     [pod] = ready_gateway_pods(target, ns)
 
     result = target.qlensctl("smoke-test", "staging", "--port-forward", "--model", "echo", "--json")

@@ -11,34 +11,28 @@ import yaml
 
 from qlensctl.backup import FORMAT, body_checksum
 from qlensctl.release import history
-from tests.integration.ops.cluster import OpsCluster, make_ops_cluster
-from tests.integration.ops.conftest import Cli, assert_no_secrets
+from tests.k8s.harness import Cli, Target, assert_no_secrets
 from tests.support.json_errors import json_error
 
 pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture
-def ops(kube_cluster, fake_kubelet, tmp_path: Path, cli: Cli) -> OpsCluster:
-    return make_ops_cluster(kube_cluster, fake_kubelet, tmp_path, cli)
-
-
-@pytest.fixture
-def staging(ops: OpsCluster) -> OpsCluster:
+def staging(ops: Target) -> Target:
     ops.install("staging")
     ops.wait_ready("staging")
     return ops
 
 
-def _revision(ops: OpsCluster, env: str) -> int:
+def _revision(ops: Target, env: str) -> int:
     return ops.helm().status("qlens", ops.namespaces[env]).revision
 
 
-def _values(ops: OpsCluster, env: str) -> dict:
+def _values(ops: Target, env: str) -> dict:
     return ops.helm().get_values("qlens", ops.namespaces[env])
 
 
-def test_backup_then_restore_gives_identical_values(staging: OpsCluster, cli: Cli, tmp_path: Path,
+def test_backup_then_restore_gives_identical_values(staging: Target, cli: Cli, tmp_path: Path,
                                                     sentinels: dict[str, str]) -> None:
     original = _values(staging, "staging")
     backups = cli.cwd / "backup"
@@ -90,7 +84,7 @@ def _chart() -> Path:
     return render.chart_dir()
 
 
-def _snapshot(ops: OpsCluster, env: str) -> tuple:
+def _snapshot(ops: Target, env: str) -> tuple:
     return _revision(ops, env), _values(ops, env), ops.replicas(env)
 
 
@@ -103,7 +97,7 @@ A_LIST = "- a list\n"
     (f"# format: {FORMAT}\n# sha256: {body_checksum(A_LIST)}\n{A_LIST}", "must be a YAML mapping"),
     (f"# format: {FORMAT}\nreplicas: {{gateway: 9}}\n", "no '# sha256:' checksum line"),
 ])
-def test_bad_backup_files_are_refused_and_the_cluster_is_unchanged(staging: OpsCluster, cli: Cli,
+def test_bad_backup_files_are_refused_and_the_cluster_is_unchanged(staging: Target, cli: Cli,
                                                                    tmp_path: Path, content: str,
                                                                    message: str) -> None:
     before = _snapshot(staging, "staging")
@@ -115,7 +109,7 @@ def test_bad_backup_files_are_refused_and_the_cluster_is_unchanged(staging: OpsC
     assert _snapshot(staging, "staging") == before
 
 
-def test_another_environments_backup_is_refused(staging: OpsCluster, cli: Cli) -> None:
+def test_another_environments_backup_is_refused(staging: Target, cli: Cli) -> None:
     made = cli("backup", "staging", "--json")
     assert made.code == 0, made
     path = Path(cli.cwd / json.loads(made.out)["file"])
@@ -129,15 +123,12 @@ def test_another_environments_backup_is_refused(staging: OpsCluster, cli: Cli) -
     assert history(staging.helm(), staging.namespaces["production"]) == []
 
 
-def _point_domain_at(ops: OpsCluster, env: str, address: str) -> None:
+def _point_domain_at(ops: Target, env: str, address: str) -> None:
     """The environment's domain (where `maintenance end` smoke-tests by default) := host:port."""
-    path = ops.envdir / f"{env}.yaml"
-    doc = yaml.safe_load(path.read_text())
-    doc.update({"domain": address, "tls": {**doc.get("tls", {}), "enabled": False}})
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    ops.environment_file(env, domain=address, tls={"enabled": False})
 
 
-def test_maintenance_round_trip(staging: OpsCluster, cli: Cli, shared_stack) -> None:
+def test_maintenance_round_trip(staging: Target, cli: Cli, shared_stack) -> None:
     start = cli("maintenance", "start", "staging", "--json")
     assert start.code == 0, start
     started = json.loads(start.out)
@@ -174,7 +165,7 @@ def test_maintenance_round_trip(staging: OpsCluster, cli: Cli, shared_stack) -> 
     assert staging.replicas("staging") == {"gateway": 1, "router": 1, "cache": 1}
 
 
-def test_maintenance_end_keeps_replicas_when_the_smoke_test_fails(staging: OpsCluster, cli: Cli) -> None:
+def test_maintenance_end_keeps_replicas_when_the_smoke_test_fails(staging: Target, cli: Cli) -> None:
     from qlensctl.local import free_port
 
     assert cli("maintenance", "start", "staging").code == 0
@@ -193,7 +184,7 @@ def test_maintenance_end_keeps_replicas_when_the_smoke_test_fails(staging: OpsCl
     assert staging.replicas("staging") == {"gateway": 2, "router": 2, "cache": 2}
 
 
-def test_maintenance_end_usage_errors_change_nothing(staging: OpsCluster, cli: Cli) -> None:
+def test_maintenance_end_usage_errors_change_nothing(staging: Target, cli: Cli) -> None:
     assert cli("maintenance", "start", "staging").code == 0
     for args, words in ((["--url", "http://127.0.0.1:1", "--port-forward"], "are exclusive"),
                         (["--url", "ftp://gateway"], "is not an http(s) URL")):
@@ -205,7 +196,7 @@ def test_maintenance_end_usage_errors_change_nothing(staging: OpsCluster, cli: C
     assert staging.replicas("staging") == {"gateway": 2, "router": 2, "cache": 2}
 
 
-def test_maintenance_end_keeps_replicas_when_unhealthy(staging: OpsCluster, cli: Cli) -> None:
+def test_maintenance_end_keeps_replicas_when_unhealthy(staging: Target, cli: Cli) -> None:
     from kubernetes import client
 
     assert cli("maintenance", "start", "staging").code == 0
@@ -221,7 +212,7 @@ def test_maintenance_end_keeps_replicas_when_unhealthy(staging: OpsCluster, cli:
     assert staging.replicas("staging") == {"gateway": 2, "router": 2, "cache": 2}
 
 
-def test_state_backup_and_restore_through_the_cli(staging: OpsCluster, cli: Cli, redis_server,
+def test_state_backup_and_restore_through_the_cli(staging: Target, cli: Cli, redis_server,
                                                   sentinels: dict[str, str]) -> None:
     import redis
 

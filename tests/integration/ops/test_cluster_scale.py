@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.ops.cluster import OpsCluster, make_ops_cluster
-from tests.integration.ops.conftest import Cli, assert_no_secrets
+from tests.k8s.harness import LOCK, Cli, Target, assert_no_secrets, lease, plant_lease
 from tests.support.json_errors import json_error
 
 pytestmark = pytest.mark.cluster
@@ -28,12 +27,7 @@ def _deployment(name: str, replicas: int) -> dict:
 
 
 @pytest.fixture
-def ops(kube_cluster, fake_kubelet, tmp_path: Path, cli: Cli) -> OpsCluster:
-    return make_ops_cluster(kube_cluster, fake_kubelet, tmp_path, cli)
-
-
-@pytest.fixture
-def deployed(ops: OpsCluster) -> OpsCluster:
+def deployed(ops: Target) -> Target:
     """qlens-gateway/router/cache in both namespaces; production's gateway has an HPA (2..10, 70%)."""
     from kubernetes import client
 
@@ -49,7 +43,7 @@ def deployed(ops: OpsCluster) -> OpsCluster:
     return ops
 
 
-def test_scale_staging_prints_before_and_after(deployed: OpsCluster, cli: Cli) -> None:
+def test_scale_staging_prints_before_and_after(deployed: Target, cli: Cli) -> None:
     run = cli("scale", "staging", "gateway", "4", "--json")
     assert run.code == 0, run
     assert json.loads(run.out) == {  # stdout is the document alone
@@ -65,7 +59,7 @@ def test_scale_staging_prints_before_and_after(deployed: OpsCluster, cli: Cli) -
 
 @pytest.mark.parametrize("args", [["gateway", "101"], ["gateway", "-1"], ["gateway", "three"],
                                   ["web", "3"], ["Gateway", "2"]])
-def test_bad_service_or_count_is_exit_2_and_changes_nothing(deployed: OpsCluster, cli: Cli,
+def test_bad_service_or_count_is_exit_2_and_changes_nothing(deployed: Target, cli: Cli,
                                                             args: list[str]) -> None:
     run = cli("scale", "staging", *args)
     assert run.code == 2, run
@@ -73,7 +67,7 @@ def test_bad_service_or_count_is_exit_2_and_changes_nothing(deployed: OpsCluster
     assert deployed.replicas("staging") == {"gateway": 1, "router": 1, "cache": 1}
 
 
-def test_hpa_warning_says_what_the_autoscaler_will_do(deployed: OpsCluster, cli: Cli) -> None:
+def test_hpa_warning_says_what_the_autoscaler_will_do(deployed: Target, cli: Cli) -> None:
     above = cli("scale", "production", "gateway", "12", "--yes")
     assert above.code == 0, above
     assert "HPA qlens-gateway" in above.err and "min 2, max 10" in above.err
@@ -94,7 +88,7 @@ def test_hpa_warning_says_what_the_autoscaler_will_do(deployed: OpsCluster, cli:
     assert plain.code == 0 and "HPA" not in plain.err, plain  # no autoscaler on the router
 
 
-def test_production_asks_first_and_guards_the_context(deployed: OpsCluster, cli: Cli, tmp_path: Path) -> None:
+def test_production_asks_first_and_guards_the_context(deployed: Target, cli: Cli, tmp_path: Path) -> None:
     unconfirmed = cli("scale", "production", "router", "5")
     assert unconfirmed.code == 2, unconfirmed
     assert "--yes" in unconfirmed.err
@@ -109,7 +103,7 @@ def test_production_asks_first_and_guards_the_context(deployed: OpsCluster, cli:
     assert deployed.replicas("production")["router"] == 5
 
 
-def test_scale_without_a_release_is_a_clear_error(ops: OpsCluster, cli: Cli) -> None:
+def test_scale_without_a_release_is_a_clear_error(ops: Target, cli: Cli) -> None:
     run = cli("scale", "staging", "gateway", "2")
     assert run.code == 1, run
     assert "qlens-gateway not found" in run.err and "Traceback" not in run.text
@@ -119,10 +113,8 @@ def test_scale_without_a_release_is_a_clear_error(ops: OpsCluster, cli: Cli) -> 
     assert error["type"] == "ClusterError" and "qlens-gateway not found" in error["message"]
 
 
-def test_failures_with_json_are_one_error_document_and_change_nothing(deployed: OpsCluster, cli: Cli,
+def test_failures_with_json_are_one_error_document_and_change_nothing(deployed: Target, cli: Cli,
                                                                       tmp_path: Path) -> None:
-    from tests.integration.cluster.test_operator_safety import plant_lease
-
     other = deployed.cluster.kubeconfig_with_contexts(tmp_path / "other", ["qlens-production"],
                                                       current="local")
     before = {env: deployed.replicas(env) for env in ("staging", "production")}
@@ -159,7 +151,7 @@ def test_failures_with_json_are_one_error_document_and_change_nothing(deployed: 
 # -- secrets sync staging -> Secret qlens-secrets ---------------------------------------------------
 
 
-def test_secrets_sync_staging_writes_the_secret_and_shows_only_names(ops: OpsCluster, cli: Cli,
+def test_secrets_sync_staging_writes_the_secret_and_shows_only_names(ops: Target, cli: Cli,
                                                                     sentinels: dict[str, str]) -> None:
     from kubernetes import client
 
@@ -193,7 +185,7 @@ def test_secrets_sync_staging_writes_the_secret_and_shows_only_names(ops: OpsClu
 # -- keys in Secret qlens-api-keys ------------------------------------------------------------------
 
 
-def test_keys_in_the_secret_hold_only_hashes(ops: OpsCluster, cli: Cli) -> None:
+def test_keys_in_the_secret_hold_only_hashes(ops: Target, cli: Cli) -> None:
     from kubernetes import client
 
     from services.common.apikeys import hash_key, parse_keys
@@ -218,7 +210,7 @@ def test_keys_in_the_secret_hold_only_hashes(ops: OpsCluster, cli: Cli) -> None:
     assert parse_keys(base64.b64decode(secret.data["keys.json"]).decode()) == {}
 
 
-def _mount(ops: OpsCluster, namespace: str, path: Path) -> None:
+def _mount(ops: Target, namespace: str, path: Path) -> None:
     """What the kubelet does for the gateway's volume: copy keys.json of Secret qlens-api-keys to the
     mounted file, replacing it atomically."""
     from kubernetes import client
@@ -229,7 +221,7 @@ def _mount(ops: OpsCluster, namespace: str, path: Path) -> None:
     tmp.replace(path)
 
 
-def test_a_gateway_reading_the_secret_accepts_then_refuses(ops: OpsCluster, cli: Cli, make_stack,
+def test_a_gateway_reading_the_secret_accepts_then_refuses(ops: Target, cli: Cli, make_stack,
                                                            tmp_path: Path) -> None:
     import httpx
 
@@ -257,12 +249,10 @@ def test_a_gateway_reading_the_secret_accepts_then_refuses(ops: OpsCluster, cli:
     assert status() == 401
 
 
-def test_scale_and_maintenance_wait_for_the_deploy_lock(deployed: OpsCluster, cli: Cli) -> None:
+def test_scale_and_maintenance_wait_for_the_deploy_lock(deployed: Target, cli: Cli) -> None:
     """A deploy holds the namespace's lock: replica changes are refused (exit 2, nothing changed,
     no backup written) naming it, and go through once it is gone; they leave no lock behind."""
     from kubernetes import client
-
-    from tests.integration.cluster.test_operator_safety import LOCK, lease, plant_lease
 
     ns = deployed.namespaces["staging"]
     plant_lease(deployed, ns, "alice@laptop pid 42", "qlensctl deploy staging v9", renewed_ago=5)

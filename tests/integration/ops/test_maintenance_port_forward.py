@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.cluster.conftest import Target, assert_ok, deploy_staging, target  # noqa: F401
 from tests.integration.cluster.test_smoke_cluster import (  # noqa: F401  (fixtures)
     KubeletPortForward,
     assert_forward_closed,
     kubelet,
     ready_gateway_pods,
 )
+from tests.k8s.harness import Target, assert_ok, deploy_staging
 from tests.support.json_errors import json_error
 
 pytestmark = pytest.mark.cluster

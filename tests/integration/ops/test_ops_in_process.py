@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.cluster.conftest import Target, assert_ok, deploy_staging, revisions, target  # noqa: F401
+from tests.k8s.harness import Target, assert_ok, deploy_staging, revisions
 
 pytestmark = pytest.mark.cluster
 
@@ -38,15 +38,15 @@ def _load_helm_sdk_with_a_dead_kubeconfig(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_backup_and_restore_in_process_use_the_current_kubeconfig(
-        target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        target: Target, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _load_helm_sdk_with_a_dead_kubeconfig(tmp_path, monkeypatch)
     deploy_staging(target, "v1")
 
     made = target.qlensctl("backup", "staging", "--helm", "embedded", "--json")
     assert_ok(made, "backup")
     path = Path(json.loads(made.out)["file"])
-    assert (tmp_path / path).is_file()
-    assert "# revision: 1" in (tmp_path / path).read_text()
+    assert (target.cwd / path).is_file()
+    assert "# revision: 1" in (target.cwd / path).read_text()
 
     restored = target.qlensctl("restore", "staging", str(path), "--helm", "embedded", "--timeout", "60",
                                "--json")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.keyvault import FakeKeyVault
-from tests.integration.ops.conftest import Cli, assert_no_secrets
+from tests.k8s.harness import Cli, assert_no_secrets
 
 NAMES = ["azure-openai-endpoint", "azure-openai-api-key", "aws-region", "aws-access-key-id",
          "aws-secret-access-key", "redis-url"]
@@ -24,7 +24,7 @@ def vault(tmp_path: Path) -> Iterator[FakeKeyVault]:
 
 def test_sync_production_pushes_every_secret_and_shows_only_names(cli: Cli, vault: FakeKeyVault,
                                                                     sentinels: dict[str, str]) -> None:
-    cli.env.update({**vault.client_env(), **sentinels})
+    cli.setenv({**vault.client_env(), **sentinels})
     run = cli("secrets", "sync", "production", "--vault-url", vault.url, "--yes")
     assert run.code == 0, run
     variables = ["AZURE_OPENAI_ENDPOINT", "AZURE_OPENAI_API_KEY", "AWS_REGION", "AWS_ACCESS_KEY_ID",
@@ -43,7 +43,7 @@ def test_sync_production_pushes_every_secret_and_shows_only_names(cli: Cli, vaul
     assert '"unchanged"' in again.out and '"created"' not in again.out
     assert all(vault.versions(n) == 1 for n in NAMES)  # no needless new versions
 
-    cli.env["AZURE_OPENAI_API_KEY"] = sentinels["AZURE_OPENAI_API_KEY"] + "-rotated"
+    cli.setenv({"AZURE_OPENAI_API_KEY": sentinels["AZURE_OPENAI_API_KEY"] + "-rotated"})
     rotated = cli("secrets", "sync", "production", "--vault-url", vault.url, "--yes", "--json")
     assert rotated.code == 0, rotated
     assert vault.versions("azure-openai-api-key") == 2
@@ -55,7 +55,7 @@ def test_sync_production_pushes_every_secret_and_shows_only_names(cli: Cli, vaul
 def test_missing_variables_are_all_named_and_nothing_is_written(cli: Cli, vault: FakeKeyVault,
                                                                  sentinels: dict[str, str]) -> None:
     partial = {k: v for k, v in sentinels.items() if k not in ("AZURE_OPENAI_API_KEY", "QLENS_REDIS_URL")}
-    cli.env.update({**vault.client_env(), **partial})
+    cli.setenv({**vault.client_env(), **partial})
     run = cli("secrets", "sync", "production", "--vault-url", vault.url, "--yes")
     assert run.code == 2, run
     assert "AZURE_OPENAI_API_KEY" in run.err and "QLENS_REDIS_URL" in run.err
@@ -66,7 +66,7 @@ def test_missing_variables_are_all_named_and_nothing_is_written(cli: Cli, vault:
 
 def test_production_needs_confirmation_without_a_terminal(cli: Cli, vault: FakeKeyVault,
                                                           sentinels: dict[str, str]) -> None:
-    cli.env.update({**vault.client_env(), **sentinels})
+    cli.setenv({**vault.client_env(), **sentinels})
     run = cli("secrets", "sync", "production", "--vault-url", vault.url)
     assert run.code == 2, run
     assert "--yes" in run.err
@@ -75,7 +75,7 @@ def test_production_needs_confirmation_without_a_terminal(cli: Cli, vault: FakeK
 
 def test_vault_failure_is_one_clear_error_even_with_debug(cli: Cli, vault: FakeKeyVault,
                                                           sentinels: dict[str, str]) -> None:
-    cli.env.update({**vault.client_env(), **sentinels})
+    cli.setenv({**vault.client_env(), **sentinels})
     vault.fail_next(403, count=10)
     run = cli("--debug", "secrets", "sync", "production", "--vault-url", vault.url, "--yes")
     assert run.code == 1, run
@@ -85,7 +85,7 @@ def test_vault_failure_is_one_clear_error_even_with_debug(cli: Cli, vault: FakeK
 
 def test_unreachable_vault_and_bad_identity_fail_cleanly(cli: Cli, vault: FakeKeyVault,
                                                          sentinels: dict[str, str]) -> None:
-    cli.env.update({**vault.client_env(), **sentinels})
+    cli.setenv({**vault.client_env(), **sentinels})
     run = cli("secrets", "sync", "production", "--vault-url", "https://127.0.0.1:1", "--yes")
     assert run.code == 1, run
     assert "cannot reach Key Vault" in run.err and "Traceback" not in run.text
