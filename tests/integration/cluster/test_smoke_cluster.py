@@ -11,8 +11,8 @@ advertises in status.daemonEndpoints) and relays the client's websocket to the k
   real kubelet speaks them) and carries the pod's port to a real local QLens stack, so a real
   forward through the real API server runs every smoke check end to end.
 
-No Ready pod, no release, production without a key and the context guard are reported before any
-forward is asked for.
+No Ready pod and no release are reported before any forward is asked for (production without a
+key and the context guard, before the cluster is asked at all: tests/unit/test_release_logic.py).
 """
 
 from __future__ import annotations
@@ -136,17 +136,6 @@ def test_port_forward_with_no_ready_gateway_pod_says_so(target: Target) -> None:
     lines = assert_one_clear_error(pending)
     assert lines[0] == (f"error: no Ready pod behind Service {GATEWAY} in {ns}: 1 pod(s), none Ready: "
                         "gateway-not-ready (Pending, 0/1 ready)")
-
-
-def test_production_needs_a_key_and_its_context_before_the_cluster_is_asked(target: Target) -> None:
-    no_key = target.qlensctl("smoke-test", "production", "--port-forward")
-    lines = assert_one_clear_error(no_key, code=2)
-    assert lines[0] == "error: production requires an API key (auth.required is on), and none was given"
-    # with a key, the context guard still stands: the current context is `local`, not the pinned one
-    guarded = target.qlensctl("smoke-test", "production", "--port-forward", "--api-key", "qlk-guard-test")
-    lines = assert_one_clear_error(guarded, code=2)
-    assert "qlens-production" in lines[0] and "nothing was changed" in lines[0]
-    assert "qlk-guard-test" not in guarded.text
 
 
 # -- a real forward --------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ refused (401) without restarting anything, and the key is printed only by `creat
 
 The local stack reads the keys file through QLENS_API_KEYS_FILE, as a gateway in a cluster reads
 the mounted `keys.json` of Secret qlens-api-keys (the Secret store is covered in
-test_cluster_scale.py)."""
+ops/test_cluster_scale.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """The decisions behind deploy and rollback that need no cluster: manifest diffs, which revision a
-rollback returns to, how a rollout is judged, versions, and the context guard on a kubeconfig file."""
+rollback returns to, how a rollout is judged, versions, and the context guard on a kubeconfig file;
+and what `qlensctl` says, in-process, before or instead of reaching one (a kubeconfig whose server
+nothing listens on: a command that asked the cluster would say "cannot reach")."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from qlensctl.environments import load_environment
 from qlensctl.errors import ClusterError, ConfigError, OperationError, RefusedError
 from qlensctl.helm import Release
 from qlensctl.kube import check_context, judge_rollout
+from qlensctl.local import free_port
 from qlensctl.release import check_not_pending, check_version, diff_manifests, rollback_target
-
-ROOT = Path(__file__).resolve().parents[3]
+from tests.k8s.harness import SECRET_VARS, Cli, assert_one_clear_error
+from tests.support.cli import ROOT
 
 
 def _rev(n: int, status: str) -> Release:
@@ -131,11 +134,11 @@ def test_production_needs_a_release_version(staging, production) -> None:
         check_version(staging, "bad tag!")
 
 
-def _kubeconfig(path: Path, current: str) -> str:
+def _kubeconfig(path: Path, current: str, server: str = "https://127.0.0.1:1") -> str:
     contexts = "".join(f"- name: {n}\n  context: {{cluster: c, user: u}}\n"
                        for n in ("local", "qlens-production"))
     path.write_text("apiVersion: v1\nkind: Config\n"
-                    "clusters:\n- name: c\n  cluster: {server: 'https://127.0.0.1:1'}\n"
+                    f"clusters:\n- name: c\n  cluster: {{server: '{server}'}}\n"
                     "users:\n- name: u\n  user: {token: t}\n"
                     f"contexts:\n{contexts}current-context: {current}\n")
     return str(path)
@@ -155,3 +158,42 @@ def test_context_guard(tmp_path: Path, staging, production) -> None:
         check_context(staging, "nope", on_local)
     with pytest.raises(ConfigError, match="no kubeconfig"):
         check_context(staging, None, str(tmp_path / "missing"))
+
+
+# -- the CLI, before any cluster is reached ----------------------------------------------------------
+
+
+@pytest.fixture
+def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """`qlensctl` in-process with the checkout's environments, the fake provider credentials and a
+    kubeconfig (contexts `local`, current, and `qlens-production`) whose server nothing listens on."""
+    cli = Cli("in-process", tmp_path / "work", monkeypatch)
+    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", "local", f"https://127.0.0.1:{free_port()}")
+    cli.setenv({"KUBECONFIG": kubeconfig, **SECRET_VARS})
+    return cli
+
+
+def test_smoke_test_production_needs_a_key_and_its_context_before_the_cluster_is_asked(offline: Cli) -> None:
+    no_key = offline("smoke-test", "production", "--port-forward")
+    lines = assert_one_clear_error(no_key, code=2)
+    assert lines[0] == "error: production requires an API key (auth.required is on), and none was given"
+    # with a key, the context guard still stands: the current context is `local`, not the pinned one
+    guarded = offline("smoke-test", "production", "--port-forward", "--api-key", "qlk-guard-test")
+    lines = assert_one_clear_error(guarded, code=2)
+    assert "qlens-production" in lines[0] and "nothing was changed" in lines[0]
+    assert "qlk-guard-test" not in guarded.text
+
+
+def test_unreachable_cluster_missing_kubeconfig_and_unknown_context(offline: Cli, tmp_path: Path) -> None:
+    unknown = offline("status", "staging", "--kube-context", "nope")
+    assert unknown.code == 2 and "'nope' is not in" in unknown.err and "local" in unknown.err
+
+    missing = offline("deploy", "staging", "--version", "v1", env={"KUBECONFIG": str(tmp_path / "missing")})
+    assert missing.code == 2 and "no kubeconfig" in missing.err and "KUBECONFIG" in missing.err
+
+    for args in (["status", "staging"], ["deploy", "staging", "--version", "v1"], ["history", "staging"]):
+        result = offline(*args)
+        assert result.code == 1, result.text
+        assert "cannot reach" in result.err and "connection refused" in result.err
+        assert len(result.err.strip().splitlines()) == 2  # what failed, what to do
+        assert "Traceback" not in result.text
