@@ -462,18 +462,22 @@ def plant_lease(on: Target, ns: str, holder: str, operation: str, renewed_ago: f
 
 @pytest.fixture
 def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """`qlensctl` as a process, in tmp_path/work, with no cluster (the checkout's environments)."""
     return Cli("subprocess", tmp_path / "work", monkeypatch)
 
 
 @pytest.fixture
 def target(kube_cluster: KubeCluster, fake_kubelet: FakeKubelet, tmp_path: Path,
            monkeypatch: pytest.MonkeyPatch) -> Target:
+    """A target run in-process: context `local` current, SECRET_VARS set, no namespace created."""
     runner = Cli("in-process", tmp_path / "work", monkeypatch)
     return Target.create(runner, kube_cluster, fake_kubelet, tmp_path, credentials=SECRET_VARS)
 
 
 @pytest.fixture
 def ops(kube_cluster: KubeCluster, fake_kubelet: FakeKubelet, tmp_path: Path, cli: Cli) -> Target:
+    """A target run by `cli` (a process): context `qlens-production` current, no provider
+    credentials, both namespaces created."""
     created = Target.create(cli, kube_cluster, fake_kubelet, tmp_path, context="qlens-production")
     for env in ENVIRONMENTS:
         created.create_namespace(env)
