@@ -32,6 +32,7 @@ from services.cache.backends import Backend, BackendUnavailable, make_backend
 from services.cache.metrics import child
 from services.cache.policy import check_key, check_tenant, max_entry_bytes, parse_ttl
 from services.common import tracing
+from services.common.asgi import BodyTooLarge, ClientGone, FastPathApp, Receive, read_body
 from services.common.config import ServiceConfig, load_service_config, secret_env
 from services.common.errors import APIError, error_response, install_error_handlers
 from services.common.health import liveness, readiness
@@ -113,33 +114,24 @@ class CacheService:
         child(CACHE_REQUESTS, "hit").inc()
         return value
 
-    async def put_value(self, tenant: str, key: str, ttl: str | None, declared_length: str | None,
-                        body: AsyncIterator[bytes]) -> None:
-        """PUT: store the body's bytes, or APIError 400 (bad name or ttl), 413 (too large), 503."""
+    async def put_value(self, tenant: str, key: str, ttl: str | None, content_length: str | None,
+                        receive: Receive) -> None:
+        """PUT: store the body's bytes, or APIError 400 (bad name or ttl), 413 (too large), 503;
+        ClientGone if the client leaves before its body is read."""
         tenant, key = check_tenant(tenant), check_key(key)
         seconds = parse_ttl(ttl, self.config.cache.ttl_seconds)
-        value = await self._read_body(declared_length, body)
+        try:
+            value = await read_body(receive, self.max_entry, content_length)
+        except BodyTooLarge:
+            child(metrics.WRITES, "too_large").inc()
+            raise APIError(413, f"Cache entry larger than {self.max_entry} bytes.",
+                           code="entry_too_large") from None
         try:
             await self.call("put", self.backend.put(tenant, key, value, seconds))
         except APIError:
             child(metrics.WRITES, "bypass").inc()
             raise
         child(metrics.WRITES, "stored").inc()
-
-    async def _read_body(self, declared: str | None, body: AsyncIterator[bytes]) -> bytes:
-        too_large = APIError(413, f"Cache entry larger than {self.max_entry} bytes.", code="entry_too_large")
-        if declared and declared.isdigit() and int(declared) > self.max_entry:
-            child(metrics.WRITES, "too_large").inc()
-            raise too_large
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in body:
-            size += len(chunk)
-            if size > self.max_entry:
-                child(metrics.WRITES, "too_large").inc()
-                raise too_large
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def delete_entry(self, request: Request) -> Response:
         tenant, key = self._entry_path(request)
@@ -182,12 +174,9 @@ class CacheService:
         return Response(orjson.dumps(body), status_code=status, media_type=_JSON)
 
 
-class ClientGone(Exception):
-    """The client disconnected while its PUT body was being read."""
-
-
 class Entries:
-    """GET and PUT /v1/cache/{tenant}/{key} as plain ASGI: the gateway's two calls per request.
+    """GET and PUT /v1/cache/{tenant}/{key} as plain ASGI: the gateway's two calls per request
+    (FastPathApp hands them here, with the path's tenant and key).
 
     FastAPI's middleware stack, routing and Request/Response objects were about a third of the
     cache's CPU per call (issue 8); the answers are the same as the routes' would be.
@@ -195,17 +184,6 @@ class Entries:
 
     def __init__(self, svc: CacheService) -> None:
         self.svc = svc
-
-    @staticmethod
-    def match(scope: dict[str, Any]) -> tuple[str, str] | None:
-        """(tenant, key) when this is a GET, HEAD or PUT of an entry; else FastAPI serves it."""
-        path = scope["path"]
-        if scope["type"] != "http" or not path.startswith(ENTRY_PREFIX) or scope["method"] not in _FAST:
-            return None
-        tenant, sep, key = path[len(ENTRY_PREFIX):].partition("/")
-        if not (tenant and sep and key) or "/" in key:
-            return None
-        return tenant, key
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any, tenant: str, key: str) -> None:
         if not tracing.ENABLED:
@@ -233,7 +211,7 @@ class Entries:
         try:
             if put:
                 await self.svc.put_value(tenant, key, _query_param(scope, "ttl"),
-                                         _header(scope, b"content-length"), _body(receive))
+                                         _header(scope, b"content-length"), receive)
                 status, body, headers = 204, b"", []
             else:
                 value = await self.svc.get_value(tenant, key)
@@ -257,8 +235,6 @@ class Entries:
         return status
 
 
-_FAST = frozenset({"GET", "HEAD", "PUT"})
-ENTRY_PREFIX = "/v1/cache/"
 GET_ROUTE = "GET " + ENTRY
 PUT_ROUTE = "PUT " + ENTRY
 
@@ -266,18 +242,6 @@ PUT_ROUTE = "PUT " + ENTRY
 async def _send(send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _body(receive: Any) -> AsyncIterator[bytes]:
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        more = message.get("more_body", False)
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -298,19 +262,6 @@ def _query_param(scope: dict[str, Any], name: str) -> str | None:
         if k == name:
             found = v
     return found
-
-
-class CacheApp(FastAPI):
-    """FastAPI, except that entry GETs and PUTs go straight to `Entries`."""
-
-    entries: Entries
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        found = Entries.match(scope)
-        if found is not None:
-            await self.entries(scope, receive, send, *found)
-            return
-        await super().__call__(scope, receive, send)
 
 
 def _record(route: str, start: float, status: int) -> None:
@@ -339,9 +290,10 @@ def create_app(config: ServiceConfig | None = None, backend: Backend | None = No
         await backend.close()
         tracing.shutdown()
 
-    app = CacheApp(title="qlens-cache", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    entries = Entries(svc)
+    app = FastPathApp({(method, ENTRY): entries for method in ("GET", "HEAD", "PUT")},
+                      title="qlens-cache", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.cache = svc
-    app.entries = Entries(svc)
     install_error_handlers(app, logger=log)
 
     def timed(route: str, handler: Any) -> Any:
@@ -360,10 +312,10 @@ def create_app(config: ServiceConfig | None = None, backend: Backend | None = No
         return Response(orjson.dumps(liveness(SERVICE)), media_type=_JSON)
 
     async def served_by_entries(request: Request) -> Response:
-        raise RuntimeError("entry GETs and PUTs are served by CacheApp.__call__")
+        raise RuntimeError("entry GETs and PUTs are served by FastPathApp.__call__")
 
     # plain Starlette routes: handlers take the Request and return bytes, so FastAPI's parameter
-    # machinery stays off the path. Entry GETs and PUTs never get here (CacheApp.__call__).
+    # machinery stays off the path. Entry GETs and PUTs never get here (FastPathApp.__call__).
     app.add_route("/health", health, methods=["GET"])
     app.add_route("/health/ready", svc.ready, methods=["GET"])
     app.add_route("/metrics", svc.metrics_text, methods=["GET"])

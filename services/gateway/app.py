@@ -6,8 +6,9 @@ GET /v1/models and /v1/models/{id} (the router's catalog), GET /v1/usage (the ca
 remaining budget today), /health, /health/ready (router reachable, and the budget store under
 failClosed; the cache is reported but optional: without it requests bypass it), /metrics.
 
-The app is FastAPI for everything except the hot path, which `GatewayApp.__call__` hands straight
-to its handler: no middleware, routing or dependency machinery runs for a chat completion.
+The app is FastAPI for everything except the hot path, which `FastPathApp.__call__`
+(services/common/asgi.py) hands straight to its handler: no middleware, routing or dependency
+machinery runs for a chat completion.
 Every error, the framework's own 404/405/422 included, answers in OpenAI's format.
 """
 
@@ -24,6 +25,7 @@ from fastapi import FastAPI, Request
 from starlette.responses import Response
 
 from services.common import tracing
+from services.common.asgi import FastPathApp
 from services.common.config import ServiceConfig, load_service_config, secret_env
 from services.common.errors import APIError, install_error_handlers
 from services.common.health import liveness, readiness
@@ -211,28 +213,21 @@ class Gateway:
         return Response(body, media_type=content_type)
 
 
-class GatewayApp(FastAPI):
-    """FastAPI, except that a POST to a model API (chat completions, embeddings, responses) goes
-    straight to its ASGI handler.
+class GatewayApp(FastPathApp):
+    """The gateway's FastPathApp: a POST to a model API (chat completions, embeddings, responses)
+    goes straight to its `Endpoint`.
 
     FastAPI never sees those routes, so its OpenAPI document gets them added (services/gateway/openapi.py).
     """
 
-    chat: Endpoint
-    endpoints: dict[str, Endpoint]
+    def __init__(self, gateway: Gateway, **kwargs: Any) -> None:
+        super().__init__({("POST", route): api for route, api in gateway.endpoints.items()}, **kwargs)
+        self.catalog = gateway.catalog
 
     def openapi(self) -> dict[str, Any]:
         if self.openapi_schema is None:
-            self.openapi_schema = add_model_routes(super().openapi(), self.chat.catalog.names())
+            self.openapi_schema = add_model_routes(super().openapi(), self.catalog.names())
         return self.openapi_schema
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            endpoint = self.endpoints.get(scope["path"])
-            if endpoint is not None:
-                await endpoint(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
 
 
 def create_app(config: ServiceConfig | None = None) -> FastAPI:
@@ -250,17 +245,15 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
             tracing.shutdown()
 
     # no interactive docs on a public endpoint: the API is OpenAI's, documented there
-    app = GatewayApp(title="QLens gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = GatewayApp(gw, title="QLens gateway", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.gateway = gw
-    app.chat = gw.chat
-    app.endpoints = gw.endpoints
 
     def request_id_header(request: Request) -> dict[str, str]:
         return {"x-request-id": request_id(request.headers.get("x-request-id"))}
 
     install_error_handlers(app, extra_headers=request_id_header, logger=log)
 
-    async def post_only(request: Request) -> Response:  # POST is served by GatewayApp.__call__
+    async def post_only(request: Request) -> Response:  # POST is served by FastPathApp.__call__
         raise APIError(405, f"Method {request.method} is not allowed for {request.url.path}.",
                        headers={"allow": "POST"})
 

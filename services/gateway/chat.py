@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal, Protocol
@@ -31,6 +31,7 @@ from urllib.parse import quote
 import orjson
 
 from services.common import tracing
+from services.common.asgi import BodyTooLarge, ClientGone, Receive, Send, read_body
 from services.common.config import CatalogModel, ServiceConfig
 from services.common.errors import APIError
 from services.common.http11 import PeerBroken, PeerError, PeerTimeout, PeerUnavailable, StreamReply
@@ -80,9 +81,6 @@ _SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 _NO_FIELDS: dict[str, Any] = {}
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-
 log = logging.getLogger("qlens.gateway")
 
 INTERNAL_ERROR = APIError(500, "The server had an error while processing your request.",
@@ -96,10 +94,6 @@ class Answered(Enum):
 
 
 ANSWERED = Answered.ANSWERED
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request was read."""
 
 
 @dataclass(slots=True)
@@ -277,7 +271,10 @@ class Endpoint:
     async def _serve(self, headers: dict[str, str], receive: Receive, send: Send, ex: Exchange) -> None:
         with tracing.span("gateway.auth"):
             entry = self.auth.check(headers.get("authorization"))
-        raw = await self._read_body(headers, receive)
+        try:  # refused past gateway.maxBodyBytes, by Content-Length or while reading a chunked body
+            raw = await read_body(receive, self.max_body, headers.get("content-length"))
+        except BodyTooLarge:
+            raise self._too_large() from None
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -305,28 +302,6 @@ class Endpoint:
             await self._stream(receive, send, ex, req, body, rheaders, reservation, key, caller, plan)
         else:
             await self._complete(send, ex, req, body, rheaders, reservation, key, caller)
-
-    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
-        """The body, refused with 413 past the limit: by Content-Length before reading, and while
-        reading a chunked body, so an oversized request is never held in memory."""
-        length = headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_body:
-            raise self._too_large()
-        chunks = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone()
-            chunk = message.get("body", b"")
-            more = message.get("more_body", False)
-            if chunk:
-                size += len(chunk)
-                if size > self.max_body:
-                    raise self._too_large()
-                chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _too_large(self) -> APIError:
         return APIError(413, f"Request body too large: the limit is {self.max_body} bytes "

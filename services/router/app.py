@@ -1,7 +1,8 @@
 """The router service's HTTP layer: thin, and quick on the hot path.
 
-Routes (contract: docs/internals.md, "Gateway -> router"): POST /v1/chat/completions (the hot
-path, plain ASGI in services/router/chat.py: FastAPI never sees it), GET /v1/models, /health,
+Routes (contract: docs/internals.md, "Gateway -> router"): POST /v1/chat/completions and
+/v1/embeddings (the hot path, plain ASGI in services/router/chat.py, dispatched by FastPathApp in
+services/common/asgi.py: FastAPI never sees it), GET /v1/models, /health,
 /health/ready (every deployment's circuit state), /metrics.
 """
 
@@ -17,6 +18,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common import tracing
+from services.common.asgi import FastPathApp
 from services.common.config import ServiceConfig, load_service_config
 from services.common.errors import APIError
 from services.common.health import liveness, readiness
@@ -57,11 +59,12 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         await providers.aclose()
         tracing.shutdown()
 
-    app = RouterApp(title="QLens router", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    model_routes = {CHAT_ROUTE: ChatCompletions(router, logger),
+                    EMBEDDINGS_ROUTE: ChatCompletions(router, logger, embeddings=True)}
+    app = FastPathApp({("POST", route): handler for route, handler in model_routes.items()},
+                      title="QLens router", lifespan=lifespan,
+                      docs_url=None, redoc_url=None, openapi_url=None)
     app.state.router = router
-    app.chat = ChatCompletions(router, logger)
-    embeddings = ChatCompletions(router, logger, embeddings=True)
-    app.model_routes = {CHAT_ROUTE: app.chat, EMBEDDINGS_ROUTE: embeddings}
 
     async def list_models(request: Request) -> Response:
         return Response(models_body, media_type=JSON)
@@ -83,13 +86,13 @@ def create_app(config: ServiceConfig | None = None) -> FastAPI:
         payload, content_type = render_metrics()
         return Response(payload, media_type=content_type)
 
-    async def chat_wrong_method(request: Request) -> Response:  # POST is served by RouterApp.__call__
+    async def chat_wrong_method(request: Request) -> Response:  # POST is served by FastPathApp.__call__
         raise StarletteHTTPException(405)
 
     # plain Starlette routes: the handlers take the Request and return bytes, so FastAPI's
     # dependency solving and response serialization would only cost time
 
-    for route in app.model_routes:
+    for route in model_routes:
         app.add_route(route, chat_wrong_method, methods=["GET", "PUT", "DELETE", "PATCH"])
     app.add_route("/v1/models", list_models, methods=["GET"])
     app.add_route("/health", health, methods=["GET"])
@@ -123,21 +126,6 @@ def _load_config(logger: logging.Logger) -> ServiceConfig:
         detail = str(exc).replace("\n", "; ")
         log_event(logger, "invalid configuration", logging.ERROR, error=detail)
         raise SystemExit(2) from None
-
-
-class RouterApp(FastAPI):
-    """FastAPI, except that a POST to a model route (chat, embeddings) goes straight to its ASGI handler."""
-
-    chat: ChatCompletions
-    model_routes: dict[str, ChatCompletions]
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            handler = self.model_routes.get(scope["path"])
-            if handler is not None:
-                await handler(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
 
 
 def _error_response(exc: APIError, request_id: str) -> Response:

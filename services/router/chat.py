@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 
 from services.common import tracing
+from services.common.asgi import ClientGone, Receive, Send, read_body
 from services.common.errors import APIError
 from services.common.logging import log_line
 from services.common.metrics import REQUEST_DURATION, REQUESTS
@@ -32,14 +32,7 @@ EMBEDDINGS_ROUTE = "/v1/embeddings"
 _JSON = b"application/json"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 
-Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-
 INTERNAL_ERROR = APIError(500, "internal error in the router", code="internal_error")
-
-
-class ClientGone(Exception):
-    """The client disconnected before its request was read."""
 
 
 class ChatCompletions:
@@ -72,7 +65,7 @@ class ChatCompletions:
         model = None
         streaming = False  # response headers sent: an error can no longer become a response
         try:
-            body = self._parse(await _read_body(receive))
+            body = self._parse(await read_body(receive))
             model = body["model"]
             deadline = self.router.deadline()
             if body.get("stream") is True and self.route == CHAT_ROUTE:
@@ -161,18 +154,6 @@ async def _relay(relay: Relay, receive: Receive, send: Send) -> None:
     finally:
         watcher.cancel()  # before the last send: completing the response wakes its receive() too
     await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks = []
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunks.append(message.get("body", b""))
-        more = message.get("more_body", False)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _answer(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
