@@ -1,6 +1,7 @@
 """`python -m bench.clients`: what one HTTP call costs the caller, client by client.
 
-The router calls Azure OpenAI through the openai SDK, and the gateway calls its peers over HTTP;
+The gateway calls its peers and the router calls Azure OpenAI over HTTP (both with
+services/common/http11.py since the router left the openai SDK; the SDK rows show what it cost);
 both pay, per request, whatever their HTTP client costs in CPU. This measures that cost against
 the fake provider (in its own process, on another core when there are two), for:
 
@@ -9,7 +10,7 @@ the fake provider (in its own process, on another core when there are two), for:
   transport: same SDK, same request building, aiohttp underneath)
 - `aiohttp`: a bare aiohttp ClientSession POST (the floor for a Python asyncio client)
 - `httpx2`: a bare httpx2.AsyncClient POST
-- `qlens-http11`: the gateway's own pool to its peers (services/common/http11.py `Pool.request`)
+- `qlens-http11`: QLens's own pool (services/common/http11.py `Pool.request`): gateway hops, router to Azure
 - `httpcore`: httpcore's `AsyncConnectionPool.request` (what httpx runs on), the alternative
   issue 17 asks http11.py to be compared with
 

@@ -2,7 +2,7 @@
 
 It answers POST `/v1/chat/completions` (the "direct" floor: the load generator talks to it with no
 QLens in between) and the Azure OpenAI path `/openai/deployments/{name}/chat/completions?api-version=`
-(so the router's real Azure adapter, the openai SDK's AsyncAzureOpenAI, is what runs through QLens).
+(so the router's real Azure adapter is what runs through QLens).
 Every answer is the same small completion with `usage`; `"stream": true` gets the same completion as
 SSE chunks (plus the usage chunk when `stream_options.include_usage` is asked for), optionally with a
 gap between chunks so a proxy that buffers shows up as a late first byte. `GET /stats` counts the

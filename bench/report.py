@@ -109,7 +109,7 @@ def breakdown(results: dict) -> dict[str, float] | None:
         return None
     router = p["hop-router"] - p["direct"]  # type: ignore[operator]
     gateway = p["miss"] - p["hop-router"] - p["hop-cache"]  # type: ignore[operator]
-    out = {"provider (direct)": p["direct"], "router + Azure adapter (openai SDK)": round(router, 3),
+    out = {"provider (direct)": p["direct"], "router + Azure adapter (REST)": round(router, 3),
            "cache GET round trip": p["hop-cache"],  # type: ignore[dict-item]
            "gateway (own work, its HTTP in and out)": round(gateway, 3),
            "total overhead (miss - direct)": round(p["miss"] - p["direct"], 3)}  # type: ignore[operator]
@@ -185,7 +185,7 @@ def print_report(results: dict, console: Console) -> None:
         t.add_column("CPU ms/req", justify="right")
         t.caption = "CPU of a stream is the whole stream's, not just its first chunk"
         cpu = {
-            "router + Azure adapter (openai SDK)": _get(seq, "hop-router", "cpu_ms_per_request", "router"),
+            "router + Azure adapter (REST)": _get(seq, "hop-router", "cpu_ms_per_request", "router"),
             "cache GET round trip": _get(seq, "hop-cache", "cpu_ms_per_request", "cache"),
             "gateway (own work, its HTTP in and out)": _get(seq, "miss", "cpu_ms_per_request", "gateway"),
             "total overhead (miss - direct)": _get(seq, "miss", "cpu_ms_per_request", "total"),

@@ -2,7 +2,7 @@
 
 direct         the fake provider itself, no QLens: the floor every other number is compared with
 miss           through QLens, every request unique: auth, budget, cache lookup (miss), router,
-               Azure adapter (openai SDK), provider, budget settle, cache store
+               Azure adapter (REST, pooled), provider, budget settle, cache store
 hit            through QLens, the same request every time: answered by the gateway from the cache
 stream-direct  the fake provider streaming (SSE), no QLens
 stream-miss    through QLens, streaming, every request unique
