@@ -1,20 +1,29 @@
-"""Portkey's gateway beside QLens (issue 15), on the same fake provider, core and workload.
+"""Other gateways beside QLens (issue 15), on the same fake provider, core and workload.
 
-Portkey (`@portkey-ai/gateway`, Node) is installed once with npm into bench/.portkey/ (git-ignored)
-and started `--headless`, pinned to the QLens core. Requests carry `x-portkey-provider: openai`
-and `x-portkey-custom-host` (the fake provider's /v1), so it forwards the same OpenAI JSON that
-QLens's router sends to the Azure path. Measured like QLens's miss path: concurrency 1 interleaved
-with direct and QLens (overhead = percentile minus direct's), and wrk at the run's connections
-with CPU per request of the node process from /proc. No Portkey (no npm, install failed): the
-reason is recorded instead.
+- Portkey (`@portkey-ai/gateway`, Node) is installed once with npm into bench/.portkey/
+  (git-ignored) and started `--headless`. Requests carry `x-portkey-provider: openai` and
+  `x-portkey-custom-host` (the fake provider's /v1).
+- LiteLLM's proxy (`litellm[proxy]`, Python) is installed once with pip into its own venv,
+  bench/.litellm/ (git-ignored: its pins are not ours), and started with one worker and a config
+  whose one model is the workload's, `openai/` at the fake provider's /v1 (a bench master key, no
+  database, the bundled model-cost map: nothing reaches the network).
+
+Both forward the same OpenAI JSON that QLens's router sends to the Azure path, pinned to the QLens
+core. Measured like QLens's miss path: concurrency 1 interleaved with direct and QLens (overhead =
+percentile minus direct's), and wrk at the run's connections with CPU per request of the peer's
+process from /proc. A peer that cannot be installed or started is recorded with the reason.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench import procs, stats, workload, wrk
 from bench.client import Connection
@@ -24,9 +33,22 @@ from bench.stack import BenchEnv
 PORTKEY_VERSION = "1.15.2"
 HOME = Path(__file__).resolve().parent / ".portkey"
 ENTRY = HOME / "node_modules" / "@portkey-ai" / "gateway" / "build" / "start-server.js"
+LITELLM_VERSION = "1.108.7"
+LITELLM_HOME = Path(__file__).resolve().parent / ".litellm"
+LITELLM_KEY = "sk-bench-not-a-secret"  # its proxy refuses to start without a master key
 
 
-def install() -> str | None:
+@dataclass
+class Peer:
+    name: str
+    title: str
+    version: str
+    install: Any  # () -> None when ready, else why not
+    start: Any  # (port, provider_port, workdir) -> Popen
+    headers: Any  # (provider_port) -> extra request headers
+
+
+def install_portkey() -> str | None:
     """None when Portkey is ready, else why not."""
     if ENTRY.exists():
         return None
@@ -44,6 +66,60 @@ def install() -> str | None:
     return None
 
 
+def _start_portkey(port: int, provider_port: int, workdir: Path) -> subprocess.Popen:
+    return subprocess.Popen(["node", str(ENTRY), "--headless", f"--port={port}"], cwd=str(HOME),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+
+def _litellm_bin() -> Path:
+    return LITELLM_HOME / "bin" / "litellm"
+
+
+def install_litellm() -> str | None:
+    """None when LiteLLM's proxy is ready in its own venv, else why not."""
+    if _litellm_bin().exists():
+        return None
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_HOME)], check=True, capture_output=True,
+                       timeout=120)
+        proc = subprocess.run([str(LITELLM_HOME / "bin" / "pip"), "install", "-q",
+                               f"litellm[proxy]=={LITELLM_VERSION}"], capture_output=True, text=True,
+                              timeout=900)
+    except (subprocess.SubprocessError, OSError) as exc:
+        return f"pip install failed: {exc}"
+    if proc.returncode != 0 or not _litellm_bin().exists():
+        return f"pip install failed: {proc.stderr.strip()[-300:]}"
+    return None
+
+
+def _start_litellm(port: int, provider_port: int, workdir: Path) -> subprocess.Popen:
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {workload.MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{workload.MODEL}\n"
+        f"      api_base: http://127.0.0.1:{provider_port}/v1\n"
+        "      api_key: bench-not-a-secret\n")
+    env = {**os.environ, "LITELLM_MASTER_KEY": LITELLM_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           "LITELLM_LOG": "ERROR",
+           "DISABLE_SCHEMA_UPDATE": "true", "LITELLM_TELEMETRY": "False"}
+    env.pop("DATABASE_URL", None)
+    return subprocess.Popen([str(_litellm_bin()), "--config", str(config), "--port", str(port),
+                             "--host", "127.0.0.1", "--num_workers", "1"], cwd=str(workdir), env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+
+PEERS = (
+    Peer("portkey", "Portkey", PORTKEY_VERSION, install_portkey, _start_portkey,
+         lambda provider_port: {"x-portkey-provider": "openai",
+                                "x-portkey-custom-host": f"http://127.0.0.1:{provider_port}/v1",
+                                "Authorization": "Bearer bench-not-a-secret"}),
+    Peer("litellm", "LiteLLM", LITELLM_VERSION, install_litellm, _start_litellm,
+         lambda provider_port: {"Authorization": f"Bearer {LITELLM_KEY}"}),
+)
+
+
 def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
@@ -55,36 +131,42 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout: float = 20) -> bool:
     return False
 
 
-def run_portkey(env: BenchEnv, *, rounds: int, per_round: int, warmup: int, duration_s: float,
-                connections: int, wrk_rounds: int) -> dict:
+def run_all(env: BenchEnv, **kw: Any) -> dict:
+    """Every peer, one after the other: {name: its results or {"error": why}}."""
+    return {peer.name: run_peer(peer, env, **kw) for peer in PEERS}
+
+
+def run_peer(peer: Peer, env: BenchEnv, *, rounds: int, per_round: int, warmup: int, duration_s: float,
+             connections: int, wrk_rounds: int) -> dict:
+    import tempfile
+
     from qlensctl.local import free_port, stop_pid
 
-    why = install()
+    why = peer.install()
     if why:
         return {"error": why}
     port = free_port()
-    proc = subprocess.Popen(["node", str(ENTRY), "--headless", f"--port={port}"], cwd=str(HOME),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-    try:
-        if not _wait_port(port, proc):
-            return {"error": "portkey did not start"}
-        procs.pin(proc.pid, env.plan.qlens)
-        extra = {"x-portkey-provider": "openai", "x-portkey-custom-host": f"http://127.0.0.1:{env.provider_port}/v1",
-                 "Authorization": "Bearer bench-not-a-secret"}
-        out = {"version": PORTKEY_VERSION, **_sequential(env, port, extra, rounds, per_round, warmup)}
-        if wrk.wrk_binary():
-            out["wrk"] = _loaded(env, port, proc.pid, extra, duration_s, connections, wrk_rounds)
-        out["rss_mb"] = procs.memory_mb(proc.pid)
-        return out
-    finally:
-        stop_pid(proc.pid, timeout=5)
+    with tempfile.TemporaryDirectory(prefix=f"bench-{peer.name}-") as workdir:
+        proc = peer.start(port, env.provider_port, Path(workdir))
+        try:
+            if not _wait_port(port, proc, timeout=90):
+                return {"error": f"{peer.name} did not start"}
+            procs.pin(proc.pid, env.plan.qlens)
+            extra = peer.headers(env.provider_port)
+            out = {"version": peer.version, **_sequential(env, port, extra, rounds, per_round, warmup)}
+            if wrk.wrk_binary():
+                out["wrk"] = _loaded(env, port, proc.pid, extra, duration_s, connections, wrk_rounds)
+            out["rss_mb"] = procs.memory_mb(proc.pid)
+            return out
+        finally:
+            stop_pid(proc.pid, timeout=5)
 
 
 def _sequential(env: BenchEnv, port: int, extra: dict, rounds: int, per_round: int, warmup: int) -> dict:
     run_id = new_run_id()
     targets = {"direct": (env.provider_port, workload.headers(None)),
                "qlens": (env.gateway_port or 0, workload.headers(env.api_key)),
-               "portkey": (port, {**workload.headers(None), **extra})}
+               "peer": (port, {**workload.headers(None), **extra})}
     conns = {k: Connection("127.0.0.1", p) for k, (p, _) in targets.items()}
     lat: dict[str, list[float]] = {k: [] for k in targets}
     errors = {k: 0 for k in targets}
@@ -108,7 +190,7 @@ def _sequential(env: BenchEnv, port: int, extra: dict, rounds: int, per_round: i
     s = {k: stats.summary(v) for k, v in lat.items()}
     return {"c1_ms": s, "c1_errors": errors,
             "c1_overhead_ms": {k: {p: round(s[k][p] - s["direct"][p], 3) for p in ("p50", "p99")}
-                               for k in ("qlens", "portkey")}}
+                               for k in ("qlens", "peer")}}
 
 
 def _loaded(env: BenchEnv, port: int, pid: int, extra: dict, duration_s: float, connections: int,
@@ -133,20 +215,27 @@ def _loaded(env: BenchEnv, port: int, pid: int, extra: dict, duration_s: float, 
 
 
 def markdown(results: dict) -> str:
-    p = results.get("peers", {}).get("portkey")
-    if not p:
+    peers = results.get("peers", {})
+    if not peers:
         return ""
-    if "error" in p:
-        return f"## Portkey beside QLens\n\nnot measured: {p['error']}\n"
     q = results.get("wrk", {}).get("miss", {})
-    o = p["c1_overhead_ms"]
-    w = p.get("wrk", {})
-    return "\n".join([
-        f"## Portkey {p['version']} beside QLens (cache miss, same run, same core)", "",
-        "| gateway | overhead p50 ms (c=1) | overhead p99 ms (c=1) | req/s (c=32) | p99 ms (c=32) "
-        "| CPU ms/request | errors |", "|---|---|---|---|---|---|---|",
-        f"| QLens | {o['qlens']['p50']} | {o['qlens']['p99']} | {q.get('rps')} | "
-        f"{q.get('latency_ms', {}).get('p99')} | {q.get('cpu_ms_per_request', {}).get('total')} | "
-        f"{sum(q.get('errors', {}).values())} |",
-        f"| Portkey | {o['portkey']['p50']} | {o['portkey']['p99']} | {w.get('rps')} | {w.get('p99_ms')} | "
-        f"{w.get('cpu_ms_per_request')} | {w.get('errors')} |", ""])
+    measured = {n: p for n, p in peers.items() if "error" not in p}
+    first: dict[str, Any] = next(iter(measured.values()), {})
+    qlens_c1 = first.get("c1_overhead_ms", {}).get("qlens", {})
+    titles = {peer.name: peer.title for peer in PEERS}
+    title = ", ".join(f"{titles.get(n, n)} {p['version']}" for n, p in measured.items()) or "Other gateways"
+    lines = [f"## {title} beside QLens (cache miss, same run, same core)", "",
+             "| gateway | overhead p50 ms (c=1) | overhead p99 ms (c=1) | req/s (c=32) | p99 ms (c=32) "
+             "| CPU ms/request | errors |", "|---|---|---|---|---|---|---|",
+             f"| QLens | {qlens_c1.get('p50')} | {qlens_c1.get('p99')} | {q.get('rps')} | "
+             f"{q.get('latency_ms', {}).get('p99')} | {q.get('cpu_ms_per_request', {}).get('total')} | "
+             f"{sum(q.get('errors', {}).values())} |"]
+    for name, p in peers.items():
+        if "error" in p:
+            lines.append(f"| {titles.get(name, name)} | not measured: {p['error']} | | | | | |")
+            continue
+        o, w = p["c1_overhead_ms"]["peer"], p.get("wrk", {})
+        lines.append(f"| {titles.get(name, name)} | {o['p50']} | {o['p99']} | {w.get('rps')} | "
+                     f"{w.get('p99_ms')} | {w.get('cpu_ms_per_request')} | {w.get('errors')} |")
+    lines.append("")
+    return "\n".join(lines)

@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-scaling", action="store_true",
                    help="skip scaling out: 2 replicas on 2 cores vs 1 on 1, one Redis (bench/scaling.py)")
     p.add_argument("--no-portkey", action="store_true",
-                   help="skip Portkey beside QLens (bench/peers.py; npm installs it in bench/.portkey)")
+                   help="skip Portkey and LiteLLM beside QLens (bench/peers.py; npm installs Portkey in "
+                        "bench/.portkey, pip LiteLLM in bench/.litellm)")
     p.add_argument("--profile", action="store_true", help="also py-spy every service during a wrk miss run")
     p.add_argument("--profile-scenario", default="miss", help="scenario driven while profiling")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder [bench/results]")
@@ -159,11 +160,11 @@ def _main(args: argparse.Namespace) -> int:
             if not args.no_portkey and pids:
                 from bench import peers
 
-                with console.status("Portkey beside QLens"):
-                    results["peers"] = {"portkey": peers.run_portkey(
+                with console.status("Portkey and LiteLLM beside QLens"):
+                    results["peers"] = peers.run_all(
                         env, rounds=args.rounds, per_round=args.requests // 2, warmup=args.warmup,
                         duration_s=args.duration, connections=args.connections,
-                        wrk_rounds=args.wrk_rounds)}
+                        wrk_rounds=args.wrk_rounds)
 
             if not args.no_growth and pids:
                 from bench import growth

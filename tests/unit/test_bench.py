@@ -248,7 +248,7 @@ def test_the_miss_path_is_split_into_hops() -> None:
     results = {"sequential": {k: {"latency_ms": {"p50": v}} for k, v in seq.items()}}
     parts = report.breakdown(results)
     assert parts is not None
-    assert parts["router + Azure adapter (openai SDK)"] == pytest.approx(1.5)
+    assert parts["router + Azure adapter (REST)"] == pytest.approx(1.5)
     assert parts["gateway (own work, its HTTP in and out)"] == pytest.approx(1.2)
     assert parts["total overhead (miss - direct)"] == pytest.approx(2.9)
     del results["sequential"]["hop-cache"]
